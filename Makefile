@@ -1,0 +1,28 @@
+# pvc: `make demo` runs a local cluster, `make test` runs the tests. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv
+
+.PHONY: deps venv test bench clean
+
+deps:
+	@scripts/debs.sh $(DEBS)
+
+$(VENV)/.installed: pyproject.toml | deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) bench/placement.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""pvc REST API (installed as ``pvcapi``)."""

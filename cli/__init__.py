@@ -1,0 +1,1 @@
+"""pvc command-line client (installed as ``pvccli``)."""

@@ -1,0 +1,1 @@
+"""Built-in pvc plugins (installed as ``pvcplugins``), registered through the ``pvc.plugins`` entry points."""

@@ -1,0 +1,1 @@
+"""Built-in fence plugins, one module each."""

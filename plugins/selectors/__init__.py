@@ -1,0 +1,1 @@
+"""Built-in selector plugins, one module each."""

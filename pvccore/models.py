@@ -1,0 +1,273 @@
+"""Typed models of what lives in ZooKeeper: nodes, VMs, their metadata, cluster settings.
+
+Every model is immutable; changes are made with :func:`dataclasses.replace` inside a
+compare-and-set update. ``to_json``/``from_json`` are the only (de)serialisers, and
+``from_json`` rejects values outside the documented states, so a bad write is caught
+where it is read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .errors import ValidationError
+
+# --------------------------------------------------------------------------
+# States (design.md, "States")
+# --------------------------------------------------------------------------
+
+DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
+COORDINATOR_STATES = ("client", "secondary", "takeover", "primary", "relinquish")
+DOMAIN_STATES = ("ready", "flush", "flushed", "unflush", "fence-flush")
+VM_STATES = ("start", "shutdown", "stop", "restart", "migrate", "migrate-live", "unmigrate", "disable", "fail")
+MIGRATION_METHODS = ("live", "shutdown", "default")
+DEFAULT_SELECTOR = "mem"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: Any, what: str, field_name: str = "name") -> str:
+    """Node and VM names become ZooKeeper path components: keep them plain."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValidationError(
+            f"invalid {what} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            field_name,
+        )
+    return name
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], field_name: str) -> str:
+    if value not in choices:
+        raise ValidationError(f"{field_name} must be one of {', '.join(choices)}; got {value!r}", field_name)
+    return value
+
+
+def _check_type(value: Any, types: type | tuple[type, ...], field_name: str, what: str) -> Any:
+    # bool is an int in Python; never accept it where a number is meant, or the reverse.
+    if isinstance(value, bool) != (types is bool) or not isinstance(value, types):
+        raise ValidationError(f"{field_name} must be {what}; got {value!r}", field_name)
+    return value
+
+
+class _JSONModel:
+    """Shared JSON round trip for the frozen dataclasses below."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes):
+        try:
+            raw = json.loads(data.decode() if isinstance(data, bytes) else data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValidationError(f"{cls.__name__}: not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ValidationError(f"{cls.__name__}: expected a JSON object")
+        return cls.from_dict(raw)
+
+    @classmethod
+    def _known(cls, raw: Mapping) -> dict:
+        names = {f.name for f in fields(cls)}  # unknown keys: written by a newer version, ignored
+        return {k: v for k, v in raw.items() if k in names}
+
+
+# --------------------------------------------------------------------------
+# VM metadata
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VMMeta(_JSONModel):
+    """Per-VM placement metadata (design.md, "VM metadata")."""
+
+    node_limit: tuple[str, ...] = ()
+    node_selector: str = "default"
+    node_autostart: bool = False
+    migration_method: str = "default"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "VMMeta":
+        return cls().updated(cls._known(raw))
+
+    def updated(self, changes: Mapping[str, Any]) -> "VMMeta":
+        """Return a copy with ``changes`` applied, each checked for type and form.
+
+        Whether a selector or node exists is checked against the live cluster by
+        :func:`pvccore.operations.validate_meta`, not here.
+        """
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ValidationError(f"unknown metadata field {name!r}", name)
+        values: dict[str, Any] = {}
+        if "node_limit" in changes:
+            values["node_limit"] = parse_node_limit(changes["node_limit"])
+        if "node_selector" in changes:
+            sel = _check_type(changes["node_selector"], str, "node_selector", "a selector name")
+            if not sel:
+                raise ValidationError("node_selector must not be empty (use 'default')", "node_selector")
+            values["node_selector"] = sel
+        if "node_autostart" in changes:
+            values["node_autostart"] = _check_type(changes["node_autostart"], bool, "node_autostart", "true or false")
+        if "migration_method" in changes:
+            values["migration_method"] = _check_choice(changes["migration_method"], MIGRATION_METHODS, "migration_method")
+        return replace(self, **values)
+
+
+def parse_node_limit(value: Any) -> tuple[str, ...]:
+    """A node limit is a list of node names, or a comma-separated string; empty means any node."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValidationError(f"node_limit must be a list of node names; got {value!r}", "node_limit")
+    names = [check_name(v, "node", "node_limit") for v in value]
+    return tuple(sorted(set(names)))
+
+
+# --------------------------------------------------------------------------
+# VMs
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VM(_JSONModel):
+    """A VM as stored at ``vms/<name>`` (its libvirt XML lives beside it).
+
+    ``state`` is the one state field of design.md: the API writes the wanted
+    state, the node daemon acts and writes back what it observed (``fail`` with
+    ``reason`` when it could not). ``node`` is where the VM runs or will start;
+    ``last_node`` is where a temporary ``migrate`` came from, for ``unmigrate``.
+    """
+
+    name: str
+    uuid: str
+    memory_mib: int
+    vcpus: int
+    state: str = "stop"
+    reason: str = ""
+    node: str = ""
+    last_node: str = ""
+    target: str = ""
+    meta: VMMeta = field(default_factory=VMMeta)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "VM":
+        vals = cls._known(raw)
+        try:
+            vm = cls(**{**vals, "meta": VMMeta.from_dict(vals.get("meta") or {})})
+        except TypeError as exc:
+            raise ValidationError(f"VM: {exc}") from exc
+        check_name(vm.name, "VM")
+        _check_choice(vm.state, VM_STATES, "state")
+        _check_type(vm.memory_mib, int, "memory_mib", "an integer")
+        _check_type(vm.vcpus, int, "vcpus", "an integer")
+        return vm
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["meta"]["node_limit"] = list(self.meta.node_limit)
+        return d
+
+
+# --------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Node(_JSONModel):
+    """A hypervisor as stored at ``nodes/<name>``: its states and its last published figures."""
+
+    name: str
+    daemon_state: str = "init"
+    coordinator_state: str = "client"
+    domain_state: str = "ready"
+    memory_total_mib: int = 0
+    memory_used_mib: int = 0
+    memory_free_mib: int = 0
+    memory_provisioned_mib: int = 0
+    cpu_count: int = 0
+    load_1m: float = 0.0
+    vcpus_allocated: int = 0
+    vm_count: int = 0
+    running_vms: tuple[str, ...] = ()
+    keepalive: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "Node":
+        vals = cls._known(raw)
+        if "running_vms" in vals:
+            vals["running_vms"] = tuple(vals["running_vms"])
+        try:
+            node = cls(**vals)
+        except TypeError as exc:
+            raise ValidationError(f"Node: {exc}") from exc
+        check_name(node.name, "node")
+        _check_choice(node.daemon_state, DAEMON_STATES, "daemon_state")
+        _check_choice(node.coordinator_state, COORDINATOR_STATES, "coordinator_state")
+        _check_choice(node.domain_state, DOMAIN_STATES, "domain_state")
+        return node
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["running_vms"] = list(self.running_vms)
+        return d
+
+
+# --------------------------------------------------------------------------
+# Cluster-wide settings and the read-only cluster picture
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig(_JSONModel):
+    """Cluster-wide settings stored at ``config``."""
+
+    default_selector: str = DEFAULT_SELECTOR
+    allow_overcommit: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "ClusterConfig":
+        return cls().updated(cls._known(raw))
+
+    def updated(self, changes: Mapping[str, Any]) -> "ClusterConfig":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ValidationError(f"unknown cluster setting {name!r}", name)
+        values: dict[str, Any] = {}
+        if "default_selector" in changes:
+            sel = _check_type(changes["default_selector"], str, "default_selector", "a selector name")
+            if not sel or sel == "default":
+                raise ValidationError("default_selector must name a selector", "default_selector")
+            values["default_selector"] = sel
+        if "allow_overcommit" in changes:
+            values["allow_overcommit"] = _check_type(changes["allow_overcommit"], bool, "allow_overcommit", "true or false")
+        return replace(self, **values)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What a selector sees of the whole cluster: nodes (sorted by name) and VMs, read-only."""
+
+    nodes: Mapping[str, Node]
+    vms: Mapping[str, VM]
+    config: ClusterConfig = ClusterConfig()
+
+    @classmethod
+    def build(cls, nodes, vms=(), config: ClusterConfig | None = None) -> "Cluster":
+        """Build from iterables of models (tests, benchmarks, the ZooKeeper-read path)."""
+        return cls(
+            nodes=MappingProxyType({n.name: n for n in sorted(nodes, key=lambda n: n.name)}),
+            vms=MappingProxyType({v.name: v for v in vms}),
+            config=config or ClusterConfig(),
+        )

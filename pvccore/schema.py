@@ -1,0 +1,59 @@
+"""Every ZooKeeper path pvc uses, under one configurable root.
+
+Layout (``<root>`` defaults to ``/pvc``; tests and several clusters can share one
+ZooKeeper by using different roots)::
+
+    <root>/config                  ClusterConfig JSON
+    <root>/nodes/<node>            Node JSON (states + figures from keepalive)
+    <root>/nodes/<node>/alive      ephemeral, present while the node daemon's session lives
+    <root>/vms/<vm>                VM JSON (state, node, last node, metadata)
+    <root>/vms/<vm>/xml            the VM's libvirt domain XML
+    <root>/locks/<name>            lock recipes (kazoo Lock / ReadLock / WriteLock)
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ValidationError
+from .models import check_name
+
+DEFAULT_ROOT = "/pvc"
+_ROOT_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+_LOCK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class Schema:
+    """Path builder for one cluster root."""
+
+    __slots__ = ("root", "config", "nodes", "vms", "locks")
+
+    def __init__(self, root: str = DEFAULT_ROOT):
+        if not isinstance(root, str) or not _ROOT_RE.match(root):
+            raise ValidationError(f"invalid ZooKeeper root {root!r}: an absolute path like /pvc", "root")
+        self.root = root
+        self.config = f"{root}/config"
+        self.nodes = f"{root}/nodes"
+        self.vms = f"{root}/vms"
+        self.locks = f"{root}/locks"
+
+    def node(self, name: str) -> str:
+        return f"{self.nodes}/{check_name(name, 'node')}"
+
+    def node_alive(self, name: str) -> str:
+        return f"{self.node(name)}/alive"
+
+    def vm(self, name: str) -> str:
+        return f"{self.vms}/{check_name(name, 'VM')}"
+
+    def vm_xml(self, name: str) -> str:
+        return f"{self.vm(name)}/xml"
+
+    def lock(self, name: str) -> str:
+        if not _LOCK_RE.match(name):
+            raise ValidationError(f"invalid lock name {name!r}")
+        return f"{self.locks}/{name}"
+
+    def containers(self) -> tuple[str, ...]:
+        """Paths that must exist before anything else is written."""
+        return (self.nodes, self.vms, self.locks)

@@ -1,0 +1,232 @@
+"""The ZooKeeper store: typed reads, compare-and-set writes, versioned transactions, locks.
+
+Every write that depends on what was read carries the version that was read.
+:meth:`Store.update_node` and friends retry a lost race a bounded number of
+times by re-reading and re-applying the change; if it still loses, or a
+transaction fails, :class:`ConflictError` is raised. Nothing is overwritten blind.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from typing import Callable, TypeVar
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
+
+from . import locks
+from .errors import ConflictError, NotFoundError
+from .models import VM, ClusterConfig, Node
+from .schema import DEFAULT_ROOT, Schema
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")
+CAS_RETRIES = 20
+
+
+class Transaction:
+    """A ZooKeeper multi-op that raises :class:`ConflictError` if any part fails."""
+
+    def __init__(self, client: KazooClient):
+        self._txn = client.transaction()
+        self._ops: list[str] = []
+
+    def check(self, path: str, version: int) -> "Transaction":
+        self._txn.check(path, version)
+        self._ops.append(f"check {path}@{version}")
+        return self
+
+    def create(self, path: str, data: bytes = b"", ephemeral: bool = False) -> "Transaction":
+        self._txn.create(path, data, ephemeral=ephemeral)
+        self._ops.append(f"create {path}")
+        return self
+
+    def set(self, path: str, data: bytes, version: int = -1) -> "Transaction":
+        self._txn.set_data(path, data, version)
+        self._ops.append(f"set {path}@{version}")
+        return self
+
+    def delete(self, path: str, version: int = -1) -> "Transaction":
+        self._txn.delete(path, version)
+        self._ops.append(f"delete {path}@{version}")
+        return self
+
+    def commit(self) -> list:
+        results = self._txn.commit()
+        for op, result in zip(self._ops, results):
+            if isinstance(result, Exception) and not isinstance(result, RolledBackError):
+                raise ConflictError(f"transaction failed at {op}: {type(result).__name__}")
+        return results
+
+
+class Store:
+    """Typed access to one cluster's data under ``root``."""
+
+    def __init__(self, client: KazooClient, root: str = DEFAULT_ROOT):
+        self.client = client
+        self.paths = Schema(root)
+
+    @classmethod
+    def connect(cls, hosts: str, root: str = DEFAULT_ROOT, timeout: float = 10.0, **kwargs) -> "Store":
+        """Start a new KazooClient on ``hosts`` and make sure the layout exists."""
+        client = KazooClient(hosts=hosts, timeout=timeout, **kwargs)
+        client.start(timeout=timeout)
+        store = cls(client, root)
+        store.ensure_layout()
+        return store
+
+    def close(self) -> None:
+        self.client.stop()
+        self.client.close()
+
+    def ensure_layout(self) -> None:
+        for path in self.paths.containers():
+            self.client.ensure_path(path)
+        try:
+            self.client.create(self.paths.config, ClusterConfig().to_json())
+        except NodeExistsError:
+            pass
+
+    def transaction(self) -> Transaction:
+        return Transaction(self.client)
+
+    # -- generic compare-and-set ------------------------------------------------
+
+    def _read(self, path: str, decode: Callable[[bytes], M], what: str) -> tuple[M, int]:
+        try:
+            data, stat = self.client.get(path)
+        except NoNodeError:
+            raise NotFoundError(f"{what} not found") from None
+        return decode(data), stat.version
+
+    def _update(self, path: str, decode: Callable[[bytes], M], fn: Callable[[M], M], what: str) -> M:
+        """Read, apply ``fn``, write back only if nobody wrote in between; retry a lost race."""
+        for _ in range(CAS_RETRIES):
+            current, version = self._read(path, decode, what)
+            new = fn(current)
+            if new is None or new == current:
+                return current
+            try:
+                self.client.set(path, new.to_json(), version=version)
+                return new
+            except BadVersionError:
+                log.debug("lost a compare-and-set race on %s, retrying", path)
+            except NoNodeError:
+                raise NotFoundError(f"{what} not found") from None
+        raise ConflictError(f"{what}: gave up after {CAS_RETRIES} conflicting concurrent updates")
+
+    # -- cluster config ----------------------------------------------------------
+
+    def get_config(self) -> ClusterConfig:
+        return self._read(self.paths.config, ClusterConfig.from_json, "cluster config")[0]
+
+    def update_config(self, fn: Callable[[ClusterConfig], ClusterConfig]) -> ClusterConfig:
+        return self._update(self.paths.config, ClusterConfig.from_json, fn, "cluster config")
+
+    # -- nodes -------------------------------------------------------------------
+
+    def node_names(self) -> list[str]:
+        return sorted(self.client.get_children(self.paths.nodes))
+
+    def get_node(self, name: str) -> Node:
+        return self._read(self.paths.node(name), Node.from_json, f"node {name!r}")[0]
+
+    def list_nodes(self) -> list[Node]:
+        """Read every node one by one (what the watched view exists to avoid)."""
+        out = []
+        for name in self.node_names():
+            try:
+                out.append(self.get_node(name))
+            except NotFoundError:
+                continue
+        return out
+
+    def create_node(self, node: Node) -> Node:
+        try:
+            self.client.create(self.paths.node(node.name), node.to_json())
+        except NodeExistsError:
+            raise ConflictError(f"node {node.name!r} already exists", "name") from None
+        return node
+
+    def update_node(self, name: str, fn: Callable[[Node], Node]) -> Node:
+        return self._update(self.paths.node(name), Node.from_json, fn, f"node {name!r}")
+
+    # -- VMs -----------------------------------------------------------------------
+
+    def vm_names(self) -> list[str]:
+        return sorted(self.client.get_children(self.paths.vms))
+
+    def get_vm(self, name: str) -> VM:
+        return self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")[0]
+
+    def get_vm_xml(self, name: str) -> str:
+        return self._read(self.paths.vm_xml(name), bytes.decode, f"VM {name!r}")[0]
+
+    def list_vms(self) -> list[VM]:
+        out = []
+        for name in self.vm_names():
+            try:
+                out.append(self.get_vm(name))
+            except NotFoundError:
+                continue
+        return out
+
+    def create_vm(self, vm: VM, xml: str) -> VM:
+        """Create the VM document and its XML together, or neither."""
+        try:
+            (self.transaction()
+             .create(self.paths.vm(vm.name), vm.to_json())
+             .create(self.paths.vm_xml(vm.name), xml.encode())
+             .commit())
+        except ConflictError:
+            raise ConflictError(f"VM {vm.name!r} already exists", "name") from None
+        return vm
+
+    def update_vm(self, name: str, fn: Callable[[VM], VM]) -> VM:
+        return self._update(self.paths.vm(name), VM.from_json, fn, f"VM {name!r}")
+
+    def set_vm_xml(self, name: str, xml: str, check: Callable[[VM], None] | None = None) -> None:
+        """Replace the XML, only if the VM document is unchanged since ``check`` approved it."""
+        vm, version = self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")
+        if check:
+            check(vm)
+        (self.transaction()
+         .check(self.paths.vm(name), version)
+         .set(self.paths.vm_xml(name), xml.encode())
+         .commit())
+
+    def delete_vm(self, name: str, check: Callable[[VM], None] | None = None) -> None:
+        """Delete a VM, only if its document is unchanged since ``check`` approved it."""
+        vm, version = self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")
+        if check:
+            check(vm)
+        (self.transaction()
+         .delete(self.paths.vm_xml(name))
+         .delete(self.paths.vm(name), version)
+         .commit())
+
+    # -- locks -----------------------------------------------------------------------
+
+    def lock(self, name: str, *, kind: str = "exclusive", timeout: float = 30.0,
+             identifier: str | None = None) -> AbstractContextManager:
+        """``with store.lock("fence", timeout=5): ...``; raises LockTimeout."""
+        return locks.hold(self.client, self.paths.lock(name), kind=kind, timeout=timeout, identifier=identifier)
+
+    def read_lock(self, name: str, **kwargs) -> AbstractContextManager:
+        return self.lock(name, kind="read", **kwargs)
+
+    def write_lock(self, name: str, **kwargs) -> AbstractContextManager:
+        return self.lock(name, kind="write", **kwargs)
+
+    def lock_contenders(self, name: str, kind: str = "exclusive") -> list[str]:
+        return locks.holders(self.client, self.paths.lock(name), kind)
+
+
+def delete_tree(client: KazooClient, path: str) -> None:
+    """Remove ``path`` and everything under it (test and demo clean-up)."""
+    try:
+        client.delete(path, recursive=True)
+    except NoNodeError:
+        pass

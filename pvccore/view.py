@@ -1,0 +1,216 @@
+"""A cluster view kept current by ZooKeeper watches.
+
+Placement and listings read this in-memory picture, never ZooKeeper node by
+node. One children watch on ``nodes/`` and one on ``vms/``; one data watch per
+node and per VM document, armed with pipelined asynchronous reads so that
+loading thousands of entries takes one round trip's worth of latency, not
+thousands. A reply older than what the view already holds (by ``mzxid``) is
+dropped, so out-of-order completions cannot roll the view back.
+
+:meth:`ClusterView.wait_for` lets callers (daemons, the API's ``wait=true``,
+tests) block until the view satisfies a condition, with a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import MappingProxyType
+from typing import Callable
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import EventType
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+
+from .errors import ValidationError
+from .models import VM, Cluster, ClusterConfig, Node
+from .schema import Schema
+
+log = logging.getLogger(__name__)
+
+_DECODERS = {"node": Node.from_json, "vm": VM.from_json}
+
+
+class ClusterView:
+    """In-memory nodes, VMs and cluster config, current as of the last watch event."""
+
+    def __init__(self, client: KazooClient, schema: Schema):
+        self._client = client
+        self._schema = schema
+        self._cond = threading.Condition(threading.RLock())
+        self._data: dict[str, dict[str, object]] = {"node": {}, "vm": {}}
+        self._zxid: dict[tuple[str, str], int] = {}
+        self._members: dict[str, set[str]] = {"node": set(), "vm": set()}
+        self._watchers: dict[tuple[str, str], Callable] = {}
+        self._pending = 0
+        self._kinds_seen: set[str] = set()
+        self._config = ClusterConfig()
+        self._config_seen = False
+        self._gen = {"node": 0, "vm": 0, "config": 0}
+        self._cache: dict[str, tuple[int, object]] = {}
+        self._session_lost = False
+        self._stopped = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> "ClusterView":
+        """Arm the watches and wait until every existing entry has been loaded once."""
+        self._client.add_listener(self._on_connection)
+        ChildrenWatch(self._client, self._schema.nodes, lambda c: self._on_children("node", c))
+        ChildrenWatch(self._client, self._schema.vms, lambda c: self._on_children("vm", c))
+        DataWatch(self._client, self._schema.config, self._on_config)
+        if not self.wait_until(lambda: len(self._kinds_seen) == 2 and self._config_seen and self._pending == 0,
+                               timeout):
+            raise TimeoutError(f"cluster view not loaded within {timeout:g}s")
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+        self._client.remove_listener(self._on_connection)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def snapshot(self) -> Cluster:
+        """An immutable picture of the cluster; rebuilt only for the parts that changed."""
+        with self._cond:
+            nodes = self._cached("node", lambda d: MappingProxyType({k: d[k] for k in sorted(d)}))
+            vms = self._cached("vm", lambda d: MappingProxyType(dict(d)))
+            return Cluster(nodes=nodes, vms=vms, config=self._config)
+
+    def _cached(self, kind: str, build: Callable[[dict], object]):
+        gen, value = self._cache.get(kind, (-1, None))
+        if gen != self._gen[kind]:
+            value = build(self._data[kind])
+            self._cache[kind] = (self._gen[kind], value)
+        return value
+
+    def node(self, name: str) -> Node | None:
+        with self._cond:
+            return self._data["node"].get(name)  # type: ignore[return-value]
+
+    def vm(self, name: str) -> VM | None:
+        with self._cond:
+            return self._data["vm"].get(name)  # type: ignore[return-value]
+
+    @property
+    def config(self) -> ClusterConfig:
+        return self._config
+
+    def wait_for(self, predicate: Callable[[Cluster], bool], timeout: float) -> bool:
+        """Block until ``predicate(snapshot)`` holds or ``timeout`` passes; return whether it held."""
+        return self.wait_until(lambda: predicate(self.snapshot()), timeout)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    # -- watch plumbing -------------------------------------------------------------------
+
+    def _on_connection(self, state: str) -> None:
+        # Data watches do not survive a lost session; re-arm them all when we are back.
+        if state == KazooState.LOST:
+            self._session_lost = True
+        elif state == KazooState.CONNECTED and self._session_lost:
+            self._session_lost = False
+            self._client.handler.spawn(self._rearm_all)
+
+    def _rearm_all(self) -> None:
+        with self._cond:
+            entries = [(k, n) for k, names in self._members.items() for n in names]
+        for kind, name in entries:
+            self._fetch(kind, name)
+
+    def _on_config(self, data, stat, event=None):
+        if self._stopped:
+            return False
+        config = self._config
+        if data:
+            try:
+                config = ClusterConfig.from_json(data)
+            except ValidationError:
+                log.error("ignoring unreadable cluster config at %s", self._schema.config)
+        with self._cond:
+            self._config = config
+            self._config_seen = True
+            self._gen["config"] += 1
+            self._cond.notify_all()
+        return None
+
+    def _on_children(self, kind: str, children: list[str]):
+        if self._stopped:
+            return False
+        with self._cond:
+            new = set(children)
+            added = new - self._members[kind]
+            removed = self._members[kind] - new
+            self._members[kind] = new
+            for name in removed:
+                self._drop(kind, name)
+            self._pending += len(added)
+            self._kinds_seen.add(kind)
+            self._cond.notify_all()
+        for name in added:
+            self._fetch(kind, name, counted=True)
+        return None
+
+    def _path(self, kind: str, name: str) -> str:
+        return self._schema.node(name) if kind == "node" else self._schema.vm(name)
+
+    def _fetch(self, kind: str, name: str, counted: bool = False) -> None:
+        key = (kind, name)
+        watcher = self._watchers.get(key)
+        if watcher is None:
+            watcher = self._watchers[key] = lambda event, k=kind, n=name: self._on_event(k, n, event)
+        result = self._client.get_async(self._path(kind, name), watch=watcher)
+        result.rawlink(lambda res, k=kind, n=name: self._on_data(k, n, res, counted))
+
+    def _on_event(self, kind: str, name: str, event) -> None:
+        if self._stopped:
+            return
+        if event.type == EventType.DELETED:
+            with self._cond:
+                # Forget membership too, so a re-created entry is seen as new by the children watch.
+                self._members[kind].discard(name)
+                self._drop(kind, name)
+                self._cond.notify_all()
+            return
+        self._fetch(kind, name)
+
+    def _on_data(self, kind: str, name: str, result, counted: bool) -> None:
+        try:
+            data, stat = result.get_nowait()
+        except NoNodeError:
+            data = stat = None
+        except Exception as exc:  # connection trouble: the session listener re-arms later
+            log.warning("reading %s %s failed: %s", kind, name, exc)
+            data = stat = None
+        with self._cond:
+            if counted:
+                self._pending -= 1
+            if stat is not None and name in self._members[kind]:
+                key = (kind, name)
+                if stat.mzxid >= self._zxid.get(key, -1):
+                    try:
+                        value = _DECODERS[kind](data)
+                    except ValidationError as exc:
+                        log.error("ignoring unreadable %s %s: %s", kind, name, exc)
+                    else:
+                        self._zxid[key] = stat.mzxid
+                        self._data[kind][name] = value
+                        self._gen[kind] += 1
+            self._cond.notify_all()
+
+    def _drop(self, kind: str, name: str) -> None:
+        if self._data[kind].pop(name, None) is not None:
+            self._gen[kind] += 1
+        self._zxid.pop((kind, name), None)
+        self._watchers.pop((kind, name), None)

@@ -1,0 +1,71 @@
+"""Models: JSON round trips, state checks, metadata parsing with field-named errors."""
+
+import pytest
+
+from pvccore.errors import ValidationError
+from pvccore.models import VM, ClusterConfig, Node, VMMeta
+from pvccore.schema import Schema
+
+
+def test_vm_round_trip_keeps_metadata():
+    vm = VM(name="db1", uuid="1234", memory_mib=2048, vcpus=2, state="start", node="hv1",
+            meta=VMMeta(node_limit=("hv1", "hv2"), node_selector="vcpus", node_autostart=True, migration_method="live"))
+    assert VM.from_json(vm.to_json()) == vm
+
+
+def test_node_round_trip():
+    node = Node(name="hv1", daemon_state="run", coordinator_state="primary", running_vms=("a", "b"), load_1m=0.5)
+    assert Node.from_json(node.to_json()) == node
+
+
+def test_unknown_stored_keys_are_ignored_but_bad_states_are_not():
+    assert Node.from_json(b'{"name": "hv1", "from_the_future": 1}').name == "hv1"
+    with pytest.raises(ValidationError, match="daemon_state must be one of"):
+        Node.from_json(b'{"name": "hv1", "daemon_state": "sleepy"}')
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        VM.from_json(b"{nope")
+    with pytest.raises(ValidationError, match="expected a JSON object"):
+        VM.from_json(b"[1]")
+
+
+@pytest.mark.parametrize("changes, field, message", [
+    ({"node_limit": "hv1,bad/name"}, "node_limit", "invalid node name"),
+    ({"node_limit": 5}, "node_limit", "must be a list"),
+    ({"node_selector": ""}, "node_selector", "must not be empty"),
+    ({"node_selector": 3}, "node_selector", "must be a selector name"),
+    ({"node_autostart": "yes"}, "node_autostart", "true or false"),
+    ({"node_autostart": 1}, "node_autostart", "true or false"),
+    ({"migration_method": "teleport"}, "migration_method", "must be one of live, shutdown, default"),
+    ({"colour": "red"}, "colour", "unknown metadata field"),
+])
+def test_meta_rejects_bad_input_naming_the_field(changes, field, message):
+    with pytest.raises(ValidationError) as err:
+        VMMeta().updated(changes)
+    assert err.value.field == field
+    assert message in err.value.message
+
+
+def test_meta_update_is_partial_and_normalises_limits():
+    meta = VMMeta(node_selector="load").updated({"node_limit": "hv2, hv1,hv2", "node_autostart": True})
+    assert meta == VMMeta(node_limit=("hv1", "hv2"), node_selector="load", node_autostart=True)
+    assert meta.updated({"node_limit": []}).node_limit == ()
+
+
+def test_cluster_config_validation():
+    assert ClusterConfig().default_selector == "mem"
+    assert ClusterConfig().updated({"default_selector": "vms"}).default_selector == "vms"
+    for bad in ({"default_selector": "default"}, {"allow_overcommit": "no"}, {"nope": 1}):
+        with pytest.raises(ValidationError):
+            ClusterConfig().updated(bad)
+
+
+def test_schema_paths_and_rejects_injection():
+    s = Schema("/pvc-x")
+    assert s.vm_xml("web1") == "/pvc-x/vms/web1/xml"
+    assert s.node_alive("hv1") == "/pvc-x/nodes/hv1/alive"
+    for bad in ("../x", "a/b", "", ".hidden", "x" * 65):
+        with pytest.raises(ValidationError):
+            s.vm(bad)
+    for bad_root in ("pvc", "/pvc/", "/", "/a b"):
+        with pytest.raises(ValidationError):
+            Schema(bad_root)

@@ -1,0 +1,114 @@
+"""Placement: candidate filters, node limits, ties, empty sets, unknown selectors, explanations."""
+
+import pytest
+
+from pvccore.errors import ValidationError
+from pvccore.models import VM, Cluster, ClusterConfig, VMMeta
+from pvccore.placement import place
+from tests.conftest import make_node
+
+
+def vm(**meta) -> VM:
+    node = meta.pop("node", "")
+    memory = meta.pop("memory_mib", 1024)
+    return VM(name="web1", uuid="u", memory_mib=memory, vcpus=2, node=node, meta=VMMeta(**meta))
+
+
+def three(**overrides):
+    figures = {"hv1": dict(memory_free_mib=3000), "hv2": dict(memory_free_mib=5000), "hv3": dict(memory_free_mib=4000)}
+    for name, kw in overrides.items():
+        figures[name].update(kw)
+    return [make_node(n, **f) for n, f in figures.items()]
+
+
+def test_default_selector_is_mem_and_best_wins(plugins):
+    result = place(vm(), Cluster.build(three()), plugins.selectors)
+    assert (result.selector, result.target) == ("mem", "hv2")
+
+
+def test_cluster_default_selector_is_used_for_default(plugins):
+    nodes = three(hv1=dict(vm_count=0), hv2=dict(vm_count=4), hv3=dict(vm_count=2))
+    result = place(vm(), Cluster.build(nodes, config=ClusterConfig(default_selector="vms")), plugins.selectors)
+    assert (result.selector, result.target) == ("vms", "hv1")
+
+
+def test_node_limit_restricts_choice(plugins):
+    result = place(vm(node_limit=("hv1", "hv3")), Cluster.build(three()), plugins.selectors)
+    assert result.target == "hv3"
+    assert result.excluded == {"hv2": "outside the VM's node limit"}
+
+
+def test_current_node_is_excluded(plugins):
+    result = place(vm(node="hv2"), Cluster.build(three()), plugins.selectors)
+    assert result.target == "hv3"
+    assert result.excluded["hv2"] == "current node of the VM"
+
+
+def test_ties_go_to_first_name(plugins):
+    nodes = [make_node(n, memory_free_mib=5000) for n in ("zeta", "alpha", "mid")]
+    result = place(vm(), Cluster.build(nodes), plugins.selectors)
+    assert result.target == "alpha"
+
+
+def test_node_leaving_ready_is_excluded(plugins):
+    for field, value, why in (("domain_state", "flush", "domain state is flush"),
+                              ("domain_state", "flushed", "domain state is flushed"),
+                              ("daemon_state", "dead", "daemon state is dead"),
+                              ("daemon_state", "init", "daemon state is init")):
+        result = place(vm(), Cluster.build(three(hv2={field: value})), plugins.selectors)
+        assert result.target == "hv3"
+        assert result.excluded == {"hv2": why}
+
+
+def test_not_enough_memory_unless_overcommit(plugins):
+    big = vm(memory_mib=4500)
+    result = place(big, Cluster.build(three()), plugins.selectors)
+    assert result.target == "hv2"
+    assert "not enough free memory (3000 MiB free, 4500 MiB needed)" == result.excluded["hv1"]
+    huge = vm(memory_mib=6000)
+    assert place(huge, Cluster.build(three()), plugins.selectors).target is None
+    over = Cluster.build(three(), config=ClusterConfig(allow_overcommit=True))
+    assert place(huge, over, plugins.selectors).target == "hv2"
+
+
+def test_empty_candidate_set_explains_every_node(plugins):
+    result = place(vm(node="hv1", node_limit=("hv1", "hv2")), Cluster.build(three(hv2=dict(domain_state="flush"))),
+                   plugins.selectors)
+    assert result.target is None
+    assert result.scores == {}
+    assert [r["node"] for r in result.explain()] == ["hv1", "hv2", "hv3"]
+    assert "hv2: domain state is flush" in result.reason
+    assert place(vm(), Cluster.build([]), plugins.selectors).target is None
+
+
+def test_unknown_selector_names_the_known_ones(plugins):
+    with pytest.raises(ValidationError) as err:
+        place(vm(node_selector="nosuch"), Cluster.build(three()), plugins.selectors)
+    assert err.value.field == "node_selector"
+    assert "unknown selector 'nosuch'" in err.value.message
+    assert "mem" in err.value.message and "vcpus" in err.value.message
+
+
+def test_selector_returning_none_or_raising_excludes_node():
+    from pvccore.hookspecs import Selector
+
+    def score(vm, node, cluster):
+        if node.name == "hv1":
+            return None
+        if node.name == "hv2":
+            raise RuntimeError("boom")
+        return 1.0
+
+    result = place(vm(node_selector="odd"), Cluster.build(three()), {"odd": Selector("odd", "test", score)})
+    assert result.target == "hv3"
+    assert result.excluded["hv1"] == "selector odd says it cannot host the VM"
+    assert result.excluded["hv2"].startswith("selector odd failed: boom")
+
+
+def test_explanation_has_a_line_per_node(plugins):
+    result = place(vm(node_limit=("hv2", "hv3")), Cluster.build(three()), plugins.selectors)
+    assert result.to_dict() == {
+        "vm": "web1", "selector": "mem", "target": "hv2",
+        "nodes": [{"node": "hv1", "excluded": "outside the VM's node limit"},
+                  {"node": "hv2", "score": 5000.0}, {"node": "hv3", "score": 4000.0}],
+    }
