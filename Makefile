@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv
 
-.PHONY: deps venv test bench clean
+.PHONY: deps venv test bench demo demo-stop demo-status clean
 
 deps:
 	@scripts/debs.sh $(DEBS)
@@ -23,6 +23,16 @@ test: venv
 
 bench: venv
 	$(PY) bench/placement.py
+	$(PY) bench/flush.py
+
+demo: venv
+	$(PY) scripts/demo.py up
+
+demo-status: venv
+	$(PY) scripts/demo.py status
+
+demo-stop: venv
+	$(PY) scripts/demo.py down
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .demo

@@ -25,6 +25,11 @@ COORDINATOR_STATES = ("client", "secondary", "takeover", "primary", "relinquish"
 DOMAIN_STATES = ("ready", "flush", "flushed", "unflush", "fence-flush")
 VM_STATES = ("start", "shutdown", "stop", "restart", "migrate", "migrate-live", "unmigrate", "disable", "fail")
 MIGRATION_METHODS = ("live", "shutdown", "default")
+MIGRATION_KINDS = ("migrate", "move", "unmigrate")
+#: migration phases, in order; see pvccore.migration for who writes which
+MIGRATION_PHASES = ("requested", "prepare", "ready", "sent", "stopped", "failed")
+#: VM states in which the VM should be running on its node
+RUNNING_STATES = ("start", "restart", "migrate", "migrate-live", "unmigrate")
 DEFAULT_SELECTOR = "mem"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -139,13 +144,43 @@ def parse_node_limit(value: Any) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Migration(_JSONModel):
+    """A migration in progress, written into the VM document so both nodes see one record.
+
+    ``kind`` decides what ``last_node`` becomes: ``migrate`` remembers the VM's home
+    (the first node it left) for ``unmigrate``; ``move`` and ``unmigrate`` clear it.
+    ``method`` is empty until the source picks ``live`` or ``shutdown``.
+    """
+
+    kind: str
+    source: str
+    target: str
+    phase: str = "requested"
+    method: str = ""
+    live_only: bool = False
+    started: float = 0.0
+    reason: str = ""
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "Migration":
+        try:
+            m = cls(**cls._known(raw))
+        except TypeError as exc:
+            raise ValidationError(f"Migration: {exc}") from exc
+        _check_choice(m.kind, MIGRATION_KINDS, "kind")
+        _check_choice(m.phase, MIGRATION_PHASES, "phase")
+        return m
+
+
+@dataclass(frozen=True, slots=True)
 class VM(_JSONModel):
     """A VM as stored at ``vms/<name>`` (its libvirt XML lives beside it).
 
     ``state`` is the one state field of design.md: the API writes the wanted
     state, the node daemon acts and writes back what it observed (``fail`` with
-    ``reason`` when it could not). ``node`` is where the VM runs or will start;
-    ``last_node`` is where a temporary ``migrate`` came from, for ``unmigrate``.
+    ``reason`` when it could not). ``node`` is where the VM runs or will start,
+    and changes only once the VM runs on a migration's target; ``last_node`` is
+    the VM's home while a ``migrate`` has taken it away, for ``unmigrate``.
     """
 
     name: str
@@ -156,14 +191,16 @@ class VM(_JSONModel):
     reason: str = ""
     node: str = ""
     last_node: str = ""
-    target: str = ""
+    migration: Migration | None = None
     meta: VMMeta = field(default_factory=VMMeta)
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "VM":
         vals = cls._known(raw)
+        mig = vals.get("migration")
         try:
-            vm = cls(**{**vals, "meta": VMMeta.from_dict(vals.get("meta") or {})})
+            vm = cls(**{**vals, "meta": VMMeta.from_dict(vals.get("meta") or {}),
+                        "migration": Migration.from_dict(mig) if mig else None})
         except TypeError as exc:
             raise ValidationError(f"VM: {exc}") from exc
         check_name(vm.name, "VM")
@@ -201,6 +238,8 @@ class Node(_JSONModel):
     vm_count: int = 0
     running_vms: tuple[str, ...] = ()
     keepalive: float = 0.0
+    live_migration: bool = False
+    migration_uri: str = ""
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Node":

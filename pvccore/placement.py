@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Mapping
 
 from .errors import ValidationError
 from .hookspecs import Selector
-from .models import VM, Cluster
+from .models import RUNNING_STATES, VM, Cluster, Node
 
 log = logging.getLogger(__name__)
 
@@ -75,28 +76,106 @@ def place(vm: VM, cluster: Cluster, selectors: Mapping[str, Selector]) -> Placem
     excluded: dict[str, str] = {}
     best_name, best_score = None, -math.inf
     for name, node in cluster.nodes.items():  # name order: the first of equal scores wins
-        if name == vm.node:
-            excluded[name] = "current node of the VM"
-        elif limit and name not in limit:
-            excluded[name] = "outside the VM's node limit"
-        elif node.daemon_state != "run":
-            excluded[name] = f"daemon state is {node.daemon_state}"
-        elif node.domain_state != "ready":
-            excluded[name] = f"domain state is {node.domain_state}"
-        elif node.memory_free_mib < need:
-            excluded[name] = f"not enough free memory ({node.memory_free_mib} MiB free, {need} MiB needed)"
-        else:
-            try:
-                value = score(vm, node, cluster)
-            except Exception as exc:  # a faulty plugin must not break placement
-                log.exception("selector %s failed on node %s", selector.name, name)
-                excluded[name] = f"selector {selector.name} failed: {exc}"
-                continue
-            if value is None or value != value:  # None or NaN: cannot host
-                excluded[name] = f"selector {selector.name} says it cannot host the VM"
-                continue
-            value = float(value)
-            scores[name] = value
-            if best_name is None or value > best_score:
-                best_name, best_score = name, value
+        why = exclusion(vm, node, limit, need)
+        if why:
+            excluded[name] = why
+            continue
+        try:
+            value = score(vm, node, cluster)
+        except Exception as exc:  # a faulty plugin must not break placement
+            log.exception("selector %s failed on node %s", selector.name, name)
+            excluded[name] = f"selector {selector.name} failed: {exc}"
+            continue
+        if value is None or value != value:  # None or NaN: cannot host
+            excluded[name] = f"selector {selector.name} says it cannot host the VM"
+            continue
+        value = float(value)
+        scores[name] = value
+        if best_name is None or value > best_score:
+            best_name, best_score = name, value
     return Placement(vm=vm.name, selector=selector.name, target=best_name, scores=scores, excluded=excluded)
+
+
+def exclusion(vm: VM, node: Node, limit: frozenset, need: int, domains: tuple[str, ...] = ("ready",)) -> str:
+    """Why ``node`` cannot take ``vm`` (empty string when it can).
+
+    ``domains`` are the domain states that accept VMs: ``ready`` for placement;
+    a node coming back (``unflush``) also accepts the VMs it calls home.
+    """
+    if node.name == vm.node:
+        return "current node of the VM"
+    if limit and node.name not in limit:
+        return "outside the VM's node limit"
+    if node.daemon_state != "run":
+        return f"daemon state is {node.daemon_state}"
+    if node.domain_state not in domains:
+        return f"domain state is {node.domain_state}"
+    if node.memory_free_mib < need:
+        return f"not enough free memory ({node.memory_free_mib} MiB free, {need} MiB needed)"
+    return ""
+
+
+def check_target(vm: VM, target: str, cluster: Cluster, domains: tuple[str, ...] = ("ready",)) -> None:
+    """Refuse an explicitly given target with the same rules placement applies.
+
+    :raises ValidationError: unknown node, or one that placement would exclude (field ``target``).
+    """
+    node = cluster.nodes.get(target)
+    if node is None:
+        raise ValidationError(f"unknown node {target!r}", "target")
+    need = 0 if cluster.config.allow_overcommit else vm.memory_mib
+    why = exclusion(vm, node, frozenset(vm.meta.node_limit), need, domains)
+    if why == "outside the VM's node limit":
+        why = f"outside the VM's node limit ({', '.join(vm.meta.node_limit)})"
+    if why:
+        raise ValidationError(f"node {target!r} cannot take VM {vm.name!r}: {why}", "target")
+
+
+def pending_moves(cluster: Cluster) -> dict[str, str]:
+    """VMs headed for a node whose published figures do not show them yet: VM name -> node.
+
+    A VM counts against its migration's target, or against its own node when it
+    should run there; once the node's keepalive lists it, it is no longer pending.
+    """
+    nodes = cluster.nodes
+    out = {}
+    for vm in cluster.vms.values():
+        if vm.migration is not None:
+            dest = vm.migration.target
+        elif vm.state in RUNNING_STATES:
+            dest = vm.node
+        else:
+            continue
+        node = nodes.get(dest)
+        if node is not None and vm.name not in node.running_vms:
+            out[vm.name] = dest
+    return out
+
+
+def current(cluster: Cluster) -> Cluster:
+    """The cluster as placement should see it: published figures plus :func:`pending_moves`."""
+    return with_pending(cluster, pending_moves(cluster))
+
+
+def with_pending(cluster: Cluster, moves: Mapping[str, str]) -> Cluster:
+    """Count VMs already sent to a node (``moves``: VM name -> target) that its figures do not show yet.
+
+    Keepalives lag behind a burst of placements (a flush, VMs defined one after
+    another); without this, every VM of the burst would be placed as if the first
+    had not happened.
+    """
+    nodes = dict(cluster.nodes)
+    for vm_name, target in moves.items():
+        vm, node = cluster.vms.get(vm_name), nodes.get(target)
+        if vm is None or node is None or vm_name in node.running_vms:
+            continue
+        nodes[target] = replace(
+            node,
+            memory_free_mib=node.memory_free_mib - vm.memory_mib,
+            memory_used_mib=node.memory_used_mib + vm.memory_mib,
+            memory_provisioned_mib=node.memory_provisioned_mib + vm.memory_mib,
+            vcpus_allocated=node.vcpus_allocated + vm.vcpus,
+            vm_count=node.vm_count + 1,
+            running_vms=node.running_vms + (vm_name,),
+        )
+    return Cluster(nodes=MappingProxyType(nodes), vms=cluster.vms, config=cluster.config)

@@ -9,6 +9,7 @@ transaction fails, :class:`ConflictError` is raised. Nothing is overwritten blin
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import AbstractContextManager
 from typing import Callable, TypeVar
 
@@ -67,6 +68,12 @@ class Store:
     def __init__(self, client: KazooClient, root: str = DEFAULT_ROOT):
         self.client = client
         self.paths = Schema(root)
+        self._local = threading.local()
+
+    @property
+    def last_write(self) -> tuple[str, int]:
+        """``(path, zxid)`` of this thread's last update, so it can wait for the view to see it."""
+        return getattr(self._local, "write", ("", -1))
 
     @classmethod
     def connect(cls, hosts: str, root: str = DEFAULT_ROOT, timeout: float = 10.0, **kwargs) -> "Store":
@@ -95,21 +102,25 @@ class Store:
     # -- generic compare-and-set ------------------------------------------------
 
     def _read(self, path: str, decode: Callable[[bytes], M], what: str) -> tuple[M, int]:
+        return self._read_stat(path, decode, what)[0:2]
+
+    def _read_stat(self, path: str, decode: Callable[[bytes], M], what: str):
         try:
             data, stat = self.client.get(path)
         except NoNodeError:
             raise NotFoundError(f"{what} not found") from None
-        return decode(data), stat.version
+        return decode(data), stat.version, stat.mzxid
 
     def _update(self, path: str, decode: Callable[[bytes], M], fn: Callable[[M], M], what: str) -> M:
         """Read, apply ``fn``, write back only if nobody wrote in between; retry a lost race."""
         for _ in range(CAS_RETRIES):
-            current, version = self._read(path, decode, what)
+            current, version, zxid = self._read_stat(path, decode, what)
             new = fn(current)
             if new is None or new == current:
+                self._local.write = (path, zxid)  # nothing written: what was read is what to wait for
                 return current
             try:
-                self.client.set(path, new.to_json(), version=version)
+                self._local.write = (path, self.client.set(path, new.to_json(), version=version).mzxid)
                 return new
             except BadVersionError:
                 log.debug("lost a compare-and-set race on %s, retrying", path)
@@ -187,15 +198,15 @@ class Store:
     def update_vm(self, name: str, fn: Callable[[VM], VM]) -> VM:
         return self._update(self.paths.vm(name), VM.from_json, fn, f"VM {name!r}")
 
-    def set_vm_xml(self, name: str, xml: str, check: Callable[[VM], None] | None = None) -> None:
-        """Replace the XML, only if the VM document is unchanged since ``check`` approved it."""
+    def replace_vm_xml(self, name: str, xml: str, update: Callable[[VM], VM]) -> VM:
+        """Write new XML and the VM document ``update`` derives, together, if the VM is unchanged since read."""
         vm, version = self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")
-        if check:
-            check(vm)
+        new = update(vm)
         (self.transaction()
-         .check(self.paths.vm(name), version)
+         .set(self.paths.vm(name), new.to_json(), version)
          .set(self.paths.vm_xml(name), xml.encode())
          .commit())
+        return new
 
     def delete_vm(self, name: str, check: Callable[[VM], None] | None = None) -> None:
         """Delete a VM, only if its document is unchanged since ``check`` approved it."""

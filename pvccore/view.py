@@ -52,6 +52,7 @@ class ClusterView:
         self._cache: dict[str, tuple[int, object]] = {}
         self._session_lost = False
         self._stopped = False
+        self._listeners: list[Callable[[], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -69,7 +70,21 @@ class ClusterView:
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
+            self._cond.notify_all()
         self._client.remove_listener(self._on_connection)
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after every change (from a kazoo thread: it must not block)."""
+        self._listeners.append(fn)
+
+    def _changed(self) -> None:
+        # Called with the condition held.
+        self._cond.notify_all()
+        for fn in self._listeners:
+            try:
+                fn()
+            except Exception:
+                log.exception("view listener failed")
 
     # -- reading ----------------------------------------------------------------------
 
@@ -98,6 +113,25 @@ class ClusterView:
     @property
     def config(self) -> ClusterConfig:
         return self._config
+
+    @property
+    def generation(self) -> int:
+        """A number that grows with every change the view takes in."""
+        with self._cond:
+            return sum(self._gen.values())
+
+    def wait_changed(self, since: int, timeout: float) -> int:
+        """Block until :attr:`generation` differs from ``since`` (or ``timeout``); return the current one."""
+        self.wait_until(lambda: sum(self._gen.values()) != since, timeout)
+        return self.generation
+
+    def wait_seen(self, kind: str, name: str, zxid: int, timeout: float = 10.0) -> bool:
+        """Wait until the view holds ``kind``/``name`` as of ZooKeeper transaction ``zxid`` or later.
+
+        ``kind`` is ``"node"`` or ``"vm"``. An entry that was deleted meanwhile counts as seen.
+        """
+        key = (kind, name)
+        return self.wait_until(lambda: self._zxid.get(key, -1) >= zxid or name not in self._members[kind], timeout)
 
     def wait_for(self, predicate: Callable[[Cluster], bool], timeout: float) -> bool:
         """Block until ``predicate(snapshot)`` holds or ``timeout`` passes; return whether it held."""
@@ -142,7 +176,7 @@ class ClusterView:
             self._config = config
             self._config_seen = True
             self._gen["config"] += 1
-            self._cond.notify_all()
+            self._changed()
         return None
 
     def _on_children(self, kind: str, children: list[str]):
@@ -157,7 +191,7 @@ class ClusterView:
                 self._drop(kind, name)
             self._pending += len(added)
             self._kinds_seen.add(kind)
-            self._cond.notify_all()
+            self._changed()
         for name in added:
             self._fetch(kind, name, counted=True)
         return None
@@ -181,7 +215,7 @@ class ClusterView:
                 # Forget membership too, so a re-created entry is seen as new by the children watch.
                 self._members[kind].discard(name)
                 self._drop(kind, name)
-                self._cond.notify_all()
+                self._changed()
             return
         self._fetch(kind, name)
 
@@ -207,7 +241,7 @@ class ClusterView:
                         self._zxid[key] = stat.mzxid
                         self._data[kind][name] = value
                         self._gen[kind] += 1
-            self._cond.notify_all()
+            self._changed()
 
     def _drop(self, kind: str, name: str) -> None:
         if self._data[kind].pop(name, None) is not None:

@@ -43,3 +43,72 @@ def make_node(name: str, **kw) -> Node:
                 memory_free_mib=8192, memory_provisioned_mib=8192, cpu_count=8)
     base.update(kw)
     return Node(name=name, **base)
+
+
+@pytest.fixture(scope="session")
+def recorder_site(tmp_path_factory):
+    """The recorder test plugin, pip-installed into a directory for daemons' PYTHONPATH."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site = tmp_path_factory.mktemp("recorder-site")
+    src = Path(__file__).parent / "data" / "recorder"
+    build = tmp_path_factory.mktemp("recorder-build")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(src)], check=True, capture_output=True, cwd=build)
+    return site
+
+
+class Events:
+    """Reads what the recorder plugin wrote."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def all(self, hook: str | None = None, **match) -> list[dict]:
+        import json
+
+        if not self.path.exists():
+            return []
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if (hook is None or r["hook"] == hook)
+                and all(r.get(k) == v for k, v in match.items())]
+
+    def wait(self, count: int, hook: str, timeout: float = 20.0, **match) -> list[dict]:
+        """Poll the file (written by other processes) until ``count`` matching rows exist, or the deadline."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(rows := self.all(hook, **match)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return rows
+
+
+@pytest.fixture
+def cluster(zk_server, zk_root, recorder_site, tmp_path):
+    """Three pvcnoded processes (hv1..hv3) on private test:/// hypervisors, and Operations to drive them."""
+    from pvccore.localcluster import LocalCluster
+    from pvccore.operations import Operations
+    from pvccore.view import ClusterView
+
+    events = tmp_path / "events.jsonl"
+    env = {"PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(events)}
+    local = LocalCluster(zk_server.hosts, zk_root, workdir=str(tmp_path / "cluster"), env=env)
+    (tmp_path / "cluster").mkdir()
+    store = Store.connect(zk_server.hosts, zk_root)
+    local.start()
+    view = ClusterView(store.client, store.paths).start()
+    ops = Operations(store, view, load_plugins(disabled=()))
+    ops.local = local
+    ops.events = Events(events)
+    try:
+        yield ops
+    finally:
+        view.stop()
+        local.stop()
+        delete_tree(store.client, zk_root)
+        store.close()
+    # A daemon that hit an unexpected exception logged a traceback: that is a failure too.
+    broken = {n: local.log(n) for n in local.nodes if "Traceback" in local.log(n)}
+    assert not broken, "daemon tracebacks:\n" + "\n".join(f"--- {n}\n{log}" for n, log in broken.items())

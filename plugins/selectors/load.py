@@ -5,7 +5,7 @@ from pvccore.hookspecs import Selector
 
 
 def score(vm, node, cluster):
-    return -float(node.load_1m)
+    return 0.0 - node.load_1m
 
 
 @hookimpl

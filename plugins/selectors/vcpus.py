@@ -5,7 +5,7 @@ from pvccore.hookspecs import Selector
 
 
 def score(vm, node, cluster):
-    return -float(node.vcpus_allocated)
+    return float(-node.vcpus_allocated)
 
 
 @hookimpl

@@ -5,7 +5,7 @@ from pvccore.hookspecs import Selector
 
 
 def score(vm, node, cluster):
-    return -float(node.vm_count)
+    return float(-node.vm_count)
 
 
 @hookimpl

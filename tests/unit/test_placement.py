@@ -112,3 +112,26 @@ def test_explanation_has_a_line_per_node(plugins):
         "nodes": [{"node": "hv1", "excluded": "outside the VM's node limit"},
                   {"node": "hv2", "score": 5000.0}, {"node": "hv3", "score": 4000.0}],
     }
+
+
+def test_pending_vms_count_until_the_node_reports_them(plugins):
+    from pvccore.models import Migration
+    from pvccore.placement import current, pending_moves
+
+    nodes = [make_node("hv1", memory_free_mib=5000, vm_count=0, running_vms=("old",)),
+             make_node("hv2", memory_free_mib=5000, vm_count=0)]
+    vms = [VM(name="old", uuid="1", memory_mib=100, vcpus=1, state="start", node="hv1"),  # already reported
+           VM(name="new", uuid="2", memory_mib=2000, vcpus=2, state="start", node="hv1"),  # assigned, not yet seen
+           VM(name="off", uuid="3", memory_mib=999, vcpus=1, state="stop", node="hv2"),    # stopped: not pending
+           VM(name="mig", uuid="4", memory_mib=500, vcpus=1, state="migrate", node="hv1",
+              migration=Migration(kind="migrate", source="hv1", target="hv2"))]
+    cluster = Cluster.build(nodes, vms)
+    assert pending_moves(cluster) == {"new": "hv1", "mig": "hv2"}
+    seen = current(cluster)
+    assert (seen.nodes["hv1"].memory_free_mib, seen.nodes["hv1"].vm_count, seen.nodes["hv1"].vcpus_allocated) == \
+        (3000, 1, 2)
+    assert seen.nodes["hv2"].memory_free_mib == 4500
+    # a third VM placed by "vms" now goes to hv1's peer with fewer VMs counted... both have 1: first name wins
+    third = VM(name="x", uuid="5", memory_mib=100, vcpus=1, meta=VMMeta(node_selector="mem"))
+    assert place(third, seen, plugins.selectors).target == "hv2"  # 4500 free beats 3000
+    assert place(third, cluster, plugins.selectors).target == "hv1"  # the raw figures would tie -> hv1

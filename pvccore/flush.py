@@ -1,0 +1,98 @@
+"""Node flush and ready (unflush), run by the node's own daemon in a worker thread.
+
+Flush: every running VM of the node is sent away by placement (its selector and
+node limit), at most ``flush_parallel`` migrations at a time; a VM with no valid
+target is shut down and gets ``node_autostart``; then the node is ``flushed``.
+Ready: the VMs whose last node is this one come back, the VMs at home here with
+``node_autostart`` start (the flag is cleared as it is used); then ``ready``.
+A change of the node's domain state (an operator asking the opposite) ends the
+worker at its next step. Progress waits on the view, never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from .errors import PVCError
+from .models import VM
+from .operations import migration_request
+from .placement import current, place, with_pending
+
+if TYPE_CHECKING:
+    from .daemon import NodeDaemon
+
+log = logging.getLogger(__name__)
+
+
+def _still(d: "NodeDaemon", state: str) -> bool:
+    node = d.view.node(d.name)
+    return not d.stopping.is_set() and node is not None and node.domain_state == state
+
+
+def run_flush(d: "NodeDaemon") -> None:
+    me = d.name
+    sent: dict[str, str] = {}  # VM -> target, as requested by this flush
+    gen = d.view.generation
+    while _still(d, "flush"):
+        snap = d.view.snapshot()
+        mine = sorted((vm for vm in snap.vms.values() if vm.node == me), key=lambda vm: vm.name)
+        moving = [vm for vm in mine if vm.migration is not None]
+        stopping = [vm for vm in mine if vm.state in ("shutdown", "restart")]
+        todo = [vm for vm in mine if vm.state == "start" and vm.migration is None]
+        if not todo and not moving and not stopping:
+            break
+        cluster = current(snap)
+        for vm in todo[:max(0, d.cfg.flush_parallel - len(moving))]:
+            if vm.name in sent:  # it came back: its migration failed, and it cannot stay here
+                _park(d, vm, f"migration to {sent[vm.name]} failed during flush of {me}: {vm.reason}")
+                continue
+            decision = place(vm, cluster, d.plugins.selectors)
+            if decision.target is None:
+                _park(d, vm, decision.reason)
+                continue
+            try:
+                d.write_vm(vm.name, lambda v: migration_request(v, "migrate", decision.target))
+            except PVCError as exc:  # changed meanwhile (an operator acted): look again next round
+                log.info("flush of %s: VM %s not sent: %s", me, vm.name, exc.message)
+                continue
+            sent[vm.name] = decision.target
+            cluster = with_pending(cluster, {vm.name: decision.target})
+            log.info("flush of %s: VM %s to %s (%s)", me, vm.name, decision.target, decision.selector)
+        gen = d.view.wait_changed(gen, d.cfg.keepalive_interval)
+    if _still(d, "flush"):
+        d.set_node(lambda n: n.domain_state == "flush", domain_state="flushed")
+        log.info("node %s flushed (%d VMs sent away)", me, len(sent))
+
+
+def _park(d: "NodeDaemon", vm: VM, reason: str) -> None:
+    """No node can take the VM: shut it down here and have it start with its home node."""
+    log.warning("flush of %s: VM %s shut down: %s", d.name, vm.name, reason)
+    d.set_vm(vm.name, lambda v: v.node == d.name and v.state == "start" and v.migration is None, state="shutdown",
+             meta=replace(vm.meta, node_autostart=True), reason=reason)
+
+
+def run_unflush(d: "NodeDaemon") -> None:
+    me = d.name
+    asked: set[str] = set()
+    snap = d.view.snapshot()
+    for vm in sorted(snap.vms.values(), key=lambda v: v.name):
+        if vm.last_node == me and vm.node != me and vm.migration is None:
+            try:
+                d.ops.unmigrate(vm.name)
+                asked.add(vm.name)
+            except PVCError as exc:
+                log.warning("ready of %s: VM %s stays on %s: %s", me, vm.name, vm.node, exc.message)
+        elif vm.node == me and vm.meta.node_autostart and vm.state == "stop":
+            d.set_vm(vm.name, lambda v: v.meta.node_autostart and v.state == "stop", state="start",
+                     meta=replace(vm.meta, node_autostart=False), reason="")
+            log.info("ready of %s: VM %s autostarted", me, vm.name)
+
+    def back(c) -> bool:
+        return all((v := c.vms.get(n)) is None or v.migration is None for n in asked)
+
+    d.view.wait_for(lambda c: back(c) or not _still(d, "unflush"), d.cfg.migration_timeout * max(1, len(asked)))
+    if _still(d, "unflush"):
+        d.set_node(lambda n: n.domain_state == "unflush", domain_state="ready")
+        log.info("node %s ready (%d VMs brought back)", me, len(asked))

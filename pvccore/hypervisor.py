@@ -1,0 +1,263 @@
+"""The libvirt layer: one node's hypervisor, the same code for QEMU/KVM and libvirt's test driver.
+
+Whether a hypervisor can live-migrate is read from its capabilities
+(``<migration_features><live/>``), not from its name: the test driver reports
+none and so takes the shutdown + start path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from .errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+# libvirt prints every error to stderr by default; we raise them instead.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_UNIT_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024, "m": 1024, "mib": 1024,
+             "mb": 1e6 / 1024, "g": 1024 ** 2, "gib": 1024 ** 2, "gb": 1e9 / 1024}
+
+
+class HypervisorError(Exception):
+    """A libvirt operation failed; the message is libvirt's, fit for a VM's ``reason``."""
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What pvc reads from a domain XML."""
+
+    name: str
+    uuid: str
+    memory_mib: int
+    vcpus: int
+    xml: str
+
+
+def parse_domain_xml(xml: str) -> DomainSpec:
+    """Read name, UUID, memory and vCPUs from libvirt domain XML; add a UUID when there is none.
+
+    :raises ValidationError: not domain XML, or a field is missing or malformed.
+    """
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise ValidationError(f"not valid XML: {exc}", "xml") from exc
+    if root.tag != "domain":
+        raise ValidationError(f"expected a <domain> document, got <{root.tag}>", "xml")
+    name = (root.findtext("name") or "").strip()
+    if not name:
+        raise ValidationError("domain XML has no <name>", "xml")
+    mem = root.find("memory")
+    if mem is None or not (mem.text or "").strip().isdigit():
+        raise ValidationError("domain XML has no <memory> amount", "xml")
+    unit = (mem.get("unit") or "KiB").lower()
+    if unit not in _UNIT_KIB:
+        raise ValidationError(f"unknown memory unit {mem.get('unit')!r}", "xml")
+    memory_mib = int(int(mem.text.strip()) * _UNIT_KIB[unit] // 1024)
+    vcpu_text = (root.findtext("vcpu") or "1").strip()
+    if not vcpu_text.isdigit() or int(vcpu_text) < 1:
+        raise ValidationError(f"bad <vcpu> count {vcpu_text!r}", "xml")
+    uuid_el = root.find("uuid")
+    if uuid_el is None or not (uuid_el.text or "").strip():
+        uuid_el = uuid_el if uuid_el is not None else ET.SubElement(root, "uuid")
+        uuid_el.text = str(uuidlib.uuid4())
+        xml = ET.tostring(root, encoding="unicode")
+    else:
+        try:
+            uuid_el.text = str(uuidlib.UUID(uuid_el.text.strip()))
+        except ValueError:
+            raise ValidationError(f"bad <uuid> {uuid_el.text!r}", "xml") from None
+    if memory_mib < 1:
+        raise ValidationError("domain memory must be at least 1 MiB", "xml")
+    return DomainSpec(name=name, uuid=uuid_el.text, memory_mib=memory_mib, vcpus=int(vcpu_text), xml=xml)
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    running: bool
+    memory_mib: int
+    vcpus: int
+
+
+class Hypervisor:
+    """One libvirt connection with the operations the node daemon needs.
+
+    Thread-safe: libvirt connections are; the lock only guards reconnection.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    # -- connection ----------------------------------------------------------------
+
+    def open(self) -> "Hypervisor":
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except libvirt.libvirtError:
+                pass
+            self._conn = None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                self.open()
+            return self._conn
+
+    def can_live_migrate(self) -> bool:
+        caps = ET.fromstring(self.conn.getCapabilities())
+        return caps.find("host/migration_features/live") is not None
+
+    # -- figures ----------------------------------------------------------------------
+
+    def domains(self) -> dict[str, Domain]:
+        out = {}
+        for dom in self.conn.listAllDomains():
+            try:
+                state, max_kib, _cur, vcpus, _t = dom.info()
+                out[dom.name()] = Domain(dom.name(), state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
+                                                               libvirt.VIR_DOMAIN_BLOCKED), max_kib // 1024, vcpus)
+            except libvirt.libvirtError:  # undefined between list and info
+                continue
+        return out
+
+    def figures(self, domains: dict[str, Domain] | None = None) -> dict:
+        """Memory, CPU and load figures of this node, as published by keepalive."""
+        domains = self.domains() if domains is None else domains
+        _model, total_mib, cpus, *_ = self.conn.getInfo()
+        running = [d for d in domains.values() if d.running]
+        used_by_vms = sum(d.memory_mib for d in running)
+        try:
+            host_free = self.conn.getFreeMemory() // (1024 * 1024)
+        except libvirt.libvirtError:
+            host_free = 0
+        # The test driver reports no free memory: count what its running VMs take.
+        free = max(0, min(host_free, total_mib - used_by_vms) if host_free else total_mib - used_by_vms)
+        return {
+            "memory_total_mib": total_mib,
+            "memory_free_mib": free,
+            "memory_used_mib": total_mib - free,
+            "cpu_count": cpus,
+            "load_1m": os.getloadavg()[0],
+            "vcpus_allocated": sum(d.vcpus for d in running),
+            "running_vms": tuple(sorted(d.name for d in running)),
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _dom(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise HypervisorError(str(exc)) from exc
+
+    def is_running(self, name: str) -> bool:
+        dom = self._dom(name)
+        return bool(dom and dom.isActive())
+
+    def define(self, xml: str) -> None:
+        try:
+            self.conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"define failed: {exc}") from exc
+
+    def start(self, name: str, xml: str) -> None:
+        """Define (or redefine) from ``xml`` and start; already running is fine."""
+        dom = self._dom(name)
+        if dom is not None and dom.isActive():
+            return
+        self.define(xml)
+        try:
+            self.conn.lookupByName(name).create()
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"start failed: {exc}") from exc
+
+    def destroy(self, name: str) -> None:
+        dom = self._dom(name)
+        if dom is None or not dom.isActive():
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if dom.isActive():
+                raise HypervisorError(f"stop failed: {exc}") from exc
+
+    def shutdown(self, name: str, timeout: float, stopping: threading.Event | None = None) -> bool:
+        """Ask the guest to shut down; destroy it after ``timeout``. True if it went gracefully."""
+        dom = self._dom(name)
+        if dom is None or not dom.isActive():
+            return True
+        try:
+            dom.shutdown()
+        except libvirt.libvirtError as exc:
+            log.warning("graceful shutdown of %s refused (%s); stopping it", name, exc)
+        deadline = time.monotonic() + timeout
+        waiter = stopping or threading.Event()
+        delay = 0.05
+        while dom.isActive():
+            if time.monotonic() >= deadline:
+                self.destroy(name)
+                return False
+            # Guests give no event we can wait on through every driver: poll with a deadline.
+            waiter.wait(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+        return True
+
+    def undefine(self, name: str) -> None:
+        dom = self._dom(name)
+        if dom is None:
+            return
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"undefine failed: {exc}") from exc
+
+    def migrate_live(self, name: str, dest_uri: str, timeout: float) -> None:
+        """Peer-to-peer live migration to ``dest_uri``; the domain ends persistent there and gone here."""
+        dom = self._dom(name)
+        if dom is None or not dom.isActive():
+            raise HypervisorError(f"{name} is not running here")
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        # libvirt has no overall migration timeout: abort the job from a timer.
+        watchdog = threading.Timer(timeout, self._abort_job, args=(dom,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            dom.migrateToURI3(dest_uri, {}, flags)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"live migration failed: {exc}") from exc
+        finally:
+            watchdog.cancel()
+
+    @staticmethod
+    def _abort_job(dom: libvirt.virDomain) -> None:
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError:
+            pass

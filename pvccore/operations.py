@@ -1,0 +1,258 @@
+"""Cluster operations: what the API (and Python callers) ask of the cluster.
+
+Each operation validates against the watched view, then writes the wanted state
+to ZooKeeper with a compare-and-set whose update function re-checks the
+preconditions on the freshly read document; the node daemons do the work.
+Nothing here talks to libvirt. ``wait_*`` helpers block on watches, not sleeps.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from typing import Any, Callable, Mapping
+
+from .errors import ConflictError, ValidationError
+from .hypervisor import parse_domain_xml
+from .models import RUNNING_STATES, VM, Cluster, Migration, Node, VMMeta, check_name
+from .placement import Placement, check_target, current, place, resolve_selector
+from .plugins import PluginSet
+from .store import Store
+from .view import ClusterView
+
+USER_STATES = ("start", "shutdown", "stop", "restart", "disable")
+
+
+class Operations:
+    def __init__(self, store: Store, view: ClusterView, plugins: PluginSet):
+        self.store = store
+        self.view = view
+        self.plugins = plugins
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _seen(self, kind: str, name: str, written):
+        """Return ``written`` once the view shows it (read your own writes)."""
+        path, zxid = self.store.last_write
+        if path == (self.store.paths.vm(name) if kind == "vm" else self.store.paths.node(name)):
+            self.view.wait_seen(kind, name, zxid)
+        return written
+
+    def _vm(self, name: str) -> VM:
+        check_name(name, "VM")
+        return self.store.get_vm(name)
+
+    def _node(self, name: str) -> Node:
+        check_name(name, "node")
+        return self.store.get_node(name)
+
+    def validate_meta(self, meta: VMMeta, cluster: Cluster) -> None:
+        """Names in metadata must exist: the selector is registered, limit nodes are known."""
+        resolve_selector(meta.node_selector, cluster, self.plugins.selectors)
+        unknown = [n for n in meta.node_limit if n not in cluster.nodes]
+        if unknown:
+            raise ValidationError(f"unknown node {unknown[0]!r} in node_limit; known nodes: "
+                                  f"{', '.join(cluster.nodes) or 'none'}", "node_limit")
+
+    def placement(self, name: str) -> Placement:
+        """The placement explanation for a VM as it stands: every node's score or exclusion."""
+        return place(self._vm(name), current(self.view.snapshot()), self.plugins.selectors)
+
+    # -- VMs -----------------------------------------------------------------------------
+
+    def define_vm(self, xml: str, meta: Mapping[str, Any] | None = None, target: str | None = None,
+                  start: bool = True) -> VM:
+        """Store a VM from libvirt XML with its metadata on ``target`` or a placed node."""
+        spec = parse_domain_xml(xml)
+        check_name(spec.name, "VM", "xml")
+        vm_meta = VMMeta().updated(meta or {})
+        cluster = current(self.view.snapshot())
+        self.validate_meta(vm_meta, cluster)
+        vm = VM(name=spec.name, uuid=spec.uuid, memory_mib=spec.memory_mib, vcpus=spec.vcpus,
+                state="start" if start else "stop", meta=vm_meta)
+        if spec.name in cluster.vms:
+            raise ConflictError(f"VM {spec.name!r} already exists", "xml")
+        if target:
+            check_target(vm, target, cluster)
+        else:
+            decision = place(vm, cluster, self.plugins.selectors)
+            if decision.target is None:
+                raise ConflictError(decision.reason, "target")
+            target = decision.target
+        created = self.store.create_vm(replace(vm, node=target), spec.xml)
+        self.view.wait_for(lambda c: spec.name in c.vms, 10)
+        return created
+
+    def set_meta(self, name: str, changes: Mapping[str, Any]) -> VM:
+        current = self._vm(name)
+        new_meta = current.meta.updated(changes)
+        self.validate_meta(new_meta, self.view.snapshot())
+        return self._seen("vm", name, self.store.update_vm(name, lambda vm: replace(vm, meta=vm.meta.updated(changes))))
+
+    def replace_xml(self, name: str, xml: str) -> VM:
+        """Replace a VM's XML (same name, same UUID); memory and vCPUs follow the new XML."""
+        spec = parse_domain_xml(xml)
+        if spec.name != name:
+            raise ValidationError(f"the XML names VM {spec.name!r}, not {name!r}", "xml")
+        given_uuid = "<uuid" in xml
+
+        def update(vm: VM) -> VM:
+            if given_uuid and spec.uuid != vm.uuid:
+                raise ValidationError(f"the XML's UUID {spec.uuid} differs from the VM's {vm.uuid}", "xml")
+            return replace(vm, memory_mib=spec.memory_mib, vcpus=spec.vcpus)
+
+        self._vm(name)
+        return self.store.replace_vm_xml(name, spec.xml if given_uuid else _with_uuid(spec.xml, self._vm(name).uuid),
+                                         update)
+
+    def set_state(self, name: str, state: str) -> VM:
+        if state not in USER_STATES:
+            raise ValidationError(f"state must be one of {', '.join(USER_STATES)}; got {state!r}", "state")
+
+        def change(vm: VM) -> VM:
+            if vm.migration is not None:
+                raise ConflictError(f"VM {name!r} is migrating to {vm.migration.target}; try again when it is done",
+                                    "state")
+            if state == "restart" and vm.state != "start":
+                raise ConflictError(f"VM {name!r} is not running (state {vm.state}); start it instead", "state")
+            return replace(vm, state=state, reason="")
+
+        self._vm(name)
+        return self._seen("vm", name, self.store.update_vm(name, change))
+
+    def undefine(self, name: str, force: bool = False, timeout: float = 60.0) -> None:
+        """Remove a VM. A running one is refused, or with ``force`` stopped first (waiting up to ``timeout``)."""
+        vm = self._vm(name)
+        if _active(vm):
+            if not force:
+                raise ConflictError(f"VM {name!r} is running (state {vm.state}); stop it first or force", "state")
+            if vm.migration is None:
+                self.set_state(name, "stop")
+            if not self.wait_vm(name, lambda v: v is None or (not _active(v) and not self._runs(v)), timeout):
+                raise ConflictError(f"VM {name!r} did not stop within {timeout:g}s", "state")
+
+        def check(v: VM) -> None:
+            if _active(v):
+                raise ConflictError(f"VM {name!r} was started again meanwhile", "state")
+
+        self.store.delete_vm(name, check)
+
+    def _runs(self, vm: VM) -> bool:
+        """Whether the VM's node last reported it running."""
+        node = self.view.node(vm.node)
+        return bool(node and vm.name in node.running_vms)
+
+    # -- migration ---------------------------------------------------------------------------
+
+    def migrate(self, name: str, target: str | None = None, force_live: bool = False) -> VM:
+        """Send a VM to ``target`` (or the placed node) for now; ``unmigrate`` brings it back."""
+        return self._request_migration(name, "migrate", target, force_live)
+
+    def move(self, name: str, target: str | None = None, force_live: bool = False) -> VM:
+        """Send a VM to ``target`` (or the placed node) for good: it forgets its last node."""
+        return self._request_migration(name, "move", target, force_live)
+
+    def unmigrate(self, name: str, force_live: bool = False) -> VM:
+        vm = self._vm(name)
+        if not vm.last_node:
+            raise ConflictError(f"VM {name!r} has no last node to return to", "action")
+        return self._request_migration(name, "unmigrate", vm.last_node, force_live, domains=("ready", "unflush"))
+
+    def _request_migration(self, name: str, kind: str, target: str | None, force_live: bool,
+                           domains: tuple[str, ...] = ("ready",)) -> VM:
+        vm = self._vm(name)
+        cluster = current(self.view.snapshot())
+        if target:
+            check_target(vm, target, cluster, domains)
+        else:
+            decision = place(vm, cluster, self.plugins.selectors)
+            if decision.target is None:
+                raise ConflictError(decision.reason, "target")
+            target = decision.target
+        return self._seen("vm", name,
+                          self.store.update_vm(name, lambda current: migration_request(current, kind, target, force_live)))
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def flush(self, node: str) -> Node:
+        """Ask ``node`` to move its VMs away; its daemon ends in domain state ``flushed``."""
+        self._node(node)
+        return self._seen("node", node, self.store.update_node(
+            node, lambda n: replace(n, domain_state="flush") if n.domain_state in ("ready", "unflush") else n))
+
+    def ready(self, node: str) -> Node:
+        """Ask ``node`` to take its VMs back; its daemon ends in domain state ``ready``."""
+        self._node(node)
+        return self._seen("node", node, self.store.update_node(
+            node, lambda n: replace(n, domain_state="unflush") if n.domain_state in ("flush", "flushed") else n))
+
+    def set_config(self, changes: Mapping[str, Any]):
+        new = self.view.config.updated(changes)
+        if "default_selector" in changes:
+            resolve_selector(new.default_selector, Cluster.build([], config=new), self.plugins.selectors)
+        return self.store.update_config(lambda c: c.updated(changes))
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def wait_vm(self, name: str, predicate: Callable[[VM | None], bool], timeout: float) -> bool:
+        return self.view.wait_for(lambda c: predicate(c.vms.get(name)), timeout)
+
+    def wait_settled(self, name: str, timeout: float = 60.0) -> bool:
+        """Wait until the VM has no migration in progress and is in a resting state."""
+        return self.wait_vm(name, lambda v: v is None or (v.migration is None and v.state in ("start", "stop",
+                                                                                            "disable", "fail")),
+                            timeout)
+
+    def wait_node(self, name: str, predicate: Callable[[Node | None], bool], timeout: float) -> bool:
+        return self.view.wait_for(lambda c: predicate(c.nodes.get(name)), timeout)
+
+
+def migration_request(vm: VM, kind: str, target: str, force_live: bool = False) -> VM:
+    """The VM document with a migration of ``kind`` to ``target`` requested.
+
+    A stopped VM needs no hypervisor work: it is re-homed at once.
+    :raises ConflictError: already migrating, or in a state that cannot move.
+    """
+    if vm.migration is not None:
+        raise ConflictError(f"VM {vm.name!r} is already migrating to {vm.migration.target}", "action")
+    if vm.node == target:
+        raise ConflictError(f"VM {vm.name!r} is already on {target}", "target")
+    last = _last_node_after(vm, kind, vm.node, target)
+    if vm.state not in ("start",):
+        if vm.state in RUNNING_STATES:
+            raise ConflictError(f"VM {vm.name!r} is busy (state {vm.state})", "action")
+        return replace(vm, node=target, last_node=last)
+    state = "migrate-live" if force_live else ("unmigrate" if kind == "unmigrate" else "migrate")
+    mig = Migration(kind=kind, source=vm.node, target=target, started=time.time(),
+                    live_only=force_live or vm.meta.migration_method == "live")
+    return replace(vm, state=state, migration=mig, reason="")
+
+
+def _last_node_after(vm: VM, kind: str, source: str, target: str) -> str:
+    """``migrate`` remembers the VM's home (the first node it left); ``move``/``unmigrate`` forget it."""
+    if kind != "migrate":
+        return ""
+    home = vm.last_node or source
+    return "" if home == target else home
+
+
+def finished(vm: VM) -> VM:
+    """The VM document once its migration's target runs it."""
+    mig = vm.migration
+    assert mig is not None
+    return replace(vm, node=mig.target, last_node=_last_node_after(vm, mig.kind, mig.source, mig.target),
+                   state="start", migration=None, reason="")
+
+
+def _active(vm: VM) -> bool:
+    return vm.state in RUNNING_STATES or vm.migration is not None
+
+
+def _with_uuid(xml: str, uuid: str) -> str:
+    root = ET.fromstring(xml)
+    el = root.find("uuid")
+    if el is None:
+        el = ET.SubElement(root, "uuid")
+    el.text = uuid
+    return ET.tostring(root, encoding="unicode")

@@ -1,0 +1,143 @@
+"""The local demo cluster: a ZooKeeper, three pvcnoded on libvirt test:/// hypervisors, sample VMs.
+
+    make demo        # up (or, when already up, status)
+    make demo-stop   # down
+
+Everything lives under .demo/ (ZooKeeper data, hypervisor descriptions, daemon logs)
+and keeps running after the command returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pvccore.localcluster import LocalCluster, test_domain_xml
+from pvccore.localzk import LocalZooKeeper
+from pvccore.operations import Operations
+from pvccore.plugins import load_plugins
+from pvccore.store import Store
+from pvccore.view import ClusterView
+
+HERE = Path(__file__).resolve().parent.parent
+DEMO = HERE / ".demo"
+STATE = DEMO / "state.json"
+ZK_PORT = int(os.environ.get("PVC_DEMO_ZK_PORT", "21810"))
+ROOT = "/pvc"
+SAMPLES = (
+    # name, MiB, vCPUs, metadata
+    ("web1", 512, 1, {"node_limit": ["hv1", "hv2"], "node_selector": "mem"}),
+    ("web2", 512, 1, {"node_limit": ["hv1", "hv2"], "node_selector": "vms"}),
+    ("db1", 2048, 2, {"node_limit": ["hv3"], "migration_method": "shutdown"}),
+    ("cache1", 1024, 2, {"node_selector": "memprov"}),
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _state() -> dict | None:
+    if not STATE.exists():
+        return None
+    state = json.loads(STATE.read_text())
+    return state if all(_alive(p) for p in state["pids"].values()) else None
+
+
+def _connect(hosts: str):
+    store = Store.connect(hosts, ROOT)
+    view = ClusterView(store.client, store.paths).start()
+    return store, view, Operations(store, view, load_plugins())
+
+
+def status(hosts: str) -> None:
+    store, view, _ = _connect(hosts)
+    snap = view.snapshot()
+    print(f"\nnodes ({hosts}{ROOT}):")
+    print(f"  {'name':<6} {'daemon':<7} {'domain':<8} {'free MiB':>9} {'VMs':>4}  running")
+    for n in snap.nodes.values():
+        print(f"  {n.name:<6} {n.daemon_state:<7} {n.domain_state:<8} {n.memory_free_mib:>9} {n.vm_count:>4}  "
+              f"{', '.join(n.running_vms)}")
+    print("\nVMs:")
+    print(f"  {'name':<7} {'state':<7} {'node':<5} {'last':<5} {'limit':<9} {'selector':<8} {'autostart':<9} method")
+    for v in sorted(snap.vms.values(), key=lambda v: v.name):
+        m = v.meta
+        print(f"  {v.name:<7} {v.state:<7} {v.node:<5} {v.last_node or '-':<5} {','.join(m.node_limit) or 'any':<9} "
+              f"{m.node_selector:<8} {str(m.node_autostart).lower():<9} {m.migration_method}")
+    view.stop()
+    store.close()
+
+
+def up() -> None:
+    state = _state()
+    if state:
+        print("the demo cluster is already running")
+        status(state["hosts"])
+        return
+    DEMO.mkdir(exist_ok=True)
+    zk = LocalZooKeeper(data_dir=str(DEMO / "zookeeper"), port=ZK_PORT).start()
+    cluster = LocalCluster(zk.hosts, ROOT, workdir=str(DEMO / "cluster"),
+                           flags=("--keepalive-interval", "1", "--shutdown-timeout", "10"))
+    (DEMO / "cluster").mkdir(exist_ok=True)
+    cluster.start()
+    pids = {"zookeeper": zk.proc.pid, **{n: p.pid for n, p in cluster.procs.items()}}
+    STATE.write_text(json.dumps({"hosts": zk.hosts, "root": ROOT, "pids": pids}))
+    store, view, ops = _connect(zk.hosts)
+    for name, mib, cpus, meta in SAMPLES:
+        if name not in view.snapshot().vms:
+            ops.define_vm(test_domain_xml(name, mib, cpus), meta)
+    view.wait_for(lambda c: all(v.name in c.nodes[v.node].running_vms for v in c.vms.values()), 20)
+    view.stop()
+    store.close()
+    print(f"demo cluster up: ZooKeeper {zk.hosts}, root {ROOT}; logs in {DEMO}/cluster/")
+    status(zk.hosts)
+    print("\nstop it with: make demo-stop")
+
+
+def down() -> None:
+    if not STATE.exists():
+        print("the demo cluster is not running")
+        return
+    pids = json.loads(STATE.read_text())["pids"]
+    order = [n for n in pids if n != "zookeeper"] + ["zookeeper"]  # daemons first, ZooKeeper last
+    for name in order:
+        pid = pids[name]
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)  # waiting for another process to exit, under a deadline
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    STATE.unlink()
+    print("demo cluster stopped")
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "up"
+    if command == "up":
+        up()
+    elif command == "down":
+        down()
+    elif command == "status":
+        state = _state()
+        if not state:
+            print("the demo cluster is not running (make demo)")
+            return 1
+        status(state["hosts"])
+    else:
+        print(f"usage: {argv[0]} up|down|status", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

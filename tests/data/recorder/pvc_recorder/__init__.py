@@ -1,0 +1,38 @@
+"""Appends every lifecycle notification to the file named by $PVC_TEST_EVENTS, one JSON line each."""
+
+import json
+import os
+
+from pvccore import hookimpl
+
+
+def _record(hook, **fields):
+    path = os.environ.get("PVC_TEST_EVENTS")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"hook": hook, **fields}, default=repr) + "\n")
+
+
+@hookimpl
+def pvc_node_state_changed(node, kind, old, new):
+    _record("node_state", node=node, kind=kind, old=old, new=new)
+
+
+@hookimpl
+def pvc_vm_state_changed(vm, node, old, new, reason):
+    _record("vm_state", vm=vm, node=node, old=old, new=new, reason=reason)
+
+
+@hookimpl
+def pvc_migration_finished(vm, source, target, method, seconds, ok):
+    _record("migration", vm=vm, source=source, target=target, method=method, seconds=seconds, ok=ok)
+
+
+@hookimpl
+def pvc_node_fenced(node, result):
+    _record("fenced", node=node, off=result.off, message=result.message)
+
+
+@hookimpl
+def pvc_handover_phase(phase, node, role, old_primary, new_primary):
+    _record("handover", phase=phase, node=node, role=role, old_primary=old_primary, new_primary=new_primary)

@@ -1,0 +1,63 @@
+"""Daemon configuration: the example file parses, flags override, bad input is one clear error."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from pvccore import config
+from pvccore.errors import ValidationError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "pvcnoded.example.toml"
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser)
+    return config.from_args(parser.parse_args(argv))
+
+
+def test_example_config_sets_every_key():
+    cfg = parse(["--config", str(EXAMPLE)])
+    assert set(config.load_file(str(EXAMPLE))) == {o.key for o in config.OPTIONS}
+    assert cfg.node == "hv1" and cfg.coordinator is True
+    assert cfg.migration_uri == "qemu+tcp://10.0.0.1/system"
+
+
+def test_flags_override_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('node = "a"\nflush_parallel = 3\n')
+    cfg = parse(["-c", str(f), "--node", "b", "--no-coordinator", "--keepalive-interval", "2"])
+    assert (cfg.node, cfg.flush_parallel, cfg.coordinator, cfg.keepalive_interval) == ("b", 3, False, 2.0)
+    assert cfg.migration_uri == ""  # no address: no live migration into this node
+
+
+@pytest.mark.parametrize("text, message", [
+    ('flush_parallel = 2', "node: required"),
+    ('node = "a"\nflush_parallel = 0', "flush_parallel: must be at least 1"),
+    ('node = "a"\nkeepalive_interval = "1"', "keepalive_interval: expected float"),
+    ('node = "a"\ncoordinator = 1', "coordinator: expected bool"),
+    ('node = "a"\ncolour = "red"', "unknown configuration key 'colour'"),
+    ('node = "a"\nlog_level = "loud"', "log_level: one of"),
+    ('node = "a"\nzookeeper_root = "pvc"', "invalid ZooKeeper root"),
+    ('node = "a"\nmigration_uri_template = "qemu+tcp://x/system"', "must contain {address}"),
+    ('node = ', "not valid TOML"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, text, message):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("(", r"\(")):
+        parse(["-c", str(f)])
+
+
+def test_pvcnoded_bad_config_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    f = tmp_path / "c.toml"
+    f.write_text('node = "a/b"\n')
+    exe = Path(sys.executable).parent / "pvcnoded"
+    out = subprocess.run([str(exe), "-c", str(f)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["pvcnoded: error: invalid node name 'a/b': use 1-64 letters, "
+                                               "digits, '.', '_' or '-', starting with a letter or digit"]
