@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .errors import PVCError
 from .models import VM
 from .operations import migration_request
-from .placement import current, place, with_pending
+from .placement import place, with_pending
 
 if TYPE_CHECKING:
     from .daemon import NodeDaemon
@@ -36,14 +36,14 @@ def run_flush(d: "NodeDaemon") -> None:
     sent: dict[str, str] = {}  # VM -> target, as requested by this flush
     gen = d.view.generation
     while _still(d, "flush"):
-        snap = d.view.snapshot()
+        snap = d.view.placement_snapshot()
         mine = sorted((vm for vm in snap.vms.values() if vm.node == me), key=lambda vm: vm.name)
         moving = [vm for vm in mine if vm.migration is not None]
         stopping = [vm for vm in mine if vm.state in ("shutdown", "restart")]
         todo = [vm for vm in mine if vm.state == "start" and vm.migration is None]
         if not todo and not moving and not stopping:
             break
-        cluster = current(snap)
+        cluster = snap
         for vm in todo[:max(0, d.cfg.flush_parallel - len(moving))]:
             if vm.name in sent:  # it came back: its migration failed, and it cannot stay here
                 _park(d, vm, f"migration to {sent[vm.name]} failed during flush of {me}: {vm.reason}")

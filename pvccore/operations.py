@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from .errors import ConflictError, ValidationError
 from .hypervisor import parse_domain_xml
 from .models import RUNNING_STATES, VM, Cluster, Migration, Node, VMMeta, check_name
-from .placement import Placement, check_target, current, place, resolve_selector
+from .placement import Placement, check_target, place, resolve_selector
 from .plugins import PluginSet
 from .store import Store
 from .view import ClusterView
@@ -57,7 +57,7 @@ class Operations:
 
     def placement(self, name: str) -> Placement:
         """The placement explanation for a VM as it stands: every node's score or exclusion."""
-        return place(self._vm(name), current(self.view.snapshot()), self.plugins.selectors)
+        return place(self._vm(name), self.view.placement_snapshot(), self.plugins.selectors)
 
     # -- VMs -----------------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ class Operations:
         spec = parse_domain_xml(xml)
         check_name(spec.name, "VM", "xml")
         vm_meta = VMMeta().updated(meta or {})
-        cluster = current(self.view.snapshot())
+        cluster = self.view.placement_snapshot()
         self.validate_meta(vm_meta, cluster)
         vm = VM(name=spec.name, uuid=spec.uuid, memory_mib=spec.memory_mib, vcpus=spec.vcpus,
                 state="start" if start else "stop", meta=vm_meta)
@@ -162,7 +162,7 @@ class Operations:
     def _request_migration(self, name: str, kind: str, target: str | None, force_live: bool,
                            domains: tuple[str, ...] = ("ready",)) -> VM:
         vm = self._vm(name)
-        cluster = current(self.view.snapshot())
+        cluster = self.view.placement_snapshot()
         if target:
             check_target(vm, target, cluster, domains)
         else:

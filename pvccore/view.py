@@ -26,6 +26,7 @@ from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from .errors import ValidationError
 from .models import VM, Cluster, ClusterConfig, Node
+from .placement import current
 from .schema import Schema
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,14 @@ class ClusterView:
             nodes = self._cached("node", lambda d: MappingProxyType({k: d[k] for k in sorted(d)}))
             vms = self._cached("vm", lambda d: MappingProxyType(dict(d)))
             return Cluster(nodes=nodes, vms=vms, config=self._config)
+
+    def placement_snapshot(self) -> Cluster:
+        """:meth:`snapshot` as placement should see it (:func:`pvccore.placement.current`), cached until a change."""
+        with self._cond:
+            key = (self._gen["node"], self._gen["vm"], self._gen["config"])
+            if self._cache.get("placement", (None,))[0] != key:
+                self._cache["placement"] = (key, current(self.snapshot()))
+            return self._cache["placement"][1]
 
     def _cached(self, kind: str, build: Callable[[dict], object]):
         gen, value = self._cache.get(kind, (-1, None))
