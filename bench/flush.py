@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import emit, table  # noqa: E402
 
-from pvccore.localcluster import LocalCluster, test_domain_xml  # noqa: E402
+from pvccore.localcluster import LocalCluster, sample_domain_xml  # noqa: E402
 from pvccore.localzk import LocalZooKeeper  # noqa: E402
 from pvccore.operations import Operations  # noqa: E402
 from pvccore.plugins import load_plugins  # noqa: E402
@@ -36,7 +36,7 @@ def one_setting(zk: LocalZooKeeper, parallel: int) -> list[float]:
         view = ClusterView(store.client, store.paths).start()
         ops = Operations(store, view, load_plugins())
         for i in range(VMS):
-            ops.define_vm(test_domain_xml(f"vm{i:02d}", 256), target="hv1")
+            ops.define_vm(sample_domain_xml(f"vm{i:02d}", 256), target="hv1")
         for _ in range(RUNS):
             assert view.wait_for(lambda c: len(c.nodes["hv1"].running_vms) == VMS, 60), "VMs did not start"
             t0 = time.perf_counter()

@@ -41,6 +41,7 @@ class NodeDaemon:
         self.plugins = plugins
         self.stopping = threading.Event()
         self._wake = threading.Event()
+        self._kick = threading.Event()  # publish figures now (a VM started, stopped or moved)
         self._busy: dict[str, threading.Thread] = {}
         self._busy_lock = threading.Lock()
         self._managed: set[str] = set()
@@ -110,7 +111,11 @@ class NodeDaemon:
     # -- keepalive ------------------------------------------------------------------------
 
     def _keepalive_loop(self) -> None:
-        while not self.stopping.wait(self.cfg.keepalive_interval):
+        while not self.stopping.is_set():
+            self._kick.wait(self.cfg.keepalive_interval)
+            self._kick.clear()
+            if self.stopping.is_set():
+                break
             try:
                 self._keepalive()
             except Exception as exc:  # ZooKeeper or libvirt away: try again next tick
@@ -233,6 +238,7 @@ class NodeDaemon:
         finally:
             with self._busy_lock:
                 self._busy.pop(name, None)
+            self._kick.set()
             self._wake.set()
 
     def _guard(self, fn: Callable, *args) -> None:
@@ -349,10 +355,10 @@ def setup_logging(node: str, level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pvcnoded", description="pvc node daemon (one per hypervisor)")
-    configmod.add_flags(parser)
+    configmod.DAEMON.add_flags(parser)
     args = parser.parse_args(argv)
     try:
-        cfg = configmod.from_args(args)
+        cfg = configmod.DAEMON.from_args(args)
     except ValidationError as exc:
         print(f"pvcnoded: error: {exc.message}", file=sys.stderr)
         return 2

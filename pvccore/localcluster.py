@@ -25,7 +25,7 @@ NODE_XML = """<node>
 """
 
 
-def test_domain_xml(name: str, memory_mib: int = 512, vcpus: int = 1, domain_type: str = "test") -> str:
+def sample_domain_xml(name: str, memory_mib: int = 512, vcpus: int = 1, domain_type: str = "test") -> str:
     """A minimal domain for the test driver (for QEMU use ``domain_type='qemu'`` or ``'kvm'``)."""
     return (f"<domain type='{domain_type}'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
             f"<vcpu>{vcpus}</vcpu><os><type>hvm</type></os></domain>")

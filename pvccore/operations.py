@@ -198,6 +198,21 @@ class Operations:
     def wait_vm(self, name: str, predicate: Callable[[VM | None], bool], timeout: float) -> bool:
         return self.view.wait_for(lambda c: predicate(c.vms.get(name)), timeout)
 
+    def state_reached(self, name: str, state: str) -> Callable[[Cluster], bool]:
+        """A predicate on the cluster: the VM's ``state`` request has been carried out (or has failed)."""
+        running = state in ("start", "restart")
+
+        def reached(c: Cluster) -> bool:
+            vm = c.vms.get(name)
+            if vm is None or vm.state == "fail":
+                return True
+            node = c.nodes.get(vm.node)
+            runs = bool(node and name in node.running_vms)
+            want = "start" if running else ("disable" if state == "disable" else "stop")
+            return vm.migration is None and vm.state == want and runs == running
+
+        return reached
+
     def wait_settled(self, name: str, timeout: float = 60.0) -> bool:
         """Wait until the VM has no migration in progress and is in a resting state."""
         return self.wait_vm(name, lambda v: v is None or (v.migration is None and v.state in ("start", "stop",
@@ -230,11 +245,8 @@ def migration_request(vm: VM, kind: str, target: str, force_live: bool = False) 
 
 
 def _last_node_after(vm: VM, kind: str, source: str, target: str) -> str:
-    """``migrate`` remembers the VM's home (the first node it left); ``move``/``unmigrate`` forget it."""
-    if kind != "migrate":
-        return ""
-    home = vm.last_node or source
-    return "" if home == target else home
+    """``migrate`` remembers the node it left (for ``unmigrate`` and ready); ``move``/``unmigrate`` forget it."""
+    return source if kind == "migrate" and source != target else ""
 
 
 def finished(vm: VM) -> VM:

@@ -4,6 +4,7 @@ Layout (``<root>`` defaults to ``/pvc``; tests and several clusters can share on
 ZooKeeper by using different roots)::
 
     <root>/config                  ClusterConfig JSON
+    <root>/stats                   counters (migrations, fences) for metrics, JSON object of ints
     <root>/nodes/<node>            Node JSON (states + figures from keepalive)
     <root>/nodes/<node>/alive      ephemeral, present while the node daemon's session lives
     <root>/vms/<vm>                VM JSON (state, node, last node, metadata)
@@ -26,13 +27,14 @@ _LOCK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 class Schema:
     """Path builder for one cluster root."""
 
-    __slots__ = ("root", "config", "nodes", "vms", "locks")
+    __slots__ = ("root", "config", "stats", "nodes", "vms", "locks")
 
     def __init__(self, root: str = DEFAULT_ROOT):
         if not isinstance(root, str) or not _ROOT_RE.match(root):
             raise ValidationError(f"invalid ZooKeeper root {root!r}: an absolute path like /pvc", "root")
         self.root = root
         self.config = f"{root}/config"
+        self.stats = f"{root}/stats"
         self.nodes = f"{root}/nodes"
         self.vms = f"{root}/vms"
         self.locks = f"{root}/locks"

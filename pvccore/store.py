@@ -8,6 +8,7 @@ transaction fails, :class:`ConflictError` is raised. Nothing is overwritten blin
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from contextlib import AbstractContextManager
@@ -62,6 +63,30 @@ class Transaction:
         return results
 
 
+class _Counters:
+    """The JSON object of integer counters at ``<root>/stats``."""
+
+    def __init__(self, counts: dict[str, int]):
+        self.counts = counts
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "_Counters":
+        try:
+            raw = json.loads(data or b"{}")
+        except ValueError:
+            raw = {}
+        return cls({k: v for k, v in raw.items() if isinstance(v, int)} if isinstance(raw, dict) else {})
+
+    def plus(self, name: str, by: int) -> "_Counters":
+        return _Counters({**self.counts, name: self.counts.get(name, 0) + by})
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.counts, sort_keys=True).encode()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Counters) and other.counts == self.counts
+
+
 class Store:
     """Typed access to one cluster's data under ``root``."""
 
@@ -91,10 +116,11 @@ class Store:
     def ensure_layout(self) -> None:
         for path in self.paths.containers():
             self.client.ensure_path(path)
-        try:
-            self.client.create(self.paths.config, ClusterConfig().to_json())
-        except NodeExistsError:
-            pass
+        for path, data in ((self.paths.config, ClusterConfig().to_json()), (self.paths.stats, b"{}")):
+            try:
+                self.client.create(path, data)
+            except NodeExistsError:
+                pass
 
     def transaction(self) -> Transaction:
         return Transaction(self.client)
@@ -135,6 +161,15 @@ class Store:
 
     def update_config(self, fn: Callable[[ClusterConfig], ClusterConfig]) -> ClusterConfig:
         return self._update(self.paths.config, ClusterConfig.from_json, fn, "cluster config")
+
+    # -- counters ------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, int]:
+        return self._read(self.paths.stats, _Counters.from_json, "stats")[0].counts
+
+    def count(self, name: str, by: int = 1) -> None:
+        """Add ``by`` to the cluster-wide counter ``name`` (compare-and-set, never lost)."""
+        self._update(self.paths.stats, _Counters.from_json, lambda c: c.plus(name, by), "stats")
 
     # -- nodes -------------------------------------------------------------------
 

@@ -1,22 +1,28 @@
-"""The local demo cluster: a ZooKeeper, three pvcnoded on libvirt test:/// hypervisors, sample VMs.
+"""The local demo cluster: a ZooKeeper, three pvcnoded on libvirt test:/// hypervisors,
+the API under gunicorn, sample VMs, and a `demo` connection for the `pvc` CLI.
 
     make demo        # up (or, when already up, status)
     make demo-stop   # down
 
-Everything lives under .demo/ (ZooKeeper data, hypervisor descriptions, daemon logs)
-and keeps running after the command returns.
+Everything lives under .demo/ (ZooKeeper data, hypervisor descriptions, logs, the
+API's config with its key) and keeps running after the command returns.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from pvccore.localcluster import LocalCluster, test_domain_xml
+from pvccli.client import ApiError, Client
+from pvccli.connection import save_connection
+
+from pvccore.localcluster import LocalCluster, sample_domain_xml
 from pvccore.localzk import LocalZooKeeper
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
@@ -27,6 +33,7 @@ HERE = Path(__file__).resolve().parent.parent
 DEMO = HERE / ".demo"
 STATE = DEMO / "state.json"
 ZK_PORT = int(os.environ.get("PVC_DEMO_ZK_PORT", "21810"))
+API_PORT = int(os.environ.get("PVC_DEMO_API_PORT", "7370"))
 ROOT = "/pvc"
 SAMPLES = (
     # name, MiB, vCPUs, metadata
@@ -88,18 +95,45 @@ def up() -> None:
                            flags=("--keepalive-interval", "1", "--shutdown-timeout", "10"))
     (DEMO / "cluster").mkdir(exist_ok=True)
     cluster.start()
-    pids = {"zookeeper": zk.proc.pid, **{n: p.pid for n, p in cluster.procs.items()}}
-    STATE.write_text(json.dumps({"hosts": zk.hosts, "root": ROOT, "pids": pids}))
+    api, url, key = start_api(zk.hosts)
+    pids = {"zookeeper": zk.proc.pid, **{n: p.pid for n, p in cluster.procs.items()}, "api": api.pid}
+    STATE.write_text(json.dumps({"hosts": zk.hosts, "root": ROOT, "pids": pids, "api": url}))
     store, view, ops = _connect(zk.hosts)
     for name, mib, cpus, meta in SAMPLES:
         if name not in view.snapshot().vms:
-            ops.define_vm(test_domain_xml(name, mib, cpus), meta)
+            ops.define_vm(sample_domain_xml(name, mib, cpus), meta)
     view.wait_for(lambda c: all(v.name in c.nodes[v.node].running_vms for v in c.vms.values()), 20)
     view.stop()
     store.close()
-    print(f"demo cluster up: ZooKeeper {zk.hosts}, root {ROOT}; logs in {DEMO}/cluster/")
+    cli_config = save_connection("demo", url, key)
+    print(f"demo cluster up: ZooKeeper {zk.hosts}, root {ROOT}, API {url}; logs in {DEMO}/")
+    print(f"the pvc CLI's connection 'demo' is in {cli_config}")
     status(zk.hosts)
-    print("\nstop it with: make demo-stop")
+    print("\ntry: .venv/bin/pvc cluster status; .venv/bin/pvc vm list; stop it all with: make demo-stop")
+
+
+def start_api(hosts: str) -> tuple[subprocess.Popen, str, str]:
+    """pvcapid under gunicorn, with a fresh API key; returns once it answers."""
+    cfg = DEMO / "api.toml"
+    key = secrets.token_urlsafe(24)
+    cfg.write_text(f'zookeeper_hosts = "{hosts}"\nzookeeper_root = "{ROOT}"\nlisten = "127.0.0.1:{API_PORT}"\n'
+                   f'workers = 2\napi_keys = ["{key}"]\n')
+    cfg.chmod(0o600)
+    log = open(DEMO / "api.log", "ab")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    url = f"http://127.0.0.1:{API_PORT}"
+    client = Client(url, key, timeout=2)
+    deadline = time.monotonic() + 30
+    while True:  # gunicorn starting in another process: poll its health under a deadline
+        try:
+            client.health()
+            return proc, url, key
+        except ApiError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the API did not start; see {DEMO / 'api.log'}")
+            time.sleep(0.1)
 
 
 def down() -> None:
@@ -107,7 +141,7 @@ def down() -> None:
         print("the demo cluster is not running")
         return
     pids = json.loads(STATE.read_text())["pids"]
-    order = [n for n in pids if n != "zookeeper"] + ["zookeeper"]  # daemons first, ZooKeeper last
+    order = [n for n in pids if n != "zookeeper"] + ["zookeeper"]  # API and daemons first, ZooKeeper last
     for name in order:
         pid = pids[name]
         if _alive(pid):

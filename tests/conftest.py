@@ -112,3 +112,56 @@ def cluster(zk_server, zk_root, recorder_site, tmp_path):
     # A daemon that hit an unexpected exception logged a traceback: that is a failure too.
     broken = {n: local.log(n) for n in local.nodes if "Traceback" in local.log(n)}
     assert not broken, "daemon tracebacks:\n" + "\n".join(f"--- {n}\n{log}" for n, log in broken.items())
+
+
+@pytest.fixture(scope="module")
+def live(zk_server, recorder_site, tmp_path_factory):
+    """A module's whole stack: ZooKeeper root, three pvcnoded, and pvcapid under a real gunicorn."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pvccore.localcluster import LocalCluster
+    from pvccore.localzk import free_port
+    from pvccore.view import ClusterView
+
+    work = tmp_path_factory.mktemp("live")
+    root = f"/pvc-live/{uuid.uuid4().hex[:12]}"
+    local = LocalCluster(zk_server.hosts, root, workdir=str(work))
+    local.start()
+    port = free_port()
+    key = "live-key"
+    cfg = work / "api.toml"
+    cfg.write_text(f'zookeeper_hosts = "{zk_server.hosts}"\nzookeeper_root = "{root}"\n'
+                   f'listen = "127.0.0.1:{port}"\nworkers = 2\napi_keys = ["{key}"]\nwait_timeout = 20.0\n')
+    log = open(work / "api.log", "wb")
+    api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    store = Store.connect(zk_server.hosts, root)
+    view = ClusterView(store.client, store.paths).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        from pvccli.client import ApiError, Client
+
+        client = Client(url, key, timeout=5)
+        import time
+
+        deadline = time.monotonic() + 30
+        while True:  # gunicorn is starting in another process: poll its health, under a deadline
+            try:
+                client.health()
+                break
+            except ApiError:
+                if api.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"pvcapid did not start: {(work / 'api.log').read_text()}")
+                time.sleep(0.1)
+        yield type("Live", (), {"url": url, "key": key, "store": store, "view": view, "local": local,
+                                "api": api, "log": work / "api.log"})
+    finally:
+        api.terminate()
+        api.wait(20)
+        log.close()
+        view.stop()
+        local.stop()
+        delete_tree(store.client, root)
+        store.close()

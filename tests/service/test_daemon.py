@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from pvccore.errors import ConflictError, ValidationError
-from pvccore.localcluster import test_domain_xml as domain
+from pvccore.localcluster import sample_domain_xml as domain
 
 T = 20  # seconds: every wait below is a watch with this deadline, not a sleep
 
@@ -93,21 +93,21 @@ def test_migrate_unmigrate_move(cluster):
 
     cluster.migrate("app1", "hv3")
     assert settled(cluster, "app1", node="hv3", last_node="hv1", state="start") and runs_on(cluster, "app1", "hv3")
-    cluster.migrate("app1", "hv2")  # a second migrate keeps the original home
-    assert settled(cluster, "app1", node="hv2", last_node="hv1") and runs_on(cluster, "app1", "hv2")
+    cluster.migrate("app1", "hv2")  # the last node is the node it left
+    assert settled(cluster, "app1", node="hv2", last_node="hv3") and runs_on(cluster, "app1", "hv2")
 
     cluster.unmigrate("app1")
-    assert settled(cluster, "app1", node="hv1", last_node="", state="start") and runs_on(cluster, "app1", "hv1")
+    assert settled(cluster, "app1", node="hv3", last_node="", state="start") and runs_on(cluster, "app1", "hv3")
     with pytest.raises(ConflictError, match="no last node"):
         cluster.unmigrate("app1")
 
-    cluster.move("app1")  # target by placement: hv2 and hv3 tie on free memory -> hv2
-    assert settled(cluster, "app1", node="hv2", last_node="") and runs_on(cluster, "app1", "hv2")
+    cluster.move("app1")  # target by placement: hv1 and hv2 tie on free memory -> hv1
+    assert settled(cluster, "app1", node="hv1", last_node="") and runs_on(cluster, "app1", "hv1")
 
     done = cluster.events.wait(4, "migration", vm="app1")
     assert [(e["source"], e["target"], e["method"], e["ok"]) for e in done] == [
         ("hv1", "hv3", "shutdown", True), ("hv3", "hv2", "shutdown", True),
-        ("hv2", "hv1", "shutdown", True), ("hv1", "hv2", "shutdown", True)]
+        ("hv2", "hv3", "shutdown", True), ("hv3", "hv1", "shutdown", True)]
     assert all(0 <= e["seconds"] < T for e in done)
 
 
@@ -239,3 +239,15 @@ def test_sigterm_stops_cleanly(cluster):
     assert cluster.store.client.exists(cluster.store.paths.node_alive("hv2")) is None
     daemon = [(e["old"], e["new"]) for e in cluster.events.wait(1, "node_state", node="hv2", kind="daemon")]
     assert daemon[0] == (None, "run")
+
+
+def test_migrated_vm_returns_to_the_node_it_was_flushed_from(cluster):
+    cluster.define_vm(domain("tour"), {"node_limit": ["hv1", "hv2"]}, target="hv2")
+    cluster.migrate("tour", "hv1")
+    assert settled(cluster, "tour", node="hv1", last_node="hv2")
+    cluster.flush("hv1")
+    assert cluster.wait_node("hv1", lambda n: n.domain_state == "flushed", T)
+    assert settled(cluster, "tour", node="hv2", last_node="hv1") and runs_on(cluster, "tour", "hv2")
+    cluster.ready("hv1")
+    assert cluster.wait_node("hv1", lambda n: n.domain_state == "ready", T)
+    assert settled(cluster, "tour", node="hv1", last_node="") and runs_on(cluster, "tour", "hv1")

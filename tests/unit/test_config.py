@@ -13,13 +13,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "pvcnoded.example.toml"
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    config.add_flags(parser)
-    return config.from_args(parser.parse_args(argv))
+    config.DAEMON.add_flags(parser)
+    return config.DAEMON.from_args(parser.parse_args(argv))
 
 
 def test_example_config_sets_every_key():
     cfg = parse(["--config", str(EXAMPLE)])
-    assert set(config.load_file(str(EXAMPLE))) == {o.key for o in config.OPTIONS}
+    assert set(config.load_file(str(EXAMPLE))) == {o.key for o in config.DAEMON.options}
     assert cfg.node == "hv1" and cfg.coordinator is True
     assert cfg.migration_uri == "qemu+tcp://10.0.0.1/system"
 
@@ -34,6 +34,7 @@ def test_flags_override_file(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('flush_parallel = 2', "node: required"),
+    ('node = "a"\nzookeeper_hosts = 5', "zookeeper_hosts: expected str"),
     ('node = "a"\nflush_parallel = 0', "flush_parallel: must be at least 1"),
     ('node = "a"\nkeepalive_interval = "1"', "keepalive_interval: expected float"),
     ('node = "a"\ncoordinator = 1', "coordinator: expected bool"),

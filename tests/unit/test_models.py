@@ -69,3 +69,15 @@ def test_schema_paths_and_rejects_injection():
     for bad_root in ("pvc", "/pvc/", "/", "/a b"):
         with pytest.raises(ValidationError):
             Schema(bad_root)
+
+
+def test_hand_written_vm_to_dict_matches_the_dataclass():
+    from dataclasses import asdict
+
+    from pvccore.models import Migration
+
+    vm = VM(name="a", uuid="u", memory_mib=1, vcpus=1, migration=Migration(kind="move", source="a", target="b"),
+            meta=VMMeta(node_limit=("x",)))
+    expected = asdict(vm)
+    expected["meta"]["node_limit"] = ["x"]
+    assert vm.to_dict() == expected

@@ -1,0 +1,100 @@
+"""The Falcon application: ``create_app(deps)`` wires routes; ``get_app()`` builds the real dependencies.
+
+gunicorn serves ``pvcapi.app:get_app()`` (``pvcapid`` does this for you). Each
+worker calls ``get_app()`` after the fork, so each has its own ZooKeeper client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+
+import falcon
+
+from pvccore import __version__
+from pvccore.errors import PVCError
+from pvccore.operations import Operations
+from pvccore.plugins import load_plugins
+from pvccore.store import Store
+from pvccore.view import ClusterView
+
+from . import cluster, info, nodes, vms
+from .config import API, ApiConfig
+from .errors import domain_error, serialize_http_error
+
+PREFIX = "/api/v1"
+CONFIG_ENV = "PVC_API_CONFIG"
+
+
+@dataclass
+class Deps:
+    """What the resources need: the core's operations and the API's own settings."""
+
+    ops: Operations
+    api_keys: tuple[str, ...] = ()
+    auth: bool = True
+    wait_timeout: float = 60.0
+    version: str = __version__
+
+
+class ApiKeyAuth:
+    """Every route but ``GET /api/v1`` (health) needs a known key in ``X-Api-Key``."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self._keys = tuple(k.encode() for k in keys)
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.method == "GET" and req.path in (PREFIX, PREFIX + "/"):
+            return
+        given = (req.get_header("X-Api-Key") or "").encode()
+        ok = False
+        for key in self._keys:  # compare with every key, in constant time each
+            ok |= hmac.compare_digest(given, key)
+        if not ok:
+            raise falcon.HTTPUnauthorized(title="unauthorized",
+                                          description="missing or unknown API key (send it in the X-Api-Key header)")
+
+
+def create_app(deps: Deps) -> falcon.App:
+    app = falcon.App(middleware=[ApiKeyAuth(deps.api_keys)] if deps.auth else [])
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_error_handler(PVCError, domain_error)
+    app.set_error_serializer(serialize_http_error)
+
+    root = info.Info(deps, app)
+    app.add_route(PREFIX, root)
+    app.add_route(PREFIX + "/openapi.json", root, suffix="openapi")
+    app.add_route(PREFIX + "/metrics", root, suffix="metrics")
+    app.add_route(PREFIX + "/selectors", root, suffix="selectors")
+    app.add_route(PREFIX + "/plugins", root, suffix="plugins")
+
+    app.add_route(PREFIX + "/cluster/status", cluster.Status(deps))
+
+    node = nodes.Nodes(deps)
+    app.add_route(PREFIX + "/node", node)
+    app.add_route(PREFIX + "/node/{node}", node, suffix="one")
+    app.add_route(PREFIX + "/node/{node}/domain-state", node, suffix="domain")
+
+    vm = vms.VMs(deps)
+    app.add_route(PREFIX + "/vm", vm)
+    app.add_route(PREFIX + "/vm/{vm}", vm, suffix="one")
+    app.add_route(PREFIX + "/vm/{vm}/meta", vm, suffix="meta")
+    app.add_route(PREFIX + "/vm/{vm}/state", vm, suffix="state")
+    app.add_route(PREFIX + "/vm/{vm}/node", vm, suffix="node")
+    app.add_route(PREFIX + "/vm/{vm}/placement", vm, suffix="placement")
+    return app
+
+
+def build_deps(cfg: ApiConfig) -> Deps:
+    """Connect to ZooKeeper, start the watched view, load plugins."""
+    store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout)
+    view = ClusterView(store.client, store.paths).start()
+    ops = Operations(store, view, load_plugins())
+    return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout)
+
+
+def get_app(config: ApiConfig | None = None) -> falcon.App:
+    """The real application, configured from ``config`` or the file named by ``$PVC_API_CONFIG``."""
+    cfg = config or API.from_file(os.environ.get(CONFIG_ENV))
+    return create_app(build_deps(cfg))

@@ -1,0 +1,40 @@
+"""``/cluster/status``: the cluster at a glance, and cluster-wide settings."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .inputs import body
+
+
+class Status:
+    def __init__(self, deps):
+        self.deps = deps
+
+    def on_get(self, req, resp):
+        resp.media = status(self.deps.ops)
+
+    def on_post(self, req, resp):
+        """Change cluster-wide settings (``default_selector``, ``allow_overcommit``)."""
+        changes = body(req, {"default_selector", "allow_overcommit"})
+        config = self.deps.ops.set_config(changes)
+        resp.media = {"message": "cluster settings updated", "config": config.to_dict()}
+
+
+def status(ops) -> dict:
+    snap = ops.view.snapshot()
+    nodes, vms = snap.nodes.values(), snap.vms.values()
+    problems = [f"node {n.name}: daemon {n.daemon_state}" for n in nodes if n.daemon_state not in ("run", "stop")]
+    problems += [f"VM {v.name}: failed: {v.reason}" for v in vms if v.state == "fail"]
+    primary = [n.name for n in nodes if n.coordinator_state == "primary"]
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "primary": primary[0] if primary else None,
+        "nodes": {"total": len(snap.nodes),
+                  "daemon_state": dict(Counter(n.daemon_state for n in nodes)),
+                  "domain_state": dict(Counter(n.domain_state for n in nodes))},
+        "vms": {"total": len(snap.vms), "state": dict(Counter(v.state for v in vms)),
+                "migrating": sum(1 for v in vms if v.migration is not None)},
+        "config": snap.config.to_dict(),
+    }

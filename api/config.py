@@ -1,0 +1,50 @@
+"""``pvcapid`` configuration (TOML file and flags), on the shared schema of :mod:`pvccore.config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pvccore.config import LOG_OPTION, ZOOKEEPER_OPTIONS, ConfigSchema, Option, check_root
+from pvccore.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    zookeeper_hosts: str = "127.0.0.1:2181"
+    zookeeper_root: str = "/pvc"
+    zookeeper_session_timeout: float = 6.0
+    listen: str = "127.0.0.1:7370"
+    workers: int = 2
+    auth: bool = True
+    api_keys: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    wait_timeout: float = 60.0
+    log_level: str = "info"
+
+
+def _check(values: dict[str, Any]) -> None:
+    check_root(values)
+    host, sep, port = values["listen"].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValidationError(f"listen: expected host:port, got {values['listen']!r}", "listen")
+    if values["auth"] and not values["api_keys"]:
+        raise ValidationError("api_keys: required while auth is on (or set auth = false)", "api_keys")
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise ValidationError("tls_cert and tls_key: give both or neither", "tls_cert")
+
+
+API = ConfigSchema("pvcapid", (
+    *ZOOKEEPER_OPTIONS,
+    Option("listen", str, "127.0.0.1:7370", "Address and port the API listens on (the primary's floating IP).",
+           "--listen"),
+    Option("workers", int, 2, "gunicorn worker processes.", "--workers", 1),
+    Option("auth", bool, True, "Require an API key (header X-Api-Key) on every route but GET /api/v1.", "--auth"),
+    Option("api_keys", list, (), "Accepted API keys.", "--api-key"),
+    Option("tls_cert", str, "", "TLS certificate file (PEM); TLS is off when empty.", "--tls-cert"),
+    Option("tls_key", str, "", "TLS private key file (PEM).", "--tls-key"),
+    Option("wait_timeout", float, 60.0, "Longest a request with wait=true waits for its change to be observed.",
+           "--wait-timeout", 0.0),
+    LOG_OPTION,
+), ApiConfig, _check)

@@ -1,0 +1,71 @@
+"""Health, the OpenAPI document, Prometheus metrics, selectors and plugins."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import falcon
+
+from pvccore.models import DAEMON_STATES, DOMAIN_STATES, VM_STATES
+
+from . import openapi
+
+
+class Info:
+    def __init__(self, deps, app: falcon.App):
+        self.deps = deps
+        self.app = app
+        self._openapi = None
+
+    def on_get(self, req, resp):
+        """Health and version; answers without an API key."""
+        connected = self.deps.ops.store.client.connected
+        resp.status = falcon.HTTP_200 if connected else falcon.HTTP_503
+        resp.media = {"name": "pvc", "version": self.deps.version,
+                      "zookeeper": "connected" if connected else "disconnected"}
+
+    def on_get_openapi(self, req, resp):
+        if self._openapi is None:
+            self._openapi = openapi.document(self.deps.version)
+        resp.media = self._openapi
+
+    def on_get_selectors(self, req, resp):
+        plugins = self.deps.ops.plugins
+        resp.media = [{"name": s.name, "description": s.description, "plugin": plugins.owners[("selector", s.name)]}
+                      for s in sorted(plugins.selectors.values(), key=lambda s: s.name)]
+
+    def on_get_plugins(self, req, resp):
+        resp.media = self.deps.ops.plugins.describe()
+
+    def on_get_metrics(self, req, resp):
+        resp.content_type = "text/plain; version=0.0.4"
+        resp.text = metrics_text(self.deps.ops)
+
+
+def metrics_text(ops) -> str:
+    snap = ops.view.snapshot()
+    stats = ops.store.get_stats()
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+    daemon = Counter(n.daemon_state for n in snap.nodes.values())
+    domain = Counter(n.domain_state for n in snap.nodes.values())
+    states = Counter(v.state for v in snap.vms.values())
+    family("pvc_nodes", "gauge", "Nodes by daemon state.", [(f'{{state="{s}"}}', daemon[s]) for s in DAEMON_STATES])
+    family("pvc_nodes_domain", "gauge", "Nodes by domain state.",
+           [(f'{{state="{s}"}}', domain[s]) for s in DOMAIN_STATES])
+    family("pvc_vms", "gauge", "VMs by state.", [(f'{{state="{s}"}}', states[s]) for s in VM_STATES])
+    family("pvc_vms_migrating", "gauge", "VMs with a migration in progress.",
+           [("", sum(1 for v in snap.vms.values() if v.migration is not None))])
+    for counter, help_ in (("migrations", "Migrations finished."), ("migrations_failed", "Migrations that failed."),
+                           ("fences", "Nodes fenced (confirmed off)."), ("fences_failed", "Fence attempts that failed.")):
+        family(f"pvc_{counter}_total", "counter", help_, [("", stats.get(counter, 0))])
+    family("pvc_node_memory_free_mib", "gauge", "Free memory per node.",
+           [(f'{{node="{n.name}"}}', n.memory_free_mib) for n in snap.nodes.values()])
+    family("pvc_node_load", "gauge", "1-minute load per node.",
+           [(f'{{node="{n.name}"}}', n.load_1m) for n in snap.nodes.values()])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,42 @@
+"""``/node``: nodes, and their domain state (flush / ready)."""
+
+from __future__ import annotations
+
+import falcon
+
+from pvccore.models import check_name
+
+from .inputs import body, field
+
+
+class Nodes:
+    def __init__(self, deps):
+        self.deps = deps
+
+    def on_get(self, req, resp):
+        resp.media = [n.to_dict() for n in self.deps.ops.view.snapshot().nodes.values()]
+
+    def on_get_one(self, req, resp, node):
+        ops = self.deps.ops
+        check_name(node, "node", "node")
+        data = ops.store.get_node(node).to_dict()
+        data["vms"] = sorted(v.name for v in ops.view.snapshot().vms.values() if v.node == node)
+        resp.media = data
+
+    def on_post_domain(self, req, resp, node):
+        """``{"state": "flush" | "ready", "wait": bool}``."""
+        ops = self.deps.ops
+        data = body(req, {"state", "wait"})
+        state = field(data, "state", str, choices=("flush", "ready"))
+        wait = field(data, "wait", bool, False)
+        (ops.flush if state == "flush" else ops.ready)(node)
+        done = "flushed" if state == "flush" else "ready"
+        observed = wait and ops.wait_node(node, lambda n: n is None or n.domain_state == done, self.deps.wait_timeout)
+        current = ops.view.node(node)
+        resp.status = falcon.HTTP_200 if observed else falcon.HTTP_202
+        resp.media = {
+            "message": f"node {node} is {done}" if observed else
+            (f"node {node}: {state} requested" if not wait else
+             f"node {node}: {state} not finished within {self.deps.wait_timeout:g}s; still in progress"),
+            "node": current.to_dict() if current else None,
+        }

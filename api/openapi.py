@@ -1,0 +1,167 @@
+"""The OpenAPI 3 document of the API. A test checks it lists exactly the routes the app serves."""
+
+from __future__ import annotations
+
+from pvccore.models import DAEMON_STATES, DOMAIN_STATES, MIGRATION_METHODS, VM_STATES
+
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: str | None = None, body: dict | None = None, params: list | None = None,
+        codes: tuple[int, ...] = (400, 401), secure: bool = True, accepted: bool = False) -> dict:
+    op: dict = {"summary": summary, "responses": {}}
+    if ok:
+        op["responses"]["200"] = {"description": "OK", **_json(_ref(ok))}
+    if accepted:
+        op["responses"]["202"] = {"description": "Accepted, not (yet) observed", **_json(_ref(ok or "Message"))}
+    for code in codes:
+        op["responses"][str(code)] = {"description": {400: "Bad input", 401: "No or unknown API key",
+                                                      404: "Not found", 409: "Conflict with the current state",
+                                                      503: "ZooKeeper unreachable"}[code], **_json(_ref("Error"))}
+    if body:
+        op["requestBody"] = {"required": True, **_json(body)}
+    if params:
+        op["parameters"] = params
+    if not secure:
+        op["security"] = []
+    return op
+
+
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": NAME}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _obj(props: dict, required: tuple[str, ...] = ()) -> dict:
+    out = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+META_PROPS = {
+    "node_limit": {"type": "array", "items": NAME, "description": "Nodes the VM may run on; empty: any"},
+    "node_selector": {"type": "string", "description": "Selector name, or 'default'"},
+    "node_autostart": {"type": "boolean"},
+    "migration_method": {"type": "string", "enum": list(MIGRATION_METHODS)},
+}
+
+
+def document(version: str) -> dict:
+    vm_p, node_p = [_path_param("vm")], [_path_param("node")]
+    schemas = {
+        "Error": _obj({"message": {"type": "string"}, "field": {"type": ["string", "null"]}}, ("message",)),
+        "Message": {"type": "object", "properties": {"message": {"type": "string"}}},
+        "Health": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                                    "zookeeper": {"type": "string"}}},
+        "Meta": {"type": "object", "properties": META_PROPS},
+        "VM": {"type": "object", "properties": {
+            "name": {"type": "string"}, "uuid": {"type": "string"}, "memory_mib": {"type": "integer"},
+            "vcpus": {"type": "integer"}, "state": {"type": "string", "enum": list(VM_STATES)},
+            "reason": {"type": "string"}, "node": {"type": "string"}, "last_node": {"type": "string"},
+            "running": {"type": "boolean"}, "migration": {"type": ["object", "null"]}, "meta": _ref("Meta"),
+            "xml": {"type": "string"}}},
+        "VMList": {"type": "array", "items": _ref("VM")},
+        "VMResult": {"type": "object", "properties": {"message": {"type": "string"},
+                                                      "vm": {"oneOf": [_ref("VM"), {"type": "null"}]}}},
+        "Node": {"type": "object", "properties": {
+            "name": {"type": "string"}, "daemon_state": {"type": "string", "enum": list(DAEMON_STATES)},
+            "coordinator_state": {"type": "string"}, "domain_state": {"type": "string", "enum": list(DOMAIN_STATES)},
+            "memory_total_mib": {"type": "integer"}, "memory_free_mib": {"type": "integer"},
+            "memory_used_mib": {"type": "integer"}, "memory_provisioned_mib": {"type": "integer"},
+            "cpu_count": {"type": "integer"}, "load_1m": {"type": "number"}, "vcpus_allocated": {"type": "integer"},
+            "vm_count": {"type": "integer"}, "running_vms": {"type": "array", "items": {"type": "string"}},
+            "vms": {"type": "array", "items": {"type": "string"}}}},
+        "NodeList": {"type": "array", "items": _ref("Node")},
+        "NodeResult": {"type": "object", "properties": {"message": {"type": "string"},
+                                                        "node": {"oneOf": [_ref("Node"), {"type": "null"}]}}},
+        "ClusterStatus": {"type": "object", "properties": {
+            "healthy": {"type": "boolean"}, "problems": {"type": "array", "items": {"type": "string"}},
+            "primary": {"type": ["string", "null"]}, "nodes": {"type": "object"}, "vms": {"type": "object"},
+            "config": {"type": "object"}}},
+        "Placement": {"type": "object", "properties": {
+            "vm": {"type": "string"}, "selector": {"type": "string"}, "target": {"type": ["string", "null"]},
+            "nodes": {"type": "array", "items": {"type": "object"}}}},
+        "Selectors": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"}, "plugin": {"type": "string"}}}},
+        "Plugins": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "kinds": {"type": "array", "items": {"type": "string"}},
+            "distribution": {"type": ["string", "null"]}, "version": {"type": ["string", "null"]}}}},
+    }
+    wait = {"type": "boolean", "description": "Answer once the change is observed (or after the wait timeout)"}
+    paths = {
+        "/api/v1": {"get": _op("Health and version (no API key needed)", "Health", codes=(503,), secure=False)},
+        "/api/v1/openapi.json": {"get": _op("This document", codes=(401,))},
+        "/api/v1/metrics": {"get": {**_op("Prometheus metrics", codes=(401,)),
+                                    "responses": {"200": {"description": "Prometheus text format",
+                                                          "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                                  "401": {"description": "No or unknown API key",
+                                                          **_json(_ref("Error"))}}}},
+        "/api/v1/selectors": {"get": _op("Registered selectors", "Selectors", codes=(401,))},
+        "/api/v1/plugins": {"get": _op("Loaded plugins", "Plugins", codes=(401,))},
+        "/api/v1/cluster/status": {
+            "get": _op("Cluster status", "ClusterStatus", codes=(401,)),
+            "post": _op("Set cluster-wide settings", "Message", body=_obj({
+                "default_selector": {"type": "string"}, "allow_overcommit": {"type": "boolean"}})),
+        },
+        "/api/v1/node": {"get": _op("All nodes", "NodeList", codes=(401,))},
+        "/api/v1/node/{node}": {"get": _op("One node, with its VMs", "Node", params=node_p, codes=(400, 401, 404))},
+        "/api/v1/node/{node}/domain-state": {"post": _op(
+            "Flush or ready a node", "NodeResult", params=node_p, codes=(400, 401, 404), accepted=True,
+            body=_obj({"state": {"type": "string", "enum": ["flush", "ready"]}, "wait": wait}, ("state",)))},
+        "/api/v1/vm": {
+            "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
+                _query("node", {"type": "string"}, "Only VMs on this node"),
+                _query("state", {"type": "string"}, "Only VMs in this state"),
+                _query("limit", {"type": "string"}, "Regular expression the name must match")]),
+            "post": {**_op("Define a VM from libvirt XML with metadata", codes=(400, 401, 409), body=_obj({
+                "xml": {"type": "string"}, **META_PROPS, "target": NAME,
+                "start": {"type": "boolean", "description": "Start it once defined (default true)"}}, ("xml",))),
+                "responses": {"201": {"description": "Defined", **_json(_ref("VMResult"))},
+                              **{c: r for c, r in _op("", codes=(400, 401, 409))["responses"].items()}}},
+        },
+        "/api/v1/vm/{vm}": {
+            "get": _op("One VM: state, metadata, XML", "VM", params=vm_p, codes=(400, 401, 404)),
+            "post": _op("Set metadata", "VMResult", params=vm_p, codes=(400, 401, 404, 409), body=_obj(META_PROPS)),
+            "put": _op("Replace the XML", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
+                       body=_obj({"xml": {"type": "string"}}, ("xml",))),
+            "delete": _op("Undefine (refused while running unless force)", "Message", codes=(400, 401, 404, 409),
+                          params=vm_p + [_query("force", {"type": "string", "enum": ["true", "false"]},
+                                                "Stop a running VM first")]),
+        },
+        "/api/v1/vm/{vm}/meta": {
+            "get": _op("Metadata only", "Meta", params=vm_p, codes=(400, 401, 404)),
+            "post": _op("Set metadata (alias of POST /vm/{vm})", "VMResult", params=vm_p,
+                        codes=(400, 401, 404, 409), body=_obj(META_PROPS)),
+        },
+        "/api/v1/vm/{vm}/state": {"post": _op(
+            "Start, shut down, stop, restart or disable", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
+            accepted=True, body=_obj({"state": {"type": "string", "enum": ["start", "shutdown", "stop", "restart",
+                                                                           "disable"]}, "wait": wait}, ("state",)))},
+        "/api/v1/vm/{vm}/node": {"post": _op(
+            "Migrate, unmigrate or move", "VMResult", params=vm_p, codes=(400, 401, 404, 409), accepted=True,
+            body=_obj({"action": {"type": "string", "enum": ["migrate", "unmigrate", "move"]}, "target": NAME,
+                       "force_live": {"type": "boolean"}, "wait": wait}, ("action",)))},
+        "/api/v1/vm/{vm}/placement": {"get": _op("Where placement would put the VM, node by node", "Placement",
+                                                 params=vm_p, codes=(400, 401, 404))},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pvc API", "version": version,
+                 "description": "Cluster manager for KVM virtual machines. Errors: {message, field}."},
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}}},
+        "security": [{"apiKey": []}],
+    }

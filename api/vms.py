@@ -1,0 +1,139 @@
+"""``/vm``: define, inspect, change metadata, start/stop, migrate, undefine, explain placement."""
+
+from __future__ import annotations
+
+import re
+
+import falcon
+
+from pvccore.models import Cluster, VM, check_name
+
+from .errors import BadRequest
+from .inputs import body, field, flag
+
+META_FIELDS = {"node_limit", "node_selector", "node_autostart", "migration_method"}
+STATES = ("start", "shutdown", "stop", "restart", "disable")
+ACTIONS = ("migrate", "unmigrate", "move")
+
+
+def vm_out(vm: VM, cluster: Cluster) -> dict:
+    data = vm.to_dict()
+    node = cluster.nodes.get(vm.node)
+    data["running"] = bool(node and vm.name in node.running_vms)
+    return data
+
+
+class VMs:
+    def __init__(self, deps):
+        self.deps = deps
+
+    # -- collection --------------------------------------------------------------------
+
+    def on_get(self, req, resp):
+        """Filters: ``node``, ``state``, ``limit`` (a regular expression on the name)."""
+        snap = self.deps.ops.view.snapshot()
+        node, state, limit = req.get_param("node"), req.get_param("state"), req.get_param("limit")
+        try:
+            pattern = re.compile(limit) if limit else None
+        except re.error as exc:
+            raise BadRequest(f"limit is not a valid regular expression: {exc}", "limit") from None
+        resp.media = [vm_out(v, snap) for name, v in sorted(snap.vms.items())
+                      if (node is None or v.node == node) and (state is None or v.state == state)
+                      and (pattern is None or pattern.search(name))]
+
+    def on_post(self, req, resp):
+        """Define a VM: ``{"xml", metadata fields..., "target", "start"}``."""
+        data = body(req, META_FIELDS | {"xml", "target", "start"})
+        xml = field(data, "xml", str)
+        target = field(data, "target", str, None)
+        start = field(data, "start", bool, True)
+        ops = self.deps.ops
+        vm = ops.define_vm(xml, {k: data[k] for k in META_FIELDS & data.keys()}, target=target, start=start)
+        resp.status = falcon.HTTP_201
+        resp.media = {"message": f"VM {vm.name} defined on {vm.node}", "vm": vm_out(vm, ops.view.snapshot())}
+
+    # -- one VM --------------------------------------------------------------------------
+
+    def on_get_one(self, req, resp, vm):
+        ops = self.deps.ops
+        check_name(vm, "VM", "vm")
+        current = ops.store.get_vm(vm)
+        data = vm_out(current, ops.view.snapshot())
+        data["xml"] = ops.store.get_vm_xml(vm)
+        resp.media = data
+
+    def on_post_one(self, req, resp, vm):
+        """Set metadata (any of ``node_limit``, ``node_selector``, ``node_autostart``, ``migration_method``)."""
+        changes = body(req, META_FIELDS)
+        if not changes:
+            raise BadRequest(f"give at least one of: {', '.join(sorted(META_FIELDS))}")
+        ops = self.deps.ops
+        updated = ops.set_meta(vm, changes)
+        resp.media = {"message": f"VM {vm} metadata updated", "vm": vm_out(updated, ops.view.snapshot())}
+
+    def on_put_one(self, req, resp, vm):
+        """Replace the libvirt XML: ``{"xml": ...}`` (same name and UUID)."""
+        xml = field(body(req, {"xml"}), "xml", str)
+        ops = self.deps.ops
+        updated = ops.replace_xml(vm, xml)
+        resp.media = {"message": f"VM {vm} XML replaced; it applies at the next start",
+                      "vm": vm_out(updated, ops.view.snapshot())}
+
+    def on_delete_one(self, req, resp, vm):
+        """Undefine; refused while running unless ``?force=true`` (then stopped first)."""
+        self.deps.ops.undefine(vm, force=flag(req, "force"), timeout=self.deps.wait_timeout)
+        resp.media = {"message": f"VM {vm} undefined"}
+
+    def on_get_meta(self, req, resp, vm):
+        """``/vm/{vm}/meta``: just the metadata."""
+        check_name(vm, "VM", "vm")
+        resp.media = self.deps.ops.store.get_vm(vm).to_dict()["meta"]
+
+    def on_post_meta(self, req, resp, vm):
+        """Alias of ``POST /vm/{vm}``."""
+        self.on_post_one(req, resp, vm)
+
+    def on_post_state(self, req, resp, vm):
+        """``{"state": start|shutdown|stop|restart|disable, "wait": bool}``."""
+        data = body(req, {"state", "wait"})
+        state = field(data, "state", str, choices=STATES)
+        wait = field(data, "wait", bool, False)
+        ops = self.deps.ops
+        ops.set_state(vm, state)
+        self._answer(resp, vm, wait, ops.state_reached(vm, state), f"{state} requested")
+
+    def on_post_node(self, req, resp, vm):
+        """``{"action": migrate|unmigrate|move, "target", "force_live", "wait"}``."""
+        data = body(req, {"action", "target", "force_live", "wait"})
+        action = field(data, "action", str, choices=ACTIONS)
+        target = field(data, "target", str, None)
+        force_live = field(data, "force_live", bool, False)
+        wait = field(data, "wait", bool, False)
+        ops = self.deps.ops
+        if action == "unmigrate":
+            if target is not None:
+                raise BadRequest("unmigrate takes no target: the VM returns to its last node", "target")
+            requested = ops.unmigrate(vm, force_live=force_live)
+        else:
+            requested = getattr(ops, action)(vm, target, force_live=force_live)
+        where = requested.migration.target if requested.migration else requested.node
+        # Done when the migration is over and the VM is where its state says (running or not).
+        reached = ops.state_reached(vm, requested.state if requested.migration is None else "start")
+        self._answer(resp, vm, wait, reached, f"{action} to {where} requested")
+
+    def on_get_placement(self, req, resp, vm):
+        resp.media = self.deps.ops.placement(vm).to_dict()
+
+    def _answer(self, resp, vm: str, wait: bool, reached, requested: str) -> None:
+        ops = self.deps.ops
+        observed = wait and ops.view.wait_for(reached, self.deps.wait_timeout)
+        snap = ops.view.snapshot()
+        current = snap.vms.get(vm)
+        if observed:
+            message = f"VM {vm}: done" if current is None or not current.reason else f"VM {vm}: {current.reason}"
+        elif wait:
+            message = f"VM {vm}: not finished within {self.deps.wait_timeout:g}s; still in progress"
+        else:
+            message = f"VM {vm}: {requested}"
+        resp.status = falcon.HTTP_200 if observed else falcon.HTTP_202
+        resp.media = {"message": message, "vm": vm_out(current, snap) if current else None}

@@ -1,0 +1,127 @@
+"""The pvc API over HTTP. No click here: usable from any Python program."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+class ApiError(Exception):
+    """The API refused (``status`` 4xx/5xx with its message), or could not be reached (``status`` 0)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+class Client:
+    def __init__(self, url: str, key: str | None = None, timeout: float = 300.0):
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/api/v1"):
+            self.url += "/api/v1"
+        self.key = key
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> tuple[int, Any]:
+        """Send one request; return ``(status, decoded body)``. Raises ApiError for 4xx/5xx and network errors."""
+        url = self.url + path
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.key:
+            req.add_header("X-Api-Key", self.key)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.status, _decode(resp.read(), resp.headers.get_content_type())
+        except urllib.error.HTTPError as exc:
+            payload = _decode(exc.read(), exc.headers.get_content_type() if exc.headers else "")
+            if isinstance(payload, dict) and "message" in payload:
+                raise ApiError(exc.code, payload["message"], payload.get("field")) from None
+            raise ApiError(exc.code, f"HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(0, f"cannot reach the API at {self.url}: {reason}") from None
+
+    def get(self, path: str, **params) -> Any:
+        return self.request("GET", path, params=params)[1]
+
+    def post(self, path: str, body: dict) -> tuple[int, Any]:
+        return self.request("POST", path, body)
+
+    # -- the API, one method per route -------------------------------------------------
+
+    def health(self) -> dict:
+        return self.get("")
+
+    def cluster_status(self) -> dict:
+        return self.get("/cluster/status")
+
+    def set_cluster(self, **settings) -> dict:
+        return self.post("/cluster/status", settings)[1]
+
+    def nodes(self) -> list[dict]:
+        return self.get("/node")
+
+    def node(self, name: str) -> dict:
+        return self.get(f"/node/{_q(name)}")
+
+    def node_domain_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
+        return self.post(f"/node/{_q(name)}/domain-state", {"state": state, "wait": wait})
+
+    def vms(self, node: str | None = None, state: str | None = None, limit: str | None = None) -> list[dict]:
+        return self.get("/vm", node=node, state=state, limit=limit)
+
+    def vm(self, name: str) -> dict:
+        return self.get(f"/vm/{_q(name)}")
+
+    def define_vm(self, xml: str, **fields) -> dict:
+        return self.post("/vm", {"xml": xml, **{k: v for k, v in fields.items() if v is not None}})[1]
+
+    def set_meta(self, name: str, **meta) -> dict:
+        return self.post(f"/vm/{_q(name)}", {k: v for k, v in meta.items() if v is not None})[1]
+
+    def replace_xml(self, name: str, xml: str) -> dict:
+        return self.request("PUT", f"/vm/{_q(name)}", {"xml": xml})[1]
+
+    def undefine(self, name: str, force: bool = False) -> dict:
+        return self.request("DELETE", f"/vm/{_q(name)}", params={"force": "true" if force else None})[1]
+
+    def vm_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
+        return self.post(f"/vm/{_q(name)}/state", {"state": state, "wait": wait})
+
+    def vm_node(self, name: str, action: str, target: str | None = None, force_live: bool = False,
+                wait: bool = False) -> tuple[int, dict]:
+        body = {"action": action, "force_live": force_live, "wait": wait}
+        if target:
+            body["target"] = target
+        return self.post(f"/vm/{_q(name)}/node", body)
+
+    def placement(self, name: str) -> dict:
+        return self.get(f"/vm/{_q(name)}/placement")
+
+    def selectors(self) -> list[dict]:
+        return self.get("/selectors")
+
+    def plugins(self) -> list[dict]:
+        return self.get("/plugins")
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _decode(raw: bytes, content_type: str) -> Any:
+    if content_type == "application/json" and raw:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")
+    return raw.decode(errors="replace")

@@ -1,0 +1,50 @@
+"""``pvc cluster``: status and cluster-wide settings."""
+
+from __future__ import annotations
+
+import click
+
+from .output import emit, format_option, pairs
+
+
+@click.group("cluster")
+def group() -> None:
+    """The cluster as a whole."""
+
+
+@group.command("status")
+@format_option
+@click.pass_obj
+def status(client, fmt: str) -> None:
+    """Health, primary coordinator, node and VM counts, settings."""
+    emit(client.cluster_status(), fmt, _table)
+
+
+@group.command("set")
+@click.option("--default-selector", help="Selector for VMs whose node_selector is 'default'.")
+@click.option("--allow-overcommit/--no-allow-overcommit", default=None, help="Place VMs beyond free memory.")
+@click.pass_obj
+def set_(client, default_selector: str | None, allow_overcommit: bool | None) -> None:
+    """Change cluster-wide settings."""
+    settings = {k: v for k, v in (("default_selector", default_selector), ("allow_overcommit", allow_overcommit))
+                if v is not None}
+    if not settings:
+        raise click.UsageError("give at least one setting")
+    click.echo(client.set_cluster(**settings)["message"])
+
+
+def _table(s: dict) -> str:
+    def counts(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "-"
+
+    lines = [pairs([
+        ("health", "healthy" if s["healthy"] else "DEGRADED"),
+        ("primary", s["primary"]),
+        ("nodes", f"{s['nodes']['total']} (daemon: {counts(s['nodes']['daemon_state'])}; "
+                  f"domain: {counts(s['nodes']['domain_state'])})"),
+        ("vms", f"{s['vms']['total']} ({counts(s['vms']['state'])}; migrating {s['vms']['migrating']})"),
+        ("default selector", s["config"]["default_selector"]),
+        ("overcommit", s["config"]["allow_overcommit"]),
+    ])]
+    lines += [f"problem: {p}" for p in s["problems"]]
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""``pvc vm``: define, metadata, list/info, lifecycle, migration, undefine, placement."""
+
+from __future__ import annotations
+
+import click
+
+from .output import columns, emit, finish, format_option, pairs
+
+VM_COLUMNS = (
+    ("VM", lambda v: v["name"]), ("STATE", lambda v: v["state"]), ("RUNNING", lambda v: v["running"]),
+    ("NODE", lambda v: v["node"]), ("LAST", lambda v: v["last_node"]), ("MIB", lambda v: v["memory_mib"]),
+    ("VCPUS", lambda v: v["vcpus"]), ("LIMIT", lambda v: v["meta"]["node_limit"] or "any"),
+    ("SELECTOR", lambda v: v["meta"]["node_selector"]), ("AUTOSTART", lambda v: v["meta"]["node_autostart"]),
+    ("METHOD", lambda v: v["meta"]["migration_method"]),
+)
+
+
+def meta_options(f):
+    """The metadata options shared by ``define`` and ``meta``."""
+    for option in reversed((
+        click.option("--limit", "node_limit", help="Nodes the VM may run on, comma-separated ('' for any)."),
+        click.option("--node-selector", help="Selector for this VM, or 'default'."),
+        click.option("--autostart/--no-autostart", "node_autostart", default=None,
+                     help="Start on its home node's next ready."),
+        click.option("--method", "migration_method", type=click.Choice(("live", "shutdown", "default")),
+                     help="Migration method."),
+    )):
+        f = option(f)
+    return f
+
+
+def _meta(node_limit, node_selector, node_autostart, migration_method) -> dict:
+    limit = None if node_limit is None else [n.strip() for n in node_limit.split(",") if n.strip()]
+    return {"node_limit": limit, "node_selector": node_selector, "node_autostart": node_autostart,
+            "migration_method": migration_method}
+
+
+@click.group("vm")
+def group() -> None:
+    """Virtual machines."""
+
+
+@group.command("define")
+@click.argument("xml_file", type=click.File("r"))
+@click.option("--target", help="Node to define it on (default: chosen by placement).")
+@click.option("--start/--no-start", default=True, show_default=True, help="Start it once defined.")
+@meta_options
+@click.pass_obj
+def define(client, xml_file, target, start, **meta) -> None:
+    """Define a VM from a libvirt domain XML file (- for stdin)."""
+    answer = client.define_vm(xml_file.read(), target=target, start=start, **_meta(**meta))
+    click.echo(answer["message"])
+
+
+@group.command("meta")
+@click.argument("vm")
+@meta_options
+@click.pass_obj
+def meta(client, vm, **meta) -> None:
+    """Change a VM's metadata (only the options given)."""
+    changes = _meta(**meta)
+    if all(v is None for v in changes.values()):
+        raise click.UsageError("give at least one of --limit, --node-selector, --autostart/--no-autostart, --method")
+    click.echo(client.set_meta(vm, **changes)["message"])
+
+
+@group.command("list")
+@click.argument("pattern", required=False)
+@click.option("--node", help="Only VMs on this node.")
+@click.option("--state", help="Only VMs in this state.")
+@format_option
+@click.pass_obj
+def list_(client, pattern, node, state, fmt) -> None:
+    """VMs, optionally those whose name matches PATTERN (a regular expression)."""
+    emit(client.vms(node=node, state=state, limit=pattern), fmt, lambda rows: columns(rows, VM_COLUMNS))
+
+
+@group.command("info")
+@click.argument("vm")
+@click.option("--xml", "show_xml", is_flag=True, help="Print the libvirt XML too.")
+@format_option
+@click.pass_obj
+def info(client, vm, show_xml, fmt) -> None:
+    """One VM: state, node, metadata."""
+
+    def table(v: dict) -> str:
+        rows = [(h.lower(), get(v)) for h, get in VM_COLUMNS] + [("uuid", v["uuid"]), ("reason", v["reason"])]
+        if v["migration"]:
+            m = v["migration"]
+            rows.append(("migration", f"{m['kind']} {m['source']} -> {m['target']} ({m['phase']})"))
+        return pairs(rows) + (f"\n\n{v['xml']}" if show_xml else "")
+
+    emit(client.vm(vm), fmt, table)
+
+
+def _state_command(state: str, doc: str):
+    @click.argument("vm")
+    @click.option("--wait/--no-wait", default=False, help="Return once the change is observed.")
+    @click.pass_obj
+    def command(client, vm, wait) -> None:
+        finish(*client.vm_state(vm, state, wait), wait)
+
+    command.__doc__ = doc
+    return group.command(state)(command)
+
+
+for _state, _doc in (("start", "Start a VM."), ("shutdown", "Shut a VM down gracefully (stopped after a timeout)."),
+                     ("stop", "Stop a VM at once (power off)."), ("restart", "Restart a running VM."),
+                     ("disable", "Shut a VM down and keep it down.")):
+    _state_command(_state, _doc)
+
+
+@group.command("migrate")
+@click.argument("vm")
+@click.option("--target", help="Node to migrate to (default: chosen by placement).")
+@click.option("--force-live", is_flag=True, help="Live migration only; fail rather than shut down.")
+@click.option("--wait/--no-wait", default=False, help="Return once the migration is over.")
+@click.pass_obj
+def migrate(client, vm, target, force_live, wait) -> None:
+    """Move a VM for now; unmigrate brings it back."""
+    finish(*client.vm_node(vm, "migrate", target, force_live, wait), wait)
+
+
+@group.command("unmigrate")
+@click.argument("vm")
+@click.option("--force-live", is_flag=True, help="Live migration only.")
+@click.option("--wait/--no-wait", default=False, help="Return once the migration is over.")
+@click.pass_obj
+def unmigrate(client, vm, force_live, wait) -> None:
+    """Send a migrated VM back to its last node."""
+    finish(*client.vm_node(vm, "unmigrate", None, force_live, wait), wait)
+
+
+@group.command("move")
+@click.argument("vm")
+@click.option("--target", help="Node to move to (default: chosen by placement).")
+@click.option("--force-live", is_flag=True, help="Live migration only.")
+@click.option("--wait/--no-wait", default=False, help="Return once the migration is over.")
+@click.pass_obj
+def move(client, vm, target, force_live, wait) -> None:
+    """Move a VM for good (it forgets its last node)."""
+    finish(*client.vm_node(vm, "move", target, force_live, wait), wait)
+
+
+@group.command("undefine")
+@click.argument("vm")
+@click.option("--force", is_flag=True, help="Stop it first if it runs.")
+@click.pass_obj
+def undefine(client, vm, force) -> None:
+    """Remove a VM from the cluster."""
+    click.echo(client.undefine(vm, force)["message"])
+
+
+@group.command("placement")
+@click.argument("vm")
+@format_option
+@click.pass_obj
+def placement(client, vm, fmt) -> None:
+    """Where placement would send the VM now, with every node's score or why it is left out."""
+
+    def table(p: dict) -> str:
+        head = f"VM {p['vm']}, selector {p['selector']}: {'-> ' + p['target'] if p['target'] else 'no node can take it'}"
+        return head + "\n" + columns(p["nodes"], (("NODE", lambda r: r["node"]),
+                                                  ("SCORE", lambda r: r.get("score")),
+                                                  ("EXCLUDED", lambda r: r.get("excluded"))))
+
+    emit(client.placement(vm), fmt, table)

@@ -1,0 +1,134 @@
+"""Every `pvc` command through click's CliRunner, against pvcapid under a real gunicorn and real daemons."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pvccli.main import cli
+from pvccore.localcluster import sample_domain_xml as domain
+
+T = 20
+
+
+@pytest.fixture
+def pvc(live, tmp_path):
+    env = {"PVC_API_URL": live.url, "PVC_API_KEY": live.key, "PVC_CONFIG": str(tmp_path / "none.toml")}
+    runner = CliRunner()
+
+    def run(*args, ok=True):
+        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, (args, result.output, result.stderr)
+        return result
+
+    return run
+
+
+def settled(live, vm, **want):
+    return live.view.wait_for(lambda c: (v := c.vms.get(vm)) is not None and v.migration is None
+                              and all(getattr(v, k) == x for k, x in want.items()), T)
+
+
+def test_real_gunicorn_serves_the_api(live):
+    from pvccli.client import ApiError, Client
+
+    client = Client(live.url, live.key)
+    assert client.health()["name"] == "pvc"
+    assert client.cluster_status()["nodes"]["total"] == 3
+    with pytest.raises(ApiError) as err:
+        Client(live.url, "nope").nodes()
+    assert err.value.status == 401
+    assert "GET /api/v1/node" in live.log.read_text()  # gunicorn's access log
+
+
+def test_cluster_status_and_set(pvc):
+    out = pvc("cluster", "status").output
+    assert "health:" in out and "healthy" in out and "nodes:" in out and "run 3" in out
+    assert json.loads(pvc("cluster", "status", "-f", "json").output)["nodes"]["total"] == 3
+    assert "updated" in pvc("cluster", "set", "--default-selector", "mem").output
+    bad = pvc("cluster", "set", "--default-selector", "nosuch", ok=False)
+    assert bad.exit_code == 1 and bad.stderr.startswith("pvc: error: unknown selector 'nosuch'")
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_node_list_info(pvc):
+    out = pvc("node", "list").output.splitlines()
+    assert out[0].split()[:4] == ["NODE", "DAEMON", "COORDINATOR", "DOMAIN"] and len(out) == 4
+    assert [n["name"] for n in json.loads(pvc("node", "list", "-f", "json").output)] == ["hv1", "hv2", "hv3"]
+    assert "daemon:" in pvc("node", "info", "hv1").output
+    bad = pvc("node", "info", "hv9", ok=False)
+    assert bad.exit_code == 1 and bad.stderr == "pvc: error: node 'hv9' not found\n"
+
+
+def test_vm_define_meta_info_list(pvc, live, tmp_path):
+    xml = tmp_path / "web.xml"
+    xml.write_text(domain("cweb", 512))
+    out = pvc("vm", "define", str(xml), "--limit", "hv1,hv2", "--node-selector", "vms", "--method", "shutdown",
+              "--autostart").output
+    assert "VM cweb defined on hv1" in out
+    info = json.loads(pvc("vm", "info", "cweb", "-f", "json").output)
+    assert info["meta"] == {"node_limit": ["hv1", "hv2"], "node_selector": "vms", "node_autostart": True,
+                            "migration_method": "shutdown"}
+    table = pvc("vm", "info", "cweb").output
+    assert "limit:" in table and "hv1,hv2" in table and "selector:" in table and "method:" in table
+    assert "<domain" in pvc("vm", "info", "cweb", "--xml").output
+
+    pvc("vm", "meta", "cweb", "--limit", "hv2,hv3", "--node-selector", "mem", "--no-autostart")
+    listed = pvc("vm", "list").output
+    assert "cweb" in listed and "hv2,hv3" in listed and "LIMIT" in listed and "SELECTOR" in listed
+    assert json.loads(pvc("vm", "list", "^cw", "--state", "start", "-f", "json").output)[0]["meta"][
+        "node_selector"] == "mem"
+    assert json.loads(pvc("vm", "list", "--node", "hv3", "-f", "json").output) == []
+    bad = pvc("vm", "meta", "cweb", "--node-selector", "nosuch", ok=False)
+    assert bad.exit_code == 1 and "unknown selector" in bad.stderr
+    assert pvc("vm", "meta", "cweb", ok=False).exit_code == 2  # nothing to change: usage error
+    assert "selector mem" in pvc("vm", "placement", "cweb").output
+    assert json.loads(pvc("vm", "placement", "cweb", "-f", "json").output)["selector"] == "mem"
+
+
+def test_vm_lifecycle_and_migration_commands(pvc, live, tmp_path):
+    xml = tmp_path / "app.xml"
+    xml.write_text(domain("capp", 256))
+    pvc("vm", "define", str(xml), "--target", "hv1")
+    assert settled(live, "capp", node="hv1", state="start")
+    for state in ("shutdown", "start", "restart", "stop", "start", "disable", "start"):
+        pvc("vm", state, "capp", "--wait")
+    assert settled(live, "capp", state="start")
+    assert "VM capp" in pvc("vm", "migrate", "capp", "--target", "hv2", "--wait").output
+    assert settled(live, "capp", node="hv2", last_node="hv1")
+    pvc("vm", "unmigrate", "capp", "--wait")
+    assert settled(live, "capp", node="hv1", last_node="")
+    pvc("vm", "move", "capp", "--wait")
+    assert settled(live, "capp", last_node="") and live.store.get_vm("capp").node != "hv1"
+    bad = pvc("vm", "undefine", "capp", ok=False)
+    assert bad.exit_code == 1 and "running" in bad.stderr
+    assert "undefined" in pvc("vm", "undefine", "capp", "--force").output
+    assert "capp" not in live.store.vm_names()
+
+
+def test_node_flush_and_ready_with_progress(pvc, live, tmp_path):
+    xml = tmp_path / "fl.xml"
+    xml.write_text(domain("cflush", 256))
+    pvc("vm", "define", str(xml), "--target", "hv3", "--limit", "hv3", "--no-autostart")
+    assert settled(live, "cflush", node="hv3", state="start")
+    out = pvc("node", "flush", "hv3", "--wait").output
+    assert "node hv3 is flushed" in out and "running VM(s) left" in out
+    vm = live.store.get_vm("cflush")
+    assert (vm.state, vm.meta.node_autostart) == ("stop", True)  # no other node in its limit: parked
+    assert "node hv3 is ready" in pvc("node", "ready", "hv3", "--wait").output
+    assert settled(live, "cflush", state="start")
+
+
+def test_selector_and_plugin_list(pvc):
+    out = pvc("selector", "list").output
+    assert "SELECTOR" in out and "memprov" in out
+    names = [p["name"] for p in json.loads(pvc("plugin", "list", "-f", "json").output)]
+    assert {"mem", "load", "vcpus", "vms", "memprov"} <= set(names)
+
+
+def test_unreachable_api_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["--api", "http://127.0.0.1:9", "node", "list"],
+                                env={"PVC_CONFIG": str(tmp_path / "none.toml")})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("pvc: error: cannot reach the API at http://127.0.0.1:9/api/v1")
