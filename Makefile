@@ -22,8 +22,10 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
+	@scripts/debs.sh wrk
 	$(PY) bench/placement.py
 	$(PY) bench/flush.py
+	$(PY) bench/api.py
 
 demo: venv
 	$(PY) scripts/demo.py up

@@ -21,7 +21,8 @@ class Server(BaseApplication):
 
     def load_config(self) -> None:
         c = self.cfg_api
-        settings = {"bind": c.listen, "workers": c.workers, "loglevel": c.log_level, "accesslog": "-",
+        settings = {"bind": c.listen, "workers": c.workers, "worker_class": "gthread", "threads": 4,
+                    "keepalive": 5, "loglevel": c.log_level, "accesslog": "-",
                     "errorlog": "-", "timeout": max(60, int(c.wait_timeout) + 30), "graceful_timeout": 10,
                     "proc_name": "pvcapid"}
         if c.tls_cert:

@@ -102,9 +102,11 @@ class Operations:
                 raise ValidationError(f"the XML's UUID {spec.uuid} differs from the VM's {vm.uuid}", "xml")
             return replace(vm, memory_mib=spec.memory_mib, vcpus=spec.vcpus)
 
-        self._vm(name)
-        return self.store.replace_vm_xml(name, spec.xml if given_uuid else _with_uuid(spec.xml, self._vm(name).uuid),
-                                         update)
+        current = self._vm(name)
+        written = self.store.replace_vm_xml(name, spec.xml if given_uuid else _with_uuid(spec.xml, current.uuid),
+                                            update)
+        self.view.forget_xml(name)  # read your own write; other processes' caches follow their watches
+        return self._seen("vm", name, written)
 
     def set_state(self, name: str, state: str) -> VM:
         if state not in USER_STATES:

@@ -54,6 +54,9 @@ class ClusterView:
         self._session_lost = False
         self._stopped = False
         self._listeners: list[Callable[[], None]] = []
+        self._xml: dict[str, str] = {}
+        self._xml_gen: dict[str, int] = {}
+        self._xml_watchers: dict[str, Callable] = {}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -118,6 +121,33 @@ class ClusterView:
     def vm(self, name: str) -> VM | None:
         with self._cond:
             return self._data["vm"].get(name)  # type: ignore[return-value]
+
+    def vm_xml(self, name: str) -> str | None:
+        """A VM's libvirt XML: read once, then kept by a watch until it changes (None: no such VM)."""
+        with self._cond:
+            cached = self._xml.get(name)
+            if cached is not None:
+                return cached
+            gen = self._xml_gen.get(name, 0)
+            watcher = self._xml_watchers.get(name)
+            if watcher is None:
+                watcher = self._xml_watchers[name] = lambda event, n=name: self.forget_xml(n)
+        try:
+            data, _ = self._client.get(self._schema.vm_xml(name), watch=watcher)
+        except NoNodeError:
+            return None
+        xml = data.decode()
+        with self._cond:
+            if self._xml_gen.get(name, 0) == gen:  # no change event arrived while we read
+                self._xml[name] = xml
+        return xml
+
+    def forget_xml(self, name: str) -> None:
+        """Drop a cached XML (its watch fired, or this process just wrote it)."""
+        with self._cond:
+            self._xml.pop(name, None)
+            self._xml_watchers.pop(name, None)
+            self._xml_gen[name] = self._xml_gen.get(name, 0) + 1
 
     @property
     def config(self) -> ClusterConfig:

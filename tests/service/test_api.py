@@ -107,8 +107,11 @@ def test_define_list_info_meta_xml(api):
     error_shape(api.simulate_post(P + "/vm/web1", headers=H, json={}), 400, None, "at least one")
     assert api.ops.store.get_vm("web1").meta.node_selector == "mem"
 
+    assert "<memory unit=\"MiB\">512</memory>" in api.simulate_get(P + "/vm/db1", headers=H).json["xml"] or \
+        "512" in api.simulate_get(P + "/vm/db1", headers=H).json["xml"]  # cached by the view now
     r = api.simulate_put(P + "/vm/db1", headers=H, json={"xml": domain("db1", 2048, 4)})
     assert r.status_code == 200 and (r.json["vm"]["memory_mib"], r.json["vm"]["vcpus"]) == (2048, 4)
+    assert "2048" in api.simulate_get(P + "/vm/db1", headers=H).json["xml"]  # not the cached old XML
     error_shape(api.simulate_put(P + "/vm/db1", headers=H, json={"xml": domain("other")}), 400, "xml")
     error_shape(api.simulate_get(P + "/vm/none", headers=H), 404)
 

@@ -1,6 +1,7 @@
 """Every `pvc` command through click's CliRunner, against pvcapid under a real gunicorn and real daemons."""
 
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -39,7 +40,11 @@ def test_real_gunicorn_serves_the_api(live):
     with pytest.raises(ApiError) as err:
         Client(live.url, "nope").nodes()
     assert err.value.status == 401
-    assert "GET /api/v1/node" in live.log.read_text()  # gunicorn's access log
+    # gunicorn's access log is written just after the answer: poll it under a deadline
+    deadline = time.monotonic() + 5
+    while '"GET /api/v1/node HTTP/1.1" 401' not in live.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert '"GET /api/v1/node HTTP/1.1" 401' in live.log.read_text()
 
 
 def test_cluster_status_and_set(pvc):

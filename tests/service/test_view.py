@@ -78,3 +78,19 @@ def test_decision_reads_no_zookeeper(store, plugins, zk_server):
     finally:
         view.stop()
         own.client.close()
+
+
+def test_xml_cache_follows_changes_from_another_writer(store, zk_server):
+    from pvccore.store import Store
+
+    store.create_vm(VM(name="x1", uuid="u", memory_mib=1, vcpus=1), "<domain>one</domain>")
+    view = ClusterView(store.client, store.paths).start()
+    other = Store.connect(zk_server.hosts, store.paths.root)
+    try:
+        assert view.vm_xml("x1") == "<domain>one</domain>"
+        other.client.set(other.paths.vm_xml("x1"), b"<domain>two</domain>")  # another process writes
+        assert view.wait_until(lambda: view.vm_xml("x1") == "<domain>two</domain>", 5)
+        assert view.vm_xml("nope") is None
+    finally:
+        other.close()
+        view.stop()

@@ -1,0 +1,98 @@
+"""API figures under gunicorn on loopback: GET /vm with 10,000 VMs, and GET /vm/<vm> requests per second.
+
+Targets: <= 200 ms for the listing, >= 1,000 requests/s for one VM. The VMs are
+written straight into a real ZooKeeper (defining 10,000 through the API would
+measure definition, not listing). Load comes from wrk (Debian package).
+
+    .venv/bin/python bench/api.py            (or: make bench)
+"""
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import emit, table  # noqa: E402
+
+from pvccli.client import ApiError, Client  # noqa: E402
+from pvccore.localzk import LocalZooKeeper, free_port  # noqa: E402
+from pvccore.models import VM, Node, VMMeta  # noqa: E402
+from pvccore.store import Store  # noqa: E402
+
+VMS = 10_000
+NODES = 50
+KEY = "bench-key"
+
+
+def populate(store: Store) -> None:
+    pending = []
+    for i in range(NODES):
+        node = Node(name=f"hv{i:02d}", daemon_state="run", memory_total_mib=262144, memory_free_mib=100000,
+                    running_vms=tuple(f"vm{j:05d}" for j in range(i, VMS, NODES)))
+        pending.append(store.client.create_async(store.paths.node(node.name), node.to_json()))
+    for j in range(VMS):
+        vm = VM(name=f"vm{j:05d}", uuid=str(uuid.uuid4()), memory_mib=1024, vcpus=2, state="start",
+                node=f"hv{j % NODES:02d}", meta=VMMeta(node_limit=(f"hv{j % NODES:02d}",), node_selector="mem"))
+        pending.append(store.client.create_async(store.paths.vm(vm.name), vm.to_json()))
+        pending.append(store.client.create_async(store.paths.vm_xml(vm.name), b"<domain/>"))
+        if len(pending) > 3000:
+            for p in pending:
+                p.get()
+            pending.clear()
+    for p in pending:
+        p.get()
+
+
+def main() -> None:
+    with LocalZooKeeper() as zk:
+        store = Store.connect(zk.hosts, "/bench-api")
+        populate(store)
+        port = free_port()
+        cfg = Path(zk.dir) / "api.toml"
+        cfg.write_text(f'zookeeper_hosts = "{zk.hosts}"\nzookeeper_root = "/bench-api"\nlisten = "127.0.0.1:{port}"\n'
+                       f'workers = 2\napi_keys = ["{KEY}"]\nlog_level = "warning"\n')
+        api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client = Client(f"http://127.0.0.1:{port}", KEY, timeout=30)
+            deadline = time.monotonic() + 60
+            while True:  # both workers load the 10,000 VMs into their views first
+                try:
+                    if len(client.vms()) == VMS and len(client.vms()) == VMS:
+                        break
+                except ApiError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("pvcapid did not come up")
+                time.sleep(0.2)
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                assert len(client.vms()) == VMS
+                times.append(time.perf_counter() - t0)
+            emit("api_list_10000_ms", statistics.median(times) * 1000, "ms", "GET /vm, 10,000 VMs, median of 10")
+            wrk = shutil.which("wrk")
+            if wrk is None:
+                raise SystemExit("wrk not installed: make bench installs it (Debian package wrk)")
+            out = subprocess.run([wrk, "-t2", "-c8", "-d5s", "-H", f"X-Api-Key: {KEY}",
+                                  f"http://127.0.0.1:{port}/api/v1/vm/vm04242"], capture_output=True, text=True).stdout
+            rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+            errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            emit("api_get_per_s", rate, "req/s", "GET /vm/<vm>, wrk 2 threads 8 connections 5 s"
+                 + (f", {errors.group(1)} non-2xx" if errors else ""))
+        finally:
+            api.terminate()
+            api.wait(20)
+            store.close()
+    table("API under gunicorn (2 workers) on loopback")
+
+
+if __name__ == "__main__":
+    main()
