@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv
+DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping
 
 .PHONY: deps venv test bench demo demo-stop demo-status clean
 
@@ -26,6 +26,7 @@ bench: venv
 	$(PY) bench/placement.py
 	$(PY) bench/flush.py
 	$(PY) bench/api.py
+	$(PY) bench/handover.py
 
 demo: venv
 	$(PY) scripts/demo.py up

@@ -75,6 +75,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route(PREFIX + "/node", node)
     app.add_route(PREFIX + "/node/{node}", node, suffix="one")
     app.add_route(PREFIX + "/node/{node}/domain-state", node, suffix="domain")
+    app.add_route(PREFIX + "/node/{node}/coordinator-state", node, suffix="coordinator")
 
     vm = vms.VMs(deps)
     app.add_route(PREFIX + "/vm", vm)

@@ -26,11 +26,14 @@ def status(ops) -> dict:
     nodes, vms = snap.nodes.values(), snap.vms.values()
     problems = [f"node {n.name}: daemon {n.daemon_state}" for n in nodes if n.daemon_state not in ("run", "stop")]
     problems += [f"VM {v.name}: failed: {v.reason}" for v in vms if v.state == "fail"]
-    primary = [n.name for n in nodes if n.coordinator_state == "primary"]
+    h = snap.handover
+    if h is not None and h.phase == "failed":
+        problems.append(f"last handover from {h.source} to {h.target} failed: {h.reason}")
     return {
         "healthy": not problems,
         "problems": problems,
-        "primary": primary[0] if primary else None,
+        "primary": snap.primary.node if snap.primary else None,
+        "handover": h.to_dict() if h is not None else None,
         "nodes": {"total": len(snap.nodes),
                   "daemon_state": dict(Counter(n.daemon_state for n in nodes)),
                   "domain_state": dict(Counter(n.domain_state for n in nodes))},

@@ -23,6 +23,28 @@ class Nodes:
         data["vms"] = sorted(v.name for v in ops.view.snapshot().vms.values() if v.node == node)
         resp.media = data
 
+    def on_post_coordinator(self, req, resp, node):
+        """``{"state": "primary" | "secondary", "wait": bool}``: a planned primary handover."""
+        ops = self.deps.ops
+        data = body(req, {"state", "wait"})
+        state = field(data, "state", str, choices=("primary", "secondary"))
+        wait = field(data, "wait", bool, False)
+        h = ops.request_primary(node) if state == "primary" else ops.request_secondary(node)
+        observed = wait and ops.view.wait_for(
+            lambda c: c.handover is not None and c.handover.id == h.id and not c.handover.active,
+            self.deps.wait_timeout)
+        snap = ops.view.snapshot()
+        done = snap.handover if snap.handover is not None and snap.handover.id == h.id else h
+        if observed and done.phase == "failed":
+            resp.status = falcon.HTTP_409
+            resp.media = {"message": f"handover from {h.source} to {h.target} failed: {done.reason}", "field": "state"}
+            return
+        resp.status = falcon.HTTP_200 if observed else falcon.HTTP_202
+        resp.media = {"message": f"{h.target} is primary" if observed else
+                      f"handover from {h.source} to {h.target} requested" if not wait else
+                      f"handover from {h.source} to {h.target} not finished within {self.deps.wait_timeout:g}s",
+                      "handover": done.to_dict()}
+
     def on_post_domain(self, req, resp, node):
         """``{"state": "flush" | "ready", "wait": bool}``."""
         ops = self.deps.ops

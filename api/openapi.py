@@ -86,9 +86,12 @@ def document(version: str) -> dict:
         "NodeList": {"type": "array", "items": _ref("Node")},
         "NodeResult": {"type": "object", "properties": {"message": {"type": "string"},
                                                         "node": {"oneOf": [_ref("Node"), {"type": "null"}]}}},
+        "HandoverResult": {"type": "object", "properties": {"message": {"type": "string"},
+                                                            "handover": {"type": "object"}}},
         "ClusterStatus": {"type": "object", "properties": {
             "healthy": {"type": "boolean"}, "problems": {"type": "array", "items": {"type": "string"}},
-            "primary": {"type": ["string", "null"]}, "nodes": {"type": "object"}, "vms": {"type": "object"},
+            "primary": {"type": ["string", "null"]}, "handover": {"type": ["object", "null"]},
+            "nodes": {"type": "object"}, "vms": {"type": "object"},
             "config": {"type": "object"}}},
         "Placement": {"type": "object", "properties": {
             "vm": {"type": "string"}, "selector": {"type": "string"}, "target": {"type": ["string", "null"]},
@@ -120,6 +123,10 @@ def document(version: str) -> dict:
         "/api/v1/node/{node}/domain-state": {"post": _op(
             "Flush or ready a node", "NodeResult", params=node_p, codes=(400, 401, 404), accepted=True,
             body=_obj({"state": {"type": "string", "enum": ["flush", "ready"]}, "wait": wait}, ("state",)))},
+        "/api/v1/node/{node}/coordinator-state": {"post": _op(
+            "Hand the primary role to (primary) or away from (secondary) a coordinator", "HandoverResult",
+            params=node_p, codes=(400, 401, 404, 409), accepted=True,
+            body=_obj({"state": {"type": "string", "enum": ["primary", "secondary"]}, "wait": wait}, ("state",)))},
         "/api/v1/vm": {
             "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
                 _query("node", {"type": "string"}, "Only VMs on this node"),

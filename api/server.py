@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from gunicorn.app.base import BaseApplication
@@ -37,6 +38,8 @@ class Server(BaseApplication):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Started by a pvcnoded primary, this process inherits its blocked SIGTERM/SIGINT: gunicorn needs them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     parser = argparse.ArgumentParser(prog="pvcapid", description="pvc REST API (gunicorn)")
     API.add_flags(parser)
     args = parser.parse_args(argv)

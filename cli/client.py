@@ -76,6 +76,9 @@ class Client:
     def node_domain_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
         return self.post(f"/node/{_q(name)}/domain-state", {"state": state, "wait": wait})
 
+    def node_coordinator_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
+        return self.post(f"/node/{_q(name)}/coordinator-state", {"state": state, "wait": wait})
+
     def vms(self, node: str | None = None, state: str | None = None, limit: str | None = None) -> list[dict]:
         return self.get("/vm", node=node, state=state, limit=limit)
 

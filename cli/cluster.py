@@ -40,6 +40,8 @@ def _table(s: dict) -> str:
     lines = [pairs([
         ("health", "healthy" if s["healthy"] else "DEGRADED"),
         ("primary", s["primary"]),
+        ("last handover", f"{s['handover']['source']} -> {s['handover']['target']}: {s['handover']['phase']}"
+         if s.get("handover") else None),
         ("nodes", f"{s['nodes']['total']} (daemon: {counts(s['nodes']['daemon_state'])}; "
                   f"domain: {counts(s['nodes']['domain_state'])})"),
         ("vms", f"{s['vms']['total']} ({counts(s['vms']['state'])}; migrating {s['vms']['migrating']})"),

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from .output import Failure, columns, emit, format_option, pairs
+from .output import Failure, columns, emit, finish, format_option, pairs
 
 NODE_COLUMNS = (
     ("NODE", lambda n: n["name"]), ("DAEMON", lambda n: n["daemon_state"]),
@@ -86,3 +86,21 @@ def flush(client, node: str, wait: bool, timeout: float) -> None:
 def ready(client, node: str, wait: bool, timeout: float) -> None:
     """Take NODE's VMs back and start its autostart VMs."""
     _domain(client, node, "ready", wait, timeout)
+
+
+@group.command("primary")
+@click.argument("node")
+@click.option("--wait/--no-wait", default=False, help="Return once the handover is over.")
+@click.pass_obj
+def primary(client, node: str, wait: bool) -> None:
+    """Make coordinator NODE the primary (a planned, phased handover)."""
+    finish(*client.node_coordinator_state(node, "primary", wait), wait)
+
+
+@group.command("secondary")
+@click.argument("node")
+@click.option("--wait/--no-wait", default=False, help="Return once the handover is over.")
+@click.pass_obj
+def secondary(client, node: str, wait: bool) -> None:
+    """Hand the primary role away from NODE to another coordinator."""
+    finish(*client.node_coordinator_state(node, "secondary", wait), wait)

@@ -138,6 +138,11 @@ class DaemonConfig:
     shutdown_timeout: float = 180.0
     migration_timeout: float = 120.0
     flush_parallel: int = 2
+    floating_ips: tuple[str, ...] = ()
+    arp_count: int = 2
+    arp_interval: float = 0.02
+    handover_timeout: float = 30.0
+    api_config: str = ""
     log_level: str = "info"
 
     @property
@@ -153,6 +158,12 @@ def _check_daemon(values: dict[str, Any]) -> None:
     check_root(values)
     if "{address}" not in values["migration_uri_template"]:
         raise ValidationError("migration_uri_template: must contain {address}", "migration_uri_template")
+    from .network import FloatingIP
+
+    for text in values["floating_ips"]:
+        FloatingIP.parse(text)
+    if values["floating_ips"] and not values["coordinator"]:
+        raise ValidationError("floating_ips: only coordinators carry floating IPs", "floating_ips")
 
 
 DAEMON = ConfigSchema("pvcnoded", (
@@ -171,5 +182,13 @@ DAEMON = ConfigSchema("pvcnoded", (
     Option("migration_timeout", float, 120.0,
            "Seconds either side of a migration waits for the other before giving up.", "--migration-timeout", 1.0),
     Option("flush_parallel", int, 2, "VMs migrated at a time when this node is flushed.", "--flush-parallel", 1),
+    Option("floating_ips", list, (), "Addresses the primary carries, as ADDRESS/PREFIX@INTERFACE (coordinators).",
+           "--floating-ip"),
+    Option("arp_count", int, 2, "Gratuitous ARP announcements sent for each floating IP taken over.", None, 0),
+    Option("arp_interval", float, 0.02, "Seconds between those announcements.", None, 0.001),
+    Option("handover_timeout", float, 30.0, "Seconds each side of a primary handover waits for the other.",
+           "--handover-timeout", 1.0),
+    Option("api_config", str, "", "pvcapid config file: when set, the primary runs the API (it moves with it).",
+           "--api-config"),
     LOG_OPTION,
 ), DaemonConfig, _check_daemon)

@@ -11,6 +11,7 @@ restarts picks up where the cluster is, not where it was.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from . import config as configmod
 from . import flush, migration
+from .coordinator import Coordinator
 from .errors import ConflictError, NotFoundError, PVCError, ValidationError
 from .hypervisor import Domain, Hypervisor, HypervisorError
 from .models import VM, Node
@@ -40,6 +42,7 @@ class NodeDaemon:
         self.name = cfg.node
         self.plugins = plugins
         self.stopping = threading.Event()
+        self.leaving = False
         self._wake = threading.Event()
         self._kick = threading.Event()  # publish figures now (a VM started, stopped or moved)
         self._busy: dict[str, threading.Thread] = {}
@@ -65,6 +68,7 @@ class NodeDaemon:
         self.view = ClusterView(self.store.client, self.store.paths).start()
         self.ops = Operations(self.store, self.view, self.plugins)
         self.view.add_listener(self._wake.set)
+        self.coordinator = Coordinator(self)
         self._keepalive(first=True)
         for target, name in ((self._keepalive_loop, "keepalive"), (self._reconcile_loop, "reconcile")):
             t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
@@ -75,7 +79,15 @@ class NodeDaemon:
         return self
 
     def stop(self) -> None:
-        """Stop cleanly: daemon state ``stop``, watches closed. VMs keep running on real hypervisors."""
+        """Stop cleanly: hand the primary role over, daemon state ``stop``, watches closed.
+
+        VMs keep running on real hypervisors.
+        """
+        self.leaving = True  # from now on this node takes no new work (and no primary role)
+        if not self.coordinator.serving:  # nobody should pick this node for anything now
+            self.set_node(lambda n: True, daemon_state="stop")
+        self.coordinator.join(self.cfg.handover_timeout)  # let a handover under way end first
+        self.coordinator.step_down(self.view.snapshot())
         self.stopping.set()
         self._wake.set()
         for t in self._loops:
@@ -159,6 +171,7 @@ class NodeDaemon:
         if me is None:
             return
         self._node_hooks(me)
+        self.coordinator.reconcile(snap)
         local = self.hv.domains()
         was_running, self._was_running = self._was_running, {n for n, d in local.items() if d.running}
         for vm in snap.vms.values():
@@ -217,22 +230,27 @@ class NodeDaemon:
 
     # -- workers ---------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Reconcile again soon (something this daemon did may need a follow-up)."""
+        self._wake.set()
+
     def busy(self, name: str) -> bool:
         with self._busy_lock:
             return name in self._busy
 
-    def spawn(self, name: str, fn: Callable, *args) -> None:
-        """Run ``fn(*args)`` in a worker thread that owns VM ``name`` until it finishes."""
+    def spawn(self, name: str, fn: Callable, *args, **kwargs) -> None:
+        """Run ``fn(*args, **kwargs)`` in a worker thread that owns VM ``name`` until it finishes."""
         with self._busy_lock:
             if name in self._busy:
                 return
-            t = threading.Thread(target=self._run_owned, args=(name, fn, args), daemon=True, name=f"{self.name}-{name}")
+            t = threading.Thread(target=self._run_owned, args=(name, fn, args, kwargs), daemon=True,
+                                 name=f"{self.name}-{name}")
             self._busy[name] = t
         t.start()
 
-    def _run_owned(self, name: str, fn: Callable, args: tuple) -> None:
+    def _run_owned(self, name: str, fn: Callable, args: tuple, kwargs: dict) -> None:
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         except Exception as exc:
             self._failed(f"action on VM {name}", exc)
         finally:
@@ -363,19 +381,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pvcnoded: error: {exc.message}", file=sys.stderr)
         return 2
     setup_logging(cfg.node, cfg.log_level)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
+    # SIGTERM/SIGINT are blocked before any thread starts (threads inherit the mask) and taken with
+    # sigwait() below: no signal handler, so nothing can interrupt a thread holding a lock.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     daemon = NodeDaemon(cfg)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         daemon.start()
     except (PVCError, HypervisorError) as exc:
         print(f"pvcnoded: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
-    stop.wait()
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
     daemon.stop()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

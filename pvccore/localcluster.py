@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+from .localzk import LocalZooKeeper
 from .store import Store
 from .view import ClusterView
 
@@ -36,13 +38,17 @@ class LocalCluster:
 
     def __init__(self, hosts: str, root: str, nodes: tuple[str, ...] = ("hv1", "hv2", "hv3"),
                  workdir: str | None = None, memory_mib: int = 16384, cpus: int = 8,
-                 flags: tuple[str, ...] = (), env: dict[str, str] | None = None):
+                 flags: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 node_flags: dict[str, tuple[str, ...]] | None = None, wrap: dict[str, list[str]] | None = None):
         self.hosts, self.root, self.nodes = hosts, root, nodes
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="pvc-cluster-"))
         self.memory_mib, self.cpus = memory_mib, cpus
         self.flags = flags or ("--keepalive-interval", "0.5", "--shutdown-timeout", "5", "--migration-timeout", "15")
         self.env = env or {}
+        self.node_flags = node_flags or {}  # extra flags per node, e.g. ("--coordinator",)
+        self.wrap = wrap or {}  # command prefix per node, e.g. ["ip", "netns", "exec", "n1"]
         self.procs: dict[str, subprocess.Popen] = {}
+        self.hung: list[str] = []  # nodes that had to be killed because they did not stop
 
     def hypervisor_uri(self, node: str) -> str:
         xml = self.dir / f"{node}.xml"
@@ -51,8 +57,9 @@ class LocalCluster:
         return f"test://{xml}"
 
     def start_node(self, node: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "pvccore.daemon", "--node", node, "--zookeeper", self.hosts,
-               "--root", self.root, "--libvirt", self.hypervisor_uri(node), *self.flags]
+        cmd = [*self.wrap.get(node, []), sys.executable, "-m", "pvccore.daemon", "--node", node,
+               "--zookeeper", self.hosts, "--root", self.root, "--libvirt", self.hypervisor_uri(node), *self.flags,
+               *self.node_flags.get(node, ())]
         log = open(self.dir / f"{node}.log", "ab")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **self.env}, start_new_session=True)
@@ -96,6 +103,12 @@ class LocalCluster:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)  # the daemon prints where each thread is stuck
+                try:
+                    proc.wait(1)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.hung.append(node)
                 proc.kill()
                 proc.wait()
         return proc.returncode
@@ -115,3 +128,39 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def coordinator_lab(workdir: str, floating_ip: str = "198.18.0.100", coordinators: int = 2, hosts: int = 3,
+                    env: dict[str, str] | None = None):
+    """Coordinators in network namespaces carrying a floating IP, the last host free to ping it.
+
+    Yields ``(lab, ops)``: the :class:`NetLab` and :class:`Operations` on the cluster.
+    ZooKeeper listens on the bridge address, the primary runs the API on the floating IP.
+    """
+    from .netlab import BRIDGE_IP, NetLab
+    from .operations import Operations
+    from .plugins import load_plugins
+
+    work = Path(workdir)
+    with NetLab(hosts) as net, LocalZooKeeper(host=BRIDGE_IP) as zk:
+        api_cfg = work / "api.toml"
+        api_cfg.write_text(f'zookeeper_hosts = "{zk.hosts}"\nzookeeper_root = "/lab"\nlisten = "{floating_ip}:7370"\n'
+                           f'workers = 1\nauth = false\nlog_level = "warning"\n')
+        nodes = tuple(f"hv{i}" for i in range(1, coordinators + 1))
+        flags = {n: ("--coordinator", "--floating-ip", f"{floating_ip}/24@eth0", "--api-config", str(api_cfg))
+                 for n in nodes}
+        local = LocalCluster(zk.hosts, "/lab", nodes=nodes, workdir=str(work), env=env,
+                             flags=("--keepalive-interval", "0.5", "--handover-timeout", "10"),
+                             node_flags=flags, wrap={n: net.exec(i) for i, n in enumerate(nodes, start=1)})
+        local.start()
+        store = Store.connect(zk.hosts, "/lab")
+        view = ClusterView(store.client, store.paths).start()
+        try:
+            view.wait_for(lambda c: c.primary is not None and c.nodes[c.primary.node].coordinator_state == "primary",
+                          30)
+            yield net, Operations(store, view, load_plugins())
+        finally:
+            view.stop()
+            local.stop()
+            store.close()

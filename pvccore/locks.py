@@ -14,6 +14,23 @@ from .errors import LockTimeout
 _KINDS = {"exclusive": Lock, "read": ReadLock, "write": WriteLock}
 
 
+def acquire(client: KazooClient, path: str, *, kind: str = "exclusive", timeout: float = 30.0,
+            identifier: str | None = None):
+    """Take a lock and return it (``.release()`` when done); for locks held across several steps.
+
+    :raises LockTimeout: not obtained within ``timeout`` seconds.
+    """
+    lock = _KINDS[kind](client, path, identifier=identifier)
+    try:
+        acquired = lock.acquire(timeout=timeout)
+    except KazooLockTimeout:
+        acquired = False
+    if not acquired:
+        lock.cancel()
+        raise LockTimeout(f"timed out after {timeout:g}s waiting for the {kind} lock {path}")
+    return lock
+
+
 @contextmanager
 def hold(client: KazooClient, path: str, *, kind: str = "exclusive", timeout: float = 30.0,
          identifier: str | None = None) -> Iterator[None]:
@@ -25,13 +42,7 @@ def hold(client: KazooClient, path: str, *, kind: str = "exclusive", timeout: fl
 
     :raises LockTimeout: not obtained within ``timeout`` seconds.
     """
-    lock = _KINDS[kind](client, path, identifier=identifier)
-    try:
-        acquired = lock.acquire(timeout=timeout)
-    except KazooLockTimeout:
-        acquired = False
-    if not acquired:
-        raise LockTimeout(f"timed out after {timeout:g}s waiting for the {kind} lock {path}")
+    lock = acquire(client, path, kind=kind, timeout=timeout, identifier=identifier)
     try:
         yield
     finally:

@@ -271,6 +271,57 @@ class Node(_JSONModel):
 
 
 # --------------------------------------------------------------------------
+# Primary coordinator
+# --------------------------------------------------------------------------
+
+#: handover phases in order; see pvccore.coordinator for who writes which
+HANDOVER_PHASES = ("requested", "relinquish-ready", "takeover-ready", "services-stopped", "ips-added",
+                   "ips-released", "done", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryRecord(_JSONModel):
+    """Which coordinator is primary; ``epoch`` grows with every change of primary."""
+
+    node: str
+    epoch: int = 0
+    since: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "PrimaryRecord":
+        try:
+            return cls(**cls._known(raw))
+        except TypeError as exc:
+            raise ValidationError(f"PrimaryRecord: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Handover(_JSONModel):
+    """A planned move of the primary role from ``source`` to ``target``, phase by phase."""
+
+    id: str
+    source: str
+    target: str
+    phase: str = "requested"
+    reason: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "Handover":
+        try:
+            h = cls(**cls._known(raw))
+        except TypeError as exc:
+            raise ValidationError(f"Handover: {exc}") from exc
+        _check_choice(h.phase, HANDOVER_PHASES, "phase")
+        return h
+
+    @property
+    def active(self) -> bool:
+        return self.phase not in ("done", "failed")
+
+
+# --------------------------------------------------------------------------
 # Cluster-wide settings and the read-only cluster picture
 # --------------------------------------------------------------------------
 
@@ -309,6 +360,8 @@ class Cluster:
     nodes: Mapping[str, Node]
     vms: Mapping[str, VM]
     config: ClusterConfig = ClusterConfig()
+    primary: PrimaryRecord | None = None
+    handover: Handover | None = None
 
     @classmethod
     def build(cls, nodes, vms=(), config: ClusterConfig | None = None) -> "Cluster":

@@ -9,13 +9,14 @@ Nothing here talks to libvirt. ``wait_*`` helpers block on watches, not sleeps.
 from __future__ import annotations
 
 import time
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
-from .errors import ConflictError, ValidationError
+from .errors import ConflictError, NotFoundError, ValidationError
 from .hypervisor import parse_domain_xml
-from .models import RUNNING_STATES, VM, Cluster, Migration, Node, VMMeta, check_name
+from .models import RUNNING_STATES, VM, Cluster, Handover, Migration, Node, VMMeta, check_name
 from .placement import Placement, check_target, place, resolve_selector
 from .plugins import PluginSet
 from .store import Store
@@ -188,6 +189,38 @@ class Operations:
         self._node(node)
         return self._seen("node", node, self.store.update_node(
             node, lambda n: replace(n, domain_state="unflush") if n.domain_state in ("flush", "flushed") else n))
+
+    def request_primary(self, node: str) -> Handover:
+        """Start a planned handover of the primary role to coordinator ``node``."""
+        snap = self.view.snapshot()
+        target = snap.nodes.get(check_name(node, "node"))
+        if target is None:
+            raise NotFoundError(f"node {node!r} not found")
+        if target.coordinator_state == "client":
+            raise ConflictError(f"node {node!r} is not a coordinator", "state")
+        if target.daemon_state != "run":
+            raise ConflictError(f"node {node!r} is not running (daemon {target.daemon_state})", "state")
+        record = self.store.get_primary()
+        if record is None:
+            raise ConflictError("there is no primary yet: one is elected when a coordinator starts", "state")
+        if record.node == node:
+            raise ConflictError(f"node {node!r} is already primary", "state")
+        handover = self.store.start_handover(
+            Handover(id=uuidlib.uuid4().hex[:12], source=record.node, target=node, started=time.time()))
+        self.view.wait_for(lambda c: c.handover is not None and c.handover.id == handover.id, 10)
+        return handover
+
+    def request_secondary(self, node: str) -> Handover:
+        """Hand the primary role away from ``node`` to the first other running coordinator."""
+        record = self.store.get_primary()
+        check_name(node, "node")
+        if record is None or record.node != node:
+            raise ConflictError(f"node {node!r} is not primary", "state")
+        others = [n.name for n in self.view.snapshot().nodes.values()
+                  if n.name != node and n.coordinator_state == "secondary" and n.daemon_state == "run"]
+        if not others:
+            raise ConflictError("no other running coordinator can take over", "state")
+        return self.request_primary(others[0])
 
     def set_config(self, changes: Mapping[str, Any]):
         new = self.view.config.updated(changes)

@@ -178,4 +178,4 @@ def with_pending(cluster: Cluster, moves: Mapping[str, str]) -> Cluster:
             vm_count=node.vm_count + 1,
             running_vms=node.running_vms + (vm_name,),
         )
-    return Cluster(nodes=MappingProxyType(nodes), vms=cluster.vms, config=cluster.config)
+    return replace(cluster, nodes=MappingProxyType(nodes))

@@ -5,6 +5,8 @@ ZooKeeper by using different roots)::
 
     <root>/config                  ClusterConfig JSON
     <root>/stats                   counters (migrations, fences) for metrics, JSON object of ints
+    <root>/primary                 PrimaryRecord JSON: which coordinator is primary
+    <root>/handover                Handover JSON: the current or last primary handover and its phase
     <root>/nodes/<node>            Node JSON (states + figures from keepalive)
     <root>/nodes/<node>/alive      ephemeral, present while the node daemon's session lives
     <root>/vms/<vm>                VM JSON (state, node, last node, metadata)
@@ -27,7 +29,7 @@ _LOCK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 class Schema:
     """Path builder for one cluster root."""
 
-    __slots__ = ("root", "config", "stats", "nodes", "vms", "locks")
+    __slots__ = ("root", "config", "stats", "primary", "handover", "nodes", "vms", "locks")
 
     def __init__(self, root: str = DEFAULT_ROOT):
         if not isinstance(root, str) or not _ROOT_RE.match(root):
@@ -35,6 +37,8 @@ class Schema:
         self.root = root
         self.config = f"{root}/config"
         self.stats = f"{root}/stats"
+        self.primary = f"{root}/primary"
+        self.handover = f"{root}/handover"
         self.nodes = f"{root}/nodes"
         self.vms = f"{root}/vms"
         self.locks = f"{root}/locks"

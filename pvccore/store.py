@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from contextlib import AbstractContextManager
 from typing import Callable, TypeVar
 
@@ -19,7 +20,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, Roll
 
 from . import locks
 from .errors import ConflictError, NotFoundError
-from .models import VM, ClusterConfig, Node
+from .models import VM, ClusterConfig, Handover, Node, PrimaryRecord
 from .schema import DEFAULT_ROOT, Schema
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,59 @@ class Store:
     def count(self, name: str, by: int = 1) -> None:
         """Add ``by`` to the cluster-wide counter ``name`` (compare-and-set, never lost)."""
         self._update(self.paths.stats, _Counters.from_json, lambda c: c.plus(name, by), "stats")
+
+    # -- primary coordinator and handovers ---------------------------------------------
+
+    def get_primary(self) -> PrimaryRecord | None:
+        try:
+            return self._read(self.paths.primary, PrimaryRecord.from_json, "primary")[0]
+        except NotFoundError:
+            return None
+
+    def claim_primary(self, node: str, allowed: Callable[[PrimaryRecord | None], bool]) -> PrimaryRecord | None:
+        """Make ``node`` primary if ``allowed(current record)``; None if not allowed or another node won the race."""
+        try:
+            current, version = self._read(self.paths.primary, PrimaryRecord.from_json, "primary")
+        except NotFoundError:
+            current, version = None, -1
+        if not allowed(current):
+            return None
+        new = PrimaryRecord(node=node, epoch=(current.epoch + 1) if current else 1, since=time.time())
+        try:
+            if current is None:
+                self.client.create(self.paths.primary, new.to_json())
+            else:
+                self.client.set(self.paths.primary, new.to_json(), version=version)
+        except (NodeExistsError, BadVersionError):
+            return None
+        return new
+
+    def start_handover(self, handover: Handover) -> Handover:
+        """Record a new handover request; refused while another one is under way."""
+        try:
+            current, version = self._read(self.paths.handover, Handover.from_json, "handover")
+        except NotFoundError:
+            current, version = None, -1
+        if current is not None and current.active:
+            raise ConflictError(f"a handover from {current.source} to {current.target} is under way "
+                                f"({current.phase})", "state")
+        try:
+            if current is None:
+                self.client.create(self.paths.handover, handover.to_json())
+            else:
+                self.client.set(self.paths.handover, handover.to_json(), version=version)
+        except (NodeExistsError, BadVersionError):
+            raise ConflictError("another handover was requested at the same time", "state") from None
+        return handover
+
+    def get_handover(self) -> Handover | None:
+        try:
+            return self._read(self.paths.handover, Handover.from_json, "handover")[0]
+        except NotFoundError:
+            return None
+
+    def update_handover(self, fn: Callable[[Handover], Handover]) -> Handover:
+        return self._update(self.paths.handover, Handover.from_json, fn, "handover")
 
     # -- nodes -------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from kazoo.protocol.states import EventType
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from .errors import ValidationError
-from .models import VM, Cluster, ClusterConfig, Node
+from .models import VM, Cluster, ClusterConfig, Handover, Node, PrimaryRecord
 from .placement import current
 from .schema import Schema
 
@@ -47,8 +47,9 @@ class ClusterView:
         self._watchers: dict[tuple[str, str], Callable] = {}
         self._pending = 0
         self._kinds_seen: set[str] = set()
-        self._config = ClusterConfig()
-        self._config_seen = False
+        # Single documents: the cluster config, the primary record, the handover record.
+        self._single: dict[str, object] = {"config": ClusterConfig(), "primary": None, "handover": None}
+        self._single_seen: set[str] = set()
         self._gen = {"node": 0, "vm": 0, "config": 0}
         self._cache: dict[str, tuple[int, object]] = {}
         self._session_lost = False
@@ -65,9 +66,12 @@ class ClusterView:
         self._client.add_listener(self._on_connection)
         ChildrenWatch(self._client, self._schema.nodes, lambda c: self._on_children("node", c))
         ChildrenWatch(self._client, self._schema.vms, lambda c: self._on_children("vm", c))
-        DataWatch(self._client, self._schema.config, self._on_config)
-        if not self.wait_until(lambda: len(self._kinds_seen) == 2 and self._config_seen and self._pending == 0,
-                               timeout):
+        for kind, path, decode in (("config", self._schema.config, ClusterConfig.from_json),
+                                   ("primary", self._schema.primary, PrimaryRecord.from_json),
+                                   ("handover", self._schema.handover, Handover.from_json)):
+            DataWatch(self._client, path, lambda data, stat, event=None, k=kind, d=decode: self._on_single(k, d, data))
+        if not self.wait_until(lambda: len(self._kinds_seen) == 2 and len(self._single_seen) == 3
+                               and self._pending == 0, timeout):
             raise TimeoutError(f"cluster view not loaded within {timeout:g}s")
         return self
 
@@ -97,7 +101,8 @@ class ClusterView:
         with self._cond:
             nodes = self._cached("node", lambda d: MappingProxyType({k: d[k] for k in sorted(d)}))
             vms = self._cached("vm", lambda d: MappingProxyType(dict(d)))
-            return Cluster(nodes=nodes, vms=vms, config=self._config)
+            return Cluster(nodes=nodes, vms=vms, config=self._single["config"], primary=self._single["primary"],
+                           handover=self._single["handover"])
 
     def placement_snapshot(self) -> Cluster:
         """:meth:`snapshot` as placement should see it (:func:`pvccore.placement.current`), cached until a change."""
@@ -148,10 +153,11 @@ class ClusterView:
             self._xml.pop(name, None)
             self._xml_watchers.pop(name, None)
             self._xml_gen[name] = self._xml_gen.get(name, 0) + 1
+            self._cond.notify_all()
 
     @property
     def config(self) -> ClusterConfig:
-        return self._config
+        return self._single["config"]  # type: ignore[return-value]
 
     @property
     def generation(self) -> int:
@@ -202,18 +208,19 @@ class ClusterView:
         for kind, name in entries:
             self._fetch(kind, name)
 
-    def _on_config(self, data, stat, event=None):
+    def _on_single(self, kind: str, decode, data):
         if self._stopped:
             return False
-        config = self._config
+        value = ClusterConfig() if kind == "config" else None  # absent document
         if data:
             try:
-                config = ClusterConfig.from_json(data)
+                value = decode(data)
             except ValidationError:
-                log.error("ignoring unreadable cluster config at %s", self._schema.config)
+                log.error("ignoring unreadable %s document", kind)
+                value = self._single[kind]
         with self._cond:
-            self._config = config
-            self._config_seen = True
+            self._single[kind] = value
+            self._single_seen.add(kind)
             self._gen["config"] += 1
             self._changed()
         return None

@@ -94,7 +94,8 @@ def cluster(zk_server, zk_root, recorder_site, tmp_path):
 
     events = tmp_path / "events.jsonl"
     env = {"PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(events)}
-    local = LocalCluster(zk_server.hosts, zk_root, workdir=str(tmp_path / "cluster"), env=env)
+    local = LocalCluster(zk_server.hosts, zk_root, workdir=str(tmp_path / "cluster"), env=env,
+                         node_flags={n: ("--coordinator",) for n in ("hv1", "hv2", "hv3")})
     (tmp_path / "cluster").mkdir()
     store = Store.connect(zk_server.hosts, zk_root)
     local.start()
@@ -109,8 +110,9 @@ def cluster(zk_server, zk_root, recorder_site, tmp_path):
         local.stop()
         delete_tree(store.client, zk_root)
         store.close()
-    # A daemon that hit an unexpected exception logged a traceback: that is a failure too.
-    broken = {n: local.log(n) for n in local.nodes if "Traceback" in local.log(n)}
+    # A daemon that hit an unexpected exception, or had to be killed because it did not stop
+    # (its log then holds every thread's stack), is a failure too.
+    broken = {n: local.log(n) for n in local.nodes if "Traceback" in local.log(n) or n in local.hung}
     assert not broken, "daemon tracebacks:\n" + "\n".join(f"--- {n}\n{log}" for n, log in broken.items())
 
 
@@ -127,7 +129,8 @@ def live(zk_server, recorder_site, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("live")
     root = f"/pvc-live/{uuid.uuid4().hex[:12]}"
-    local = LocalCluster(zk_server.hosts, root, workdir=str(work))
+    local = LocalCluster(zk_server.hosts, root, workdir=str(work),
+                         node_flags={n: ("--coordinator",) for n in ("hv1", "hv2", "hv3")})
     local.start()
     port = free_port()
     key = "live-key"

@@ -174,3 +174,20 @@ def test_selectors_plugins_metrics(api):
     assert 'pvc_vms{state="start"} 1' in text
     assert "pvc_migrations_total 1" in text
     assert "# TYPE pvc_fences_total counter" in text
+
+
+def test_coordinator_state_hands_the_primary_over(api):
+    assert api.ops.view.wait_for(lambda c: c.primary is not None and
+                                 c.nodes[c.primary.node].coordinator_state == "primary", 20)
+    old = api.ops.view.snapshot().primary.node
+    new = next(n for n in ("hv1", "hv2", "hv3") if n != old)
+    r = api.simulate_post(P + f"/node/{new}/coordinator-state", headers=H, json={"state": "primary", "wait": True})
+    assert r.status_code == 200 and r.json["handover"]["phase"] == "done", r.json
+    assert api.simulate_get(P + "/cluster/status", headers=H).json["primary"] == new
+    error_shape(api.simulate_post(P + f"/node/{new}/coordinator-state", headers=H, json={"state": "primary"}), 409,
+                "state", "already primary")
+    error_shape(api.simulate_post(P + f"/node/{old}/coordinator-state", headers=H, json={"state": "secondary"}), 409,
+                "state", "not primary")
+    error_shape(api.simulate_post(P + "/node/hv9/coordinator-state", headers=H, json={"state": "primary"}), 404)
+    r = api.simulate_post(P + f"/node/{new}/coordinator-state", headers=H, json={"state": "secondary", "wait": True})
+    assert r.status_code == 200 and api.ops.view.snapshot().primary.node != new

@@ -137,3 +137,16 @@ def test_unreachable_api_is_one_line(tmp_path):
                                 env={"PVC_CONFIG": str(tmp_path / "none.toml")})
     assert result.exit_code == 1
     assert result.stderr.startswith("pvc: error: cannot reach the API at http://127.0.0.1:9/api/v1")
+
+
+def test_node_primary_and_secondary(pvc, live):
+    assert live.view.wait_for(lambda c: c.primary is not None and
+                              c.nodes[c.primary.node].coordinator_state == "primary", T)
+    old = live.view.snapshot().primary.node
+    new = next(n for n in ("hv1", "hv2", "hv3") if n != old)
+    assert f"{new} is primary" in pvc("node", "primary", new, "--wait").output
+    assert f"primary:          {new}" in pvc("cluster", "status").output
+    bad = pvc("node", "primary", new, ok=False)
+    assert bad.exit_code == 1 and "already primary" in bad.stderr
+    assert "is primary" in pvc("node", "secondary", new, "--wait").output
+    assert live.view.snapshot().primary.node != new

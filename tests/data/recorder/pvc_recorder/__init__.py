@@ -35,4 +35,15 @@ def pvc_node_fenced(node, result):
 
 @hookimpl
 def pvc_handover_phase(phase, node, role, old_primary, new_primary):
-    _record("handover", phase=phase, node=node, role=role, old_primary=old_primary, new_primary=new_primary)
+    import time
+
+    _record("handover", phase=phase, node=node, role=role, old_primary=old_primary, new_primary=new_primary,
+            at=time.time())
+    # $PVC_TEST_SLOW_PHASE=phase:role:seconds holds that phase (and its lock) open during a handover
+    # (not an election or a rollback), so a test can look at the locks or kill a daemon mid-handover.
+    slow = os.environ.get("PVC_TEST_SLOW_PHASE", "")
+    if slow and old_primary and new_primary:
+        want_phase, want_role, seconds = slow.split(":")
+        if (phase, role) == (want_phase, want_role):
+            _record("slow", phase=phase, node=node, role=role)
+            time.sleep(float(seconds))

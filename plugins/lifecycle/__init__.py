@@ -1,0 +1,1 @@
+"""Built-in lifecycle plugins, one module each."""

@@ -1,0 +1,326 @@
+"""The primary coordinator: election, and the phased handover that moves it, on coordinator nodes.
+
+``<root>/primary`` names the primary. A coordinator claims it with a
+compare-and-set when there is none yet, or when the named node stopped cleanly
+or was fenced (a dead, unfenced primary keeps the role: recovery waits for the
+fence). The primary carries the floating IPs and runs the cluster services (the
+API when ``api_config`` is set, and what plugins start in ``start-services``).
+
+A planned handover (``<root>/handover``) runs in a subthread on both nodes. Each
+side takes, before it says it is ready, the write locks of the steps it owes;
+the other side waits on a read lock of that step, which it gets only once the
+step is done. Locks are under ``locks/handover/<id>/``::
+
+    old primary (relinquish)                 new primary (takeover)
+    W(stop), W(release); "relinquish-ready"
+                                             W(add); "takeover-ready"
+    stop services; "services-stopped";
+    release stop                  ---->      R(stop)
+                                             add IPs + gratuitous ARP; "ips-added";
+    R(add)                        <----      release add
+    remove IPs; "ips-released";
+    release release               ---->      R(release)
+                                             primary record -> self; start services; "done"
+
+The new primary adds the addresses and announces them before the old one
+removes them: measured here, that order lost no ping while the reverse lost 2
+of 160 (see ../shared/cluster-box.md). A lock granted because its holder died
+is told apart from a finished step by the phase in the handover record: either
+side that sees the other fail rolls itself back and writes ``failed`` with a
+reason, and the primary record only changes at the very end, so there is always
+exactly one primary.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
+
+from . import locks, network
+from .errors import PVCError
+from .models import Cluster, Handover, PrimaryRecord
+from .network import FloatingIP
+
+if TYPE_CHECKING:
+    from .daemon import NodeDaemon
+
+log = logging.getLogger(__name__)
+
+
+class HandoverFailed(Exception):
+    pass
+
+
+class Coordinator:
+    def __init__(self, d: "NodeDaemon"):
+        self.d = d
+        self.cfg = d.cfg
+        self.ips = [FloatingIP.parse(text) for text in self.cfg.floating_ips]
+        self.serving = False  # this node carries the IPs and runs the services
+        self._thread: threading.Thread | None = None
+        self._api: subprocess.Popen | None = None
+        self._cleaned = False
+        self._handled: set[str] = set()  # handover ids whose side this daemon has run
+
+    # -- called from the daemon's reconcile loop (never blocks) ---------------------------
+
+    def reconcile(self, snap: Cluster) -> None:
+        if not self.cfg.coordinator or self.busy:
+            return
+        me, record, handover = self.d.name, snap.primary, snap.handover
+        if self.d.leaving:  # stopping: take nothing on; refuse a takeover aimed at us
+            if handover is not None and handover.active and handover.target == me:
+                self._fail(handover, f"{me} is stopping")
+            return
+        if handover is not None and handover.active and me in (handover.source, handover.target):
+            if handover.id not in self._handled:  # our side runs once; the record then waits for the other
+                self._handled.add(handover.id)
+                self._start(self._relinquish if handover.source == me else self._takeover, handover)
+        elif record is not None and record.node == me:
+            if not self.serving:  # elected earlier, or restarted while primary: take the role up again
+                self._start(self._resume, record)
+        elif claimable(record, snap, me):
+            self._start(self._elect, record)
+        elif not self._cleaned:  # a secondary carries no floating IP (left over from a crash)
+            self._cleaned = True
+            self._start(self._drop_ips)
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _start(self, fn: Callable, *args) -> None:
+        thread = threading.Thread(target=self._guarded, args=(fn, *args), daemon=True,
+                                  name=f"{self.d.name}-{fn.__name__.strip('_')}")
+        thread.start()
+        self._thread = thread  # published once started, so join() never meets an unstarted thread
+
+    def _guarded(self, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("coordinator: %s failed", fn.__name__)
+        finally:
+            self.d.wake()
+
+    # -- becoming primary without a handover ---------------------------------------------
+
+    def _elect(self, seen: PrimaryRecord | None) -> None:
+        won = self.d.store.claim_primary(self.d.name, lambda current: current == seen)
+        if won is None:
+            return  # another coordinator was faster
+        log.info("elected primary (epoch %d; before: %s)", won.epoch, seen.node if seen else "none")
+        self._serve(old=seen.node if seen else None)
+
+    def _resume(self, record: PrimaryRecord) -> None:
+        log.info("primary (epoch %d): taking up the role", record.epoch)
+        self._serve(old=None)
+
+    def _serve(self, old: str | None) -> None:
+        self._set_state("takeover")
+        self._add_ips(old)
+        self._start_services(old)
+        self._set_state("primary")
+
+    def _drop_ips(self) -> None:
+        for fip in self.ips:
+            if network.present(fip):
+                log.warning("removing floating IP %s: this node is not primary", fip)
+                network.remove(fip)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def step_down(self, snap: Cluster) -> None:
+        """On a clean stop: hand over to another running coordinator, or just let go of everything."""
+        if not self.serving:
+            return
+        others = [n.name for n in snap.nodes.values() if n.name != self.d.name and n.coordinator_state == "secondary"
+                  and n.daemon_state == "run"]
+        if others:
+            try:
+                handover = self.d.ops.request_primary(others[0])
+            except PVCError as exc:
+                log.warning("no handover on stop: %s", exc.message)
+            else:
+                self._handled.add(handover.id)
+                self._relinquish(handover)  # in this thread: the stop waits for it
+        if self.serving:
+            self._stop_services(new=None)
+            self._remove_ips(new=None)
+            self._set_state("secondary")
+
+    # -- the two sides of a handover ------------------------------------------------------------
+
+    def _lock(self, h: Handover, step: str, kind: str):
+        return locks.acquire(self.d.store.client, self.d.store.paths.lock(f"handover/{h.id}/{step}"), kind=kind,
+                             timeout=self.cfg.handover_timeout, identifier=f"{self.d.name}:{kind}")
+
+    def _phase(self, h: Handover, expected: tuple[str, ...], new: str, reason: str = "") -> Handover:
+        """Advance the record, only from one of ``expected`` phases of this same handover."""
+
+        def step(cur: Handover) -> Handover:
+            if cur.id != h.id or cur.phase not in expected:
+                raise HandoverFailed(f"handover is {cur.phase}, not {'/'.join(expected)}"
+                                     + (f": {cur.reason}" if cur.reason else ""))
+            return replace(cur, phase=new, reason=reason, finished=time.time() if new in ("done", "failed") else 0.0)
+
+        return self.d.store.update_handover(step)
+
+    def _await(self, h: Handover, *phases: str) -> Handover:
+        other = h.target if h.source == self.d.name else h.source
+
+        def gone(c: Cluster) -> bool:
+            node = c.nodes.get(other)
+            return node is None or node.daemon_state != "run"
+
+        ok = self.d.view.wait_for(lambda c: c.handover is None or c.handover.id != h.id
+                                  or c.handover.phase in phases + ("failed",) or gone(c), self.cfg.handover_timeout)
+        snap = self.d.view.snapshot()
+        cur = snap.handover
+        if cur is not None and cur.id == h.id and cur.phase not in phases + ("failed",) and gone(snap):
+            raise HandoverFailed(f"{other} is not running")
+        if cur is None or cur.id != h.id or cur.phase == "failed" or not ok:
+            why = cur.reason if cur is not None and cur.phase == "failed" else \
+                f"no {'/'.join(phases)} within {self.cfg.handover_timeout:g}s"
+            raise HandoverFailed(why)
+        return cur
+
+    def _after(self, h: Handover, step: str, phase: str) -> None:
+        """Wait (read lock) until the other side released ``step``, then check it really reached ``phase``."""
+        lock = self._lock(h, step, "read")
+        lock.release()
+        cur = self.d.store.get_handover()
+        order = ("services-stopped", "ips-added", "ips-released", "done")
+        if cur is None or cur.id != h.id or cur.phase not in order[order.index(phase):]:
+            raise HandoverFailed(f"the other side let go of {step} without finishing it "
+                                 f"({cur.phase if cur else 'no record'})")
+
+    def _relinquish(self, h: Handover) -> None:
+        log.info("handover %s: relinquishing primary to %s", h.id, h.target)
+        held, released_ips = [], False
+        try:
+            stop, release = self._lock(h, "stop", "write"), self._lock(h, "release", "write")
+            held = [stop, release]
+            self._set_state("relinquish")
+            self._phase(h, ("requested",), "relinquish-ready")
+            self._await(h, "takeover-ready")
+            self._stop_services(new=h.target)
+            self._phase(h, ("takeover-ready",), "services-stopped")
+            stop.release()
+            self._after(h, "add", "ips-added")
+            self._remove_ips(new=h.target)
+            released_ips = True
+            self._phase(h, ("ips-added",), "ips-released")
+            self._set_state("secondary")
+            release.release()
+            log.info("handover %s: %s is taking over", h.id, h.target)
+        except (HandoverFailed, PVCError) as exc:
+            why = getattr(exc, "message", str(exc))
+            log.error("handover %s failed on %s: %s; staying primary", h.id, self.d.name, why)
+            self._fail(h, why)
+            if released_ips:
+                return  # the record still names us: reconcile resumes the role
+            self._add_ips(None)
+            self._start_services(None)
+            self._set_state("primary")
+        finally:
+            for lock in held:
+                lock.release()
+
+    def _takeover(self, h: Handover) -> None:
+        log.info("handover %s: taking over primary from %s", h.id, h.source)
+        added, held = False, []
+        try:
+            self._await(h, "relinquish-ready")
+            add = self._lock(h, "add", "write")
+            held = [add]
+            self._set_state("takeover")
+            self._phase(h, ("relinquish-ready",), "takeover-ready")
+            self._after(h, "stop", "services-stopped")
+            self._add_ips(h.source)
+            added = True
+            self._phase(h, ("services-stopped",), "ips-added")
+            add.release()
+            self._after(h, "release", "ips-released")
+            won = self.d.store.claim_primary(self.d.name, lambda cur: cur is not None and cur.node == h.source)
+            if won is None:
+                raise HandoverFailed("the primary record changed under the handover")
+            self._start_services(h.source)
+            self._set_state("primary")
+            self._phase(h, ("ips-released",), "done")
+            log.info("handover %s: primary now (epoch %d)", h.id, won.epoch)
+        except (HandoverFailed, PVCError) as exc:
+            why = getattr(exc, "message", str(exc))
+            log.error("handover %s failed on %s: %s", h.id, self.d.name, why)
+            self._fail(h, why)
+            if added:
+                self._remove_ips(None)
+            self._set_state("secondary")
+        finally:
+            for lock in held:
+                lock.release()
+
+    def _fail(self, h: Handover, why: str) -> None:
+        try:
+            self.d.store.update_handover(lambda cur: replace(cur, phase="failed", reason=why, finished=time.time())
+                                         if cur.id == h.id and cur.active else cur)
+        except PVCError as exc:
+            log.warning("could not record the failed handover: %s", exc.message)
+
+    # -- what a primary carries -------------------------------------------------------------------
+
+    def _notify(self, phase: str, role: str, old: str | None, new: str | None) -> None:
+        self.d.plugins.notify("pvc_handover_phase", phase=phase, node=self.d.name, role=role, old_primary=old,
+                              new_primary=new)
+
+    def _add_ips(self, old: str | None) -> None:
+        for fip in self.ips:
+            network.add(fip, self.cfg.arp_count, self.cfg.arp_interval)
+        self.serving = True
+        self._notify("move-ips", "takeover", old, self.d.name)
+
+    def _remove_ips(self, new: str | None) -> None:
+        self._notify("move-ips", "relinquish", self.d.name, new)
+        for fip in self.ips:
+            network.remove(fip)
+
+    def _start_services(self, old: str | None) -> None:
+        self.serving = True
+        if self.cfg.api_config and (self._api is None or self._api.poll() is not None):
+            self._api = subprocess.Popen([sys.executable, "-m", "pvcapi.server", "-c", self.cfg.api_config],
+                                         stdin=subprocess.DEVNULL)
+        self._notify("start-services", "takeover", old, self.d.name)
+
+    def _stop_services(self, new: str | None) -> None:
+        self._notify("stop-services", "relinquish", self.d.name, new)
+        if self._api is not None and self._api.poll() is None:
+            self._api.terminate()
+            try:
+                self._api.wait(15)
+            except subprocess.TimeoutExpired:
+                self._api.kill()
+        self._api = None
+        self.serving = False
+
+    def _set_state(self, state: str) -> None:
+        self.d.set_node(lambda n: True, coordinator_state=state)
+
+
+def claimable(record: PrimaryRecord | None, snap: Cluster, me: str) -> bool:
+    """Whether a coordinator may claim the primary role now."""
+    mine = snap.nodes.get(me)
+    if mine is None or mine.daemon_state != "run":
+        return False
+    if record is None:
+        return True
+    holder = snap.nodes.get(record.node)
+    return holder is None or holder.daemon_state in ("stop", "fenced")
