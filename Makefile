@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping
+DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping ipmitool
 
 .PHONY: deps venv test bench demo demo-stop demo-status clean
 
@@ -27,6 +27,7 @@ bench: venv
 	$(PY) bench/flush.py
 	$(PY) bench/api.py
 	$(PY) bench/handover.py
+	$(PY) bench/failover.py
 
 demo: venv
 	$(PY) scripts/demo.py up

@@ -76,6 +76,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route(PREFIX + "/node/{node}", node, suffix="one")
     app.add_route(PREFIX + "/node/{node}/domain-state", node, suffix="domain")
     app.add_route(PREFIX + "/node/{node}/coordinator-state", node, suffix="coordinator")
+    app.add_route(PREFIX + "/node/{node}/fence-config", node, suffix="fence")
 
     vm = vms.VMs(deps)
     app.add_route(PREFIX + "/vm", vm)

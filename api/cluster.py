@@ -26,6 +26,11 @@ def status(ops) -> dict:
     nodes, vms = snap.nodes.values(), snap.vms.values()
     problems = [f"node {n.name}: daemon {n.daemon_state}" for n in nodes if n.daemon_state not in ("run", "stop")]
     problems += [f"VM {v.name}: failed: {v.reason}" for v in vms if v.state == "fail"]
+    fencing = ops.store.get_fencing()
+    for node, f in sorted(fencing.items()):
+        if f.get("state") == "failed":
+            problems.append(f"node {node}: fencing failed (attempt {f.get('attempts')}): {f.get('message')}; "
+                            f"its VMs are not recovered; retrying every {f.get('retry_in', 0):g}s at most")
     h = snap.handover
     if h is not None and h.phase == "failed":
         problems.append(f"last handover from {h.source} to {h.target} failed: {h.reason}")
@@ -34,6 +39,7 @@ def status(ops) -> dict:
         "problems": problems,
         "primary": snap.primary.node if snap.primary else None,
         "handover": h.to_dict() if h is not None else None,
+        "fencing": fencing,
         "nodes": {"total": len(snap.nodes),
                   "daemon_state": dict(Counter(n.daemon_state for n in nodes)),
                   "domain_state": dict(Counter(n.domain_state for n in nodes))},

@@ -23,6 +23,15 @@ class Nodes:
         data["vms"] = sorted(v.name for v in ops.view.snapshot().vms.values() if v.node == node)
         resp.media = data
 
+    def on_get_fence(self, req, resp, node):
+        """The node's fence configuration, secrets masked."""
+        resp.media = {"node": node, "entries": self.deps.ops.fence_config(node)}
+
+    def on_post_fence(self, req, resp, node):
+        """Replace it: ``{"entries": [{"fencer": name, "params": {...}}, ...]}``, tried in order."""
+        entries = field(body(req, {"entries"}), "entries", list)
+        resp.media = {"node": node, "entries": self.deps.ops.set_fence_config(node, entries)}
+
     def on_post_coordinator(self, req, resp, node):
         """``{"state": "primary" | "secondary", "wait": bool}``: a planned primary handover."""
         ops = self.deps.ops

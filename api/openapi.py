@@ -88,9 +88,12 @@ def document(version: str) -> dict:
                                                         "node": {"oneOf": [_ref("Node"), {"type": "null"}]}}},
         "HandoverResult": {"type": "object", "properties": {"message": {"type": "string"},
                                                             "handover": {"type": "object"}}},
+        "FenceConfig": {"type": "object", "properties": {"node": {"type": "string"},
+                                                         "entries": {"type": "array", "items": {"type": "object"}}}},
         "ClusterStatus": {"type": "object", "properties": {
             "healthy": {"type": "boolean"}, "problems": {"type": "array", "items": {"type": "string"}},
             "primary": {"type": ["string", "null"]}, "handover": {"type": ["object", "null"]},
+            "fencing": {"type": "object"},
             "nodes": {"type": "object"}, "vms": {"type": "object"},
             "config": {"type": "object"}}},
         "Placement": {"type": "object", "properties": {
@@ -127,6 +130,14 @@ def document(version: str) -> dict:
             "Hand the primary role to (primary) or away from (secondary) a coordinator", "HandoverResult",
             params=node_p, codes=(400, 401, 404, 409), accepted=True,
             body=_obj({"state": {"type": "string", "enum": ["primary", "secondary"]}, "wait": wait}, ("state",)))},
+        "/api/v1/node/{node}/fence-config": {
+            "get": _op("The node's fence configuration (secrets masked)", "FenceConfig", params=node_p,
+                       codes=(400, 401, 404)),
+            "post": _op("Replace the node's ordered fence configuration", "FenceConfig", params=node_p,
+                        codes=(400, 401, 404), body=_obj({"entries": {"type": "array", "maxItems": 8, "items": _obj(
+                            {"fencer": {"type": "string"}, "params": {"type": "object"}}, ("fencer",))}},
+                            ("entries",))),
+        },
         "/api/v1/vm": {
             "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
                 _query("node", {"type": "string"}, "Only VMs on this node"),

@@ -79,6 +79,12 @@ class Client:
     def node_coordinator_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
         return self.post(f"/node/{_q(name)}/coordinator-state", {"state": state, "wait": wait})
 
+    def fence_config(self, name: str) -> dict:
+        return self.get(f"/node/{_q(name)}/fence-config")
+
+    def set_fence_config(self, name: str, entries: list) -> dict:
+        return self.post(f"/node/{_q(name)}/fence-config", {"entries": entries})[1]
+
     def vms(self, node: str | None = None, state: str | None = None, limit: str | None = None) -> list[dict]:
         return self.get("/vm", node=node, state=state, limit=limit)
 

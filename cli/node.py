@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import click
@@ -104,3 +105,25 @@ def primary(client, node: str, wait: bool) -> None:
 def secondary(client, node: str, wait: bool) -> None:
     """Hand the primary role away from NODE to another coordinator."""
     finish(*client.node_coordinator_state(node, "secondary", wait), wait)
+
+
+@group.command("fence-config")
+@click.argument("node")
+@click.option("--set", "source", type=click.File("r"),
+              help="Replace it with the JSON list in this file (- for stdin): [{\"fencer\": ..., \"params\": {...}}].")
+@format_option
+@click.pass_obj
+def fence_config(client, node: str, source, fmt: str) -> None:
+    """Show (secrets masked) or set NODE's ordered fence configuration."""
+    if source is not None:
+        try:
+            entries = json.load(source)
+        except ValueError as exc:
+            raise Failure(f"{source.name}: not valid JSON: {exc}") from None
+        answer = client.set_fence_config(node, entries)
+    else:
+        answer = client.fence_config(node)
+    emit(answer, fmt, lambda a: columns(a["entries"], (
+        ("#", lambda e: a["entries"].index(e) + 1), ("FENCER", lambda e: e["fencer"]),
+        ("PARAMS", lambda e: " ".join(f"{k}={v}" for k, v in sorted(e["params"].items())))))
+         if a["entries"] else f"node {node}: no fence configuration")

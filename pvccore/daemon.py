@@ -20,11 +20,13 @@ import time
 from dataclasses import replace
 from typing import Callable
 
+from kazoo.client import KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from . import config as configmod
 from . import flush, migration
 from .coordinator import Coordinator
+from .fencing import FenceMonitor
 from .errors import ConflictError, NotFoundError, PVCError, ValidationError
 from .hypervisor import Domain, Hypervisor, HypervisorError
 from .models import VM, Node
@@ -54,6 +56,10 @@ class NodeDaemon:
         self._was_running: set[str] = set()
         self._domain_worker: threading.Thread | None = None
         self._loops: list[threading.Thread] = []
+        self.monitor: FenceMonitor | None = None
+        self._cut_off_since: float | None = None  # monotonic time ZooKeeper was lost, while it is
+        self._self_fenced = False
+        self._need_alive = False
 
     # -- start and stop --------------------------------------------------------------
 
@@ -69,8 +75,13 @@ class NodeDaemon:
         self.ops = Operations(self.store, self.view, self.plugins)
         self.view.add_listener(self._wake.set)
         self.coordinator = Coordinator(self)
+        self.store.client.add_listener(self._on_connection)
         self._keepalive(first=True)
-        for target, name in ((self._keepalive_loop, "keepalive"), (self._reconcile_loop, "reconcile")):
+        if cfg.coordinator:
+            self.monitor = FenceMonitor(self)
+            self.monitor.start()
+        for target, name in ((self._keepalive_loop, "keepalive"), (self._reconcile_loop, "reconcile"),
+                             (self._watchdog_loop, "watchdog")):
             t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
             t.start()
             self._loops.append(t)
@@ -92,6 +103,8 @@ class NodeDaemon:
         self._wake.set()
         for t in self._loops:
             t.join(10)
+        if self.monitor is not None:
+            self.monitor.join(5)
         self.view.stop()  # wakes every worker waiting on the view
         with self._busy_lock:
             workers = list(self._busy.values())
@@ -112,6 +125,9 @@ class NodeDaemon:
             self.store.create_node(Node(self.name, daemon_state="init", coordinator_state=coordinator))
         except ConflictError:
             self.store.update_node(self.name, lambda n: replace(n, daemon_state="init", coordinator_state=coordinator))
+        self._ensure_alive()
+
+    def _ensure_alive(self) -> None:
         alive = self.store.paths.node_alive(self.name)
         try:
             self.store.client.create(alive, b"", ephemeral=True)
@@ -148,9 +164,55 @@ class NodeDaemon:
         def update(node: Node) -> Node:
             node = replace(node, **figures, keepalive=time.time(), live_migration=self.live,
                            migration_uri=self.cfg.migration_uri)
-            return replace(node, daemon_state="run") if first else node
+            if node.daemon_state in ("dead", "fenced") and not first:
+                # Declared dead (or even fenced) while we were cut off or stalled: we are back.
+                # Any VM recovered elsewhere meanwhile is stopped here by the stray check.
+                log.error("node %s was marked %s by the cluster; rejoining", self.name, node.daemon_state)
+            return replace(node, daemon_state="run") if first or node.daemon_state in ("dead", "fenced") else node
 
         self.store.update_node(self.name, update)
+        if self._need_alive:
+            self._need_alive = False
+            self._ensure_alive()
+
+    # -- self-fence ---------------------------------------------------------------------
+
+    def _on_connection(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            if self._cut_off_since is not None:
+                log.warning("ZooKeeper reachable again after %.1fs", time.monotonic() - self._cut_off_since)
+            self._cut_off_since = None
+            self._self_fenced = False
+            self._wake.set()
+        else:
+            if state == KazooState.LOST:
+                self._need_alive = True  # a new session needs a new ephemeral
+            if self._cut_off_since is None:
+                self._cut_off_since = time.monotonic()
+                log.warning("lost ZooKeeper (%s)", state)
+
+    def _watchdog_loop(self) -> None:
+        """Cut off from ZooKeeper past the cluster's self-fence deadline: stop our own VMs.
+
+        The cluster then may recover them elsewhere once that deadline has provably passed,
+        even when no fencer can reach this node.
+        """
+        while not self.stopping.wait(0.1):
+            since = self._cut_off_since
+            deadline = self.view.config.self_fence_deadline
+            if since is None or self._self_fenced or deadline <= 0 or time.monotonic() - since < deadline:
+                continue
+            self._self_fenced = True
+            stopped = []
+            for name, dom in self.hv.domains().items():
+                if dom.running:
+                    try:
+                        self.hv.destroy(name)
+                        stopped.append(name)
+                    except HypervisorError as exc:
+                        log.error("self-fence: could not stop %s: %s", name, exc)
+            log.error("self-fence: cut off from ZooKeeper for %.1fs (deadline %gs): stopped %d VM(s): %s",
+                      time.monotonic() - since, deadline, len(stopped), ", ".join(stopped) or "none")
 
     # -- reconcile -------------------------------------------------------------------------
 
@@ -166,6 +228,8 @@ class NodeDaemon:
                 log.exception("reconcile failed")
 
     def reconcile(self) -> None:
+        if not self.store.client.connected or self._self_fenced:
+            return  # the view may be stale: act only on what ZooKeeper says now
         snap = self.view.snapshot()
         me = snap.nodes.get(self.name)
         if me is None:

@@ -137,6 +137,16 @@ def pvc_node_fenced(node, result):
 
 
 @hookspec
+def pvc_node_recovered(node, moved, parked):
+    """The VMs of fenced node ``node`` were recovered.
+
+    :param moved: ``{vm: new node}`` for the VMs now starting elsewhere.
+    :param parked: VM names left stopped with ``node_autostart`` (no valid target);
+        they start on ``node``'s next ready.
+    """
+
+
+@hookspec
 def pvc_handover_phase(phase, node, role, old_primary, new_primary):
     """A phase of a primary-coordinator handover is running on ``node``.
 

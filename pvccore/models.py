@@ -326,12 +326,32 @@ class Handover(_JSONModel):
 # --------------------------------------------------------------------------
 
 
+FENCE_ACTIONS = ("recover", "none")
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig(_JSONModel):
-    """Cluster-wide settings stored at ``config``."""
+    """Cluster-wide settings stored at ``config``.
+
+    Failure detection defaults aim at VMs running elsewhere within 10 s of a node's
+    death with keepalives every second: a node is suspect once its keepalive is
+    ``keepalive_limit`` (3 s: two missed beats and jitter) old or its ZooKeeper
+    session is gone, and declared dead after staying suspect for ``fence_grace``
+    (2 s, its saving throw: a daemon that stalls briefly is not fenced). IPMI
+    fencing takes about 0.1 s and a restart on another node under 1 s, so the
+    total is about 6 s. ``self_fence_deadline`` (seconds without ZooKeeper after
+    which a node stops its own VMs) must exceed a ZooKeeper leader election (a
+    few seconds) so that a flapping ensemble never stops VMs.
+    """
 
     default_selector: str = DEFAULT_SELECTOR
     allow_overcommit: bool = False
+    keepalive_limit: float = 3.0
+    fence_grace: float = 2.0
+    successful_fence: str = "recover"
+    failed_fence: str = "none"
+    self_fence_deadline: float = 10.0
+    fence_retry_max: float = 60.0
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "ClusterConfig":
@@ -350,6 +370,16 @@ class ClusterConfig(_JSONModel):
             values["default_selector"] = sel
         if "allow_overcommit" in changes:
             values["allow_overcommit"] = _check_type(changes["allow_overcommit"], bool, "allow_overcommit", "true or false")
+        for name in ("successful_fence", "failed_fence"):
+            if name in changes:
+                values[name] = _check_choice(changes[name], FENCE_ACTIONS, name)
+        for name, low in (("keepalive_limit", 0.5), ("fence_grace", 0.0), ("self_fence_deadline", 0.0),
+                          ("fence_retry_max", 1.0)):
+            if name in changes:
+                value = changes[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                    raise ValidationError(f"{name} must be a number of seconds >= {low:g}; got {value!r}", name)
+                values[name] = float(value)
         return replace(self, **values)
 
 

@@ -8,6 +8,7 @@ Nothing here talks to libvirt. ``wait_*`` helpers block on watches, not sleeps.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -222,6 +223,35 @@ class Operations:
             raise ConflictError("no other running coordinator can take over", "state")
         return self.request_primary(others[0])
 
+    # -- fencing -------------------------------------------------------------------------------
+
+    def set_fence_config(self, node: str, entries: Any) -> list[dict]:
+        """Replace a node's ordered fence configuration: ``[{"fencer": name, "params": {...}}, ...]``."""
+        self._node(node)
+        if not isinstance(entries, list) or len(entries) > 8:
+            raise ValidationError("entries must be a list of at most 8 {fencer, params} objects", "entries")
+        clean = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or set(entry) - {"fencer", "params"} or "fencer" not in entry:
+                raise ValidationError(f"entries[{i}] must be an object with 'fencer' and 'params'", "entries")
+            if entry["fencer"] not in self.plugins.fencers:
+                known = ", ".join(sorted(self.plugins.fencers)) or "none"
+                raise ValidationError(f"entries[{i}]: unknown fencer {entry['fencer']!r}; known fencers: {known}",
+                                      "entries")
+            params = entry.get("params", {})
+            if not isinstance(params, dict) or not all(
+                    isinstance(k, str) and _PARAM.match(k) and isinstance(v, (str, int, float, bool))
+                    and "\n" not in str(v) for k, v in params.items()):
+                raise ValidationError(f"entries[{i}].params must map names to single-line values", "entries")
+            clean.append({"fencer": entry["fencer"], "params": params})
+        self.store.set_fence_config(node, clean)
+        return mask_fence_config(clean)
+
+    def fence_config(self, node: str) -> list[dict]:
+        """A node's fence configuration with secrets masked."""
+        self._node(node)
+        return mask_fence_config(self.store.get_fence_config(node))
+
     def set_config(self, changes: Mapping[str, Any]):
         new = self.view.config.updated(changes)
         if "default_selector" in changes:
@@ -256,6 +286,17 @@ class Operations:
 
     def wait_node(self, name: str, predicate: Callable[[Node | None], bool], timeout: float) -> bool:
         return self.view.wait_for(lambda c: predicate(c.nodes.get(name)), timeout)
+
+
+_PARAM = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+_SECRET = re.compile(r"pass|secret|key|token|community|auth", re.I)
+
+
+def mask_fence_config(entries: list[dict]) -> list[dict]:
+    """Credentials never leave ZooKeeper through the API: every secret-looking value is replaced."""
+    return [{"fencer": e.get("fencer"),
+             "params": {k: ("***" if _SECRET.search(k) else v) for k, v in (e.get("params") or {}).items()}}
+            for e in entries]
 
 
 def migration_request(vm: VM, kind: str, target: str, force_live: bool = False) -> VM:

@@ -9,6 +9,8 @@ ZooKeeper by using different roots)::
     <root>/handover                Handover JSON: the current or last primary handover and its phase
     <root>/nodes/<node>            Node JSON (states + figures from keepalive)
     <root>/nodes/<node>/alive      ephemeral, present while the node daemon's session lives
+    <root>/nodes/<node>/fence      the node's fence configuration: JSON list of {fencer, params} (secret)
+    <root>/fencing                 FenceStatus JSON per node: the last fence attempt and its result
     <root>/vms/<vm>                VM JSON (state, node, last node, metadata)
     <root>/vms/<vm>/xml            the VM's libvirt domain XML
     <root>/locks/<name>            lock recipes (kazoo Lock / ReadLock / WriteLock)
@@ -29,7 +31,7 @@ _LOCK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 class Schema:
     """Path builder for one cluster root."""
 
-    __slots__ = ("root", "config", "stats", "primary", "handover", "nodes", "vms", "locks")
+    __slots__ = ("root", "config", "stats", "primary", "handover", "fencing", "nodes", "vms", "locks")
 
     def __init__(self, root: str = DEFAULT_ROOT):
         if not isinstance(root, str) or not _ROOT_RE.match(root):
@@ -39,6 +41,7 @@ class Schema:
         self.stats = f"{root}/stats"
         self.primary = f"{root}/primary"
         self.handover = f"{root}/handover"
+        self.fencing = f"{root}/fencing"
         self.nodes = f"{root}/nodes"
         self.vms = f"{root}/vms"
         self.locks = f"{root}/locks"
@@ -48,6 +51,9 @@ class Schema:
 
     def node_alive(self, name: str) -> str:
         return f"{self.node(name)}/alive"
+
+    def node_fence(self, name: str) -> str:
+        return f"{self.node(name)}/fence"
 
     def vm(self, name: str) -> str:
         return f"{self.vms}/{check_name(name, 'VM')}"

@@ -225,6 +225,56 @@ class Store:
     def update_handover(self, fn: Callable[[Handover], Handover]) -> Handover:
         return self._update(self.paths.handover, Handover.from_json, fn, "handover")
 
+    # -- fencing ---------------------------------------------------------------------------
+
+    def get_fence_config(self, node: str) -> list[dict]:
+        try:
+            data, _ = self.client.get(self.paths.node_fence(node))
+        except NoNodeError:
+            return []
+        entries = json.loads(data or b"[]")
+        return entries if isinstance(entries, list) else []
+
+    def set_fence_config(self, node: str, entries: list[dict]) -> None:
+        self.get_node(node)  # NotFoundError for an unknown node
+        data = json.dumps(entries, sort_keys=True).encode()
+        try:
+            self.client.set(self.paths.node_fence(node), data)
+        except NoNodeError:
+            self.client.create(self.paths.node_fence(node), data)
+
+    def get_fencing(self) -> dict[str, dict]:
+        """The last fence attempt per node (state, attempts, message, times)."""
+        try:
+            data, _ = self.client.get(self.paths.fencing)
+        except NoNodeError:
+            return {}
+        raw = json.loads(data or b"{}")
+        return raw if isinstance(raw, dict) else {}
+
+    def set_fencing(self, node: str, entry: dict | None) -> None:
+        """Record (or with None, clear) a node's fence status, compare-and-set."""
+        for _ in range(CAS_RETRIES):
+            try:
+                data, stat = self.client.get(self.paths.fencing)
+                current, version = json.loads(data or b"{}"), stat.version
+            except NoNodeError:
+                current, version = {}, None
+            new = {k: v for k, v in current.items() if k != node}
+            if entry is not None:
+                new[node] = entry
+            if new == current:
+                return
+            try:
+                if version is None:
+                    self.client.create(self.paths.fencing, json.dumps(new).encode())
+                else:
+                    self.client.set(self.paths.fencing, json.dumps(new).encode(), version=version)
+                return
+            except (BadVersionError, NodeExistsError):
+                continue
+        raise ConflictError("fence status: too many concurrent updates")
+
     # -- nodes -------------------------------------------------------------------
 
     def node_names(self) -> list[str]:

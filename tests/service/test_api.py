@@ -191,3 +191,23 @@ def test_coordinator_state_hands_the_primary_over(api):
     error_shape(api.simulate_post(P + "/node/hv9/coordinator-state", headers=H, json={"state": "primary"}), 404)
     r = api.simulate_post(P + f"/node/{new}/coordinator-state", headers=H, json={"state": "secondary", "wait": True})
     assert r.status_code == 200 and api.ops.view.snapshot().primary.node != new
+
+
+def test_fence_config_is_validated_and_never_shows_secrets(api):
+    entries = [{"fencer": "ipmi", "params": {"host": "10.0.0.1", "username": "admin", "password": "s3cret"}},
+               {"fencer": "fence-agent", "params": {"agent": "fence_ipmilan", "ip": "10.0.0.1", "passwd": "x"}}]
+    r = api.simulate_post(P + "/node/hv1/fence-config", headers=H, json={"entries": entries})
+    assert r.status_code == 200 and "s3cret" not in r.text and r.json["entries"][0]["params"]["password"] == "***"
+    got = api.simulate_get(P + "/node/hv1/fence-config", headers=H)
+    assert got.json["entries"][1]["params"] == {"agent": "fence_ipmilan", "ip": "10.0.0.1", "passwd": "***"}
+    assert "s3cret" not in got.text
+    assert api.ops.store.get_fence_config("hv1")[0]["params"]["password"] == "s3cret"  # stored as given
+    error_shape(api.simulate_post(P + "/node/hv1/fence-config", headers=H,
+                                  json={"entries": [{"fencer": "nosuch", "params": {}}]}), 400, "entries",
+                "known fencers: fence-agent, ipmi")
+    error_shape(api.simulate_post(P + "/node/hv1/fence-config", headers=H,
+                                  json={"entries": [{"fencer": "ipmi", "params": {"host": "a\nb"}}]}), 400, "entries")
+    error_shape(api.simulate_post(P + "/node/hv9/fence-config", headers=H, json={"entries": []}), 404)
+    assert api.ops.store.get_fence_config("hv1")[1]["fencer"] == "fence-agent"  # unchanged by the refusals
+    status = api.simulate_get(P + "/cluster/status", headers=H).json
+    assert status["fencing"] == {} and status["healthy"]

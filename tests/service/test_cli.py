@@ -150,3 +150,15 @@ def test_node_primary_and_secondary(pvc, live):
     assert bad.exit_code == 1 and "already primary" in bad.stderr
     assert "is primary" in pvc("node", "secondary", new, "--wait").output
     assert live.view.snapshot().primary.node != new
+
+
+def test_node_fence_config(pvc, live, tmp_path):
+    cfg = tmp_path / "fence.json"
+    cfg.write_text(json.dumps([{"fencer": "ipmi", "params": {"host": "10.1.1.1", "password": "pw-123"}}]))
+    out = pvc("node", "fence-config", "hv2", "--set", str(cfg)).output
+    assert "ipmi" in out and "password=***" in out and "pw-123" not in out
+    assert "host=10.1.1.1" in pvc("node", "fence-config", "hv2").output
+    assert json.loads(pvc("node", "fence-config", "hv3", "-f", "json").output)["entries"] == []
+    cfg.write_text("not json")
+    bad = pvc("node", "fence-config", "hv2", "--set", str(cfg), ok=False)
+    assert bad.exit_code == 1 and "not valid JSON" in bad.stderr

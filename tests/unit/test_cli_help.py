@@ -21,7 +21,7 @@ COMMANDS = list(walk(cli))
 def test_tree_has_the_promised_commands():
     names = {" ".join(p) for p in COMMANDS}
     for expected in ("cluster status", "node list", "node info", "node flush", "node ready", "node primary",
-                     "node secondary", "vm define", "vm meta",
+                     "node secondary", "node fence-config", "vm define", "vm meta",
                      "vm list", "vm info", "vm start", "vm shutdown", "vm stop", "vm restart", "vm disable",
                      "vm migrate", "vm unmigrate", "vm move", "vm undefine", "vm placement", "selector list",
                      "plugin list"):

@@ -20,8 +20,9 @@ HOOKS = sorted(n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) i
 
 
 def test_hook_list_is_what_design_promises():
-    assert HOOKS == ["pvc_handover_phase", "pvc_migration_finished", "pvc_node_fenced", "pvc_node_state_changed",
-                     "pvc_register_fencers", "pvc_register_selectors", "pvc_vm_state_changed"]
+    assert HOOKS == ["pvc_handover_phase", "pvc_migration_finished", "pvc_node_fenced", "pvc_node_recovered",
+                     "pvc_node_state_changed", "pvc_register_fencers", "pvc_register_selectors",
+                     "pvc_vm_state_changed"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -60,6 +61,10 @@ class Recorder:
     @hookimpl
     def pvc_handover_phase(self, phase, node, role, old_primary, new_primary):
         self.calls.append(("handover", phase, node, role, old_primary, new_primary))
+
+    @hookimpl
+    def pvc_node_recovered(self, node, moved, parked):
+        self.calls.append(("recovered", node, moved, parked))
 
 
 class Raiser:
@@ -127,3 +132,9 @@ def test_hook_pvc_handover_phase(rec):
     plugins.notify("pvc_handover_phase", phase="move-ips", node="hv1", role="relinquish", old_primary="hv1",
                    new_primary="hv2")
     assert r.calls == [("handover", "move-ips", "hv1", "relinquish", "hv1", "hv2")]
+
+
+def test_hook_pvc_node_recovered(rec):
+    r, plugins = rec
+    plugins.notify("pvc_node_recovered", node="hv3", moved={"a": "hv1"}, parked=["b"])
+    assert r.calls == [("recovered", "hv3", {"a": "hv1"}, ["b"])]

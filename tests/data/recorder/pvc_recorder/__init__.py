@@ -30,7 +30,16 @@ def pvc_migration_finished(vm, source, target, method, seconds, ok):
 
 @hookimpl
 def pvc_node_fenced(node, result):
-    _record("fenced", node=node, off=result.off, message=result.message)
+    import time
+
+    _record("fenced", node=node, off=result.off, message=result.message, at=time.time())
+
+
+@hookimpl
+def pvc_node_recovered(node, moved, parked):
+    import time
+
+    _record("recovered", node=node, moved=moved, parked=parked, at=time.time())
 
 
 @hookimpl

@@ -1,0 +1,198 @@
+"""Dead-node detection, fencing over real IPMI (simulated BMCs), recovery, self-fence.
+
+Each node's BMC (pyghmi, answering ipmitool's lanplus on loopback) powers the
+node off by killing its daemon's process group, and with it the daemon's
+in-memory hypervisor and VMs. After every case: no VM runs on two nodes, none
+is lost.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pvccore.fencing import invariant_violations
+from pvccore.localcluster import LocalCluster, sample_domain_xml as domain
+from pvccore.localzk import free_port
+from pvccore.operations import Operations
+from pvccore.plugins import load_plugins
+from pvccore.store import Store, delete_tree
+from pvccore.view import ClusterView
+from tests.conftest import Events
+from tests.tools.tcpproxy import TcpProxy
+
+T = 30
+NODES = ("hv1", "hv2", "hv3")
+BMCSIM = Path(__file__).resolve().parents[1] / "tools" / "bmcsim.py"
+
+
+class Box:
+    """Three coordinator daemons, a BMC each, and a way to cut hv3 off from ZooKeeper."""
+
+    def __init__(self, zk_server, root, recorder_site, tmp_path, refuse=(), settings=None):
+        self.dir = tmp_path
+        self.events = Events(tmp_path / "events.jsonl")
+        self.proxy = TcpProxy("127.0.0.1", zk_server.port)
+        self.store = Store.connect(zk_server.hosts, root)
+        self.store.update_config(lambda c: c.updated({"keepalive_limit": 1.5, "fence_grace": 1.5,
+                                                      **(settings or {})}))
+        self.local = LocalCluster(zk_server.hosts, root, workdir=str(tmp_path), env={
+            "PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(self.events.path)},
+            node_flags={"hv1": ("--coordinator",), "hv2": ("--coordinator",),
+                        "hv3": ("--coordinator", "--zookeeper", self.proxy.hosts)})
+        self.bmcs, self.ports = {}, {}
+        for node in NODES:
+            self.ports[node] = free_port()
+            self.bmcs[node] = subprocess.Popen(
+                [sys.executable, str(BMCSIM), "--port", str(self.ports[node]), "--pgid-file",
+                 str(tmp_path / f"{node}.pgid")] + (["--refuse"] if node in refuse else []))
+        self.local.start()
+        for node in NODES:
+            self.pgid(node)
+        self.view = ClusterView(self.store.client, self.store.paths).start()
+        self.ops = Operations(self.store, self.view, load_plugins(disabled=()))
+        for node in NODES:
+            self.ops.set_fence_config(node, [self.ipmi(node)])
+
+    def ipmi(self, node, password="secret"):
+        return {"fencer": "ipmi", "params": {"host": "127.0.0.1", "port": self.ports[node], "username": "admin",
+                                             "password": password, "timeout": 5}}
+
+    def pgid(self, node):
+        (self.dir / f"{node}.pgid").write_text(str(self.local.procs[node].pid))
+
+    def restart(self, node):
+        self.local.start_node(node)
+        self.pgid(node)
+        self.local.wait_running([node])
+
+    def state(self, node, state) -> bool:
+        return self.view.wait_for(lambda c: c.nodes[node].daemon_state == state, T)
+
+    def settled(self) -> list[str]:
+        """Wait until the invariants hold (VMs run where they should, once); return what still does not."""
+        self.view.wait_for(lambda c: not invariant_violations(c), T)
+        return invariant_violations(self.view.snapshot())
+
+    def close(self):
+        self.view.stop()
+        self.local.stop()
+        for bmc in self.bmcs.values():
+            bmc.terminate()
+        self.proxy.close()
+
+
+@pytest.fixture
+def box(zk_server, zk_root, recorder_site, tmp_path):
+    boxes = []
+
+    def make(**kw):
+        boxes.append(Box(zk_server, zk_root, recorder_site, tmp_path, **kw))
+        return boxes[-1]
+
+    yield make
+    for b in boxes:
+        b.close()
+        delete_tree(b.store.client, zk_root)
+        b.store.close()
+
+
+def place_vms(b):
+    b.ops.define_vm(domain("free1"), target="hv3")
+    b.ops.define_vm(domain("pair1"), {"node_limit": ["hv3", "hv2"]}, target="hv3")
+    b.ops.define_vm(domain("only3"), {"node_limit": ["hv3"]}, target="hv3")
+    b.ops.define_vm(domain("stay1"), target="hv1")
+    assert b.settled() == []
+
+
+def test_killed_daemon_is_fenced_over_ipmi_and_its_vms_recover(box):
+    b = box()
+    place_vms(b)
+    t0 = time.monotonic()
+    b.local.kill("hv3")
+    assert b.state("hv3", "fenced")
+    assert b.view.wait_for(lambda c: c.vms["free1"].node != "hv3" and c.vms["pair1"].node == "hv2", T)
+    assert b.settled() == []
+    elapsed = time.monotonic() - t0
+    assert elapsed < 10, elapsed
+    only = b.store.get_vm("only3")
+    assert (only.node, only.state, only.meta.node_autostart) == ("hv3", "stop", True)
+    fenced = b.events.wait(1, "fenced", node="hv3")[0]
+    assert fenced["off"] is True and "chassis power is off" in fenced["message"]
+    assert "secret" not in fenced["message"]
+    recovered = b.events.wait(1, "recovered", node="hv3")[0]
+    assert recovered["moved"]["pair1"] == "hv2" and recovered["parked"] == ["only3"]
+    assert b.store.get_fencing()["hv3"]["state"] == "fenced"
+    assert b.store.get_stats().get("fences") == 1
+
+    b.restart("hv3")  # it comes back flushed; ready brings its VMs home
+    assert b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state == "run"
+                           and c.nodes["hv3"].domain_state == "flushed", T)
+    b.ops.ready("hv3")
+    assert b.view.wait_for(lambda c: c.nodes["hv3"].domain_state == "ready", T)
+    assert b.view.wait_for(lambda c: all(c.vms[v].node == "hv3" and c.vms[v].state == "start"
+                                         for v in ("free1", "pair1", "only3")), T)
+    assert b.settled() == []
+
+
+def test_short_stall_is_not_fenced_long_stall_is(box):
+    b = box()
+    place_vms(b)
+    b.local.signal("hv3", signal.SIGSTOP)
+    # keepalive_limit 1.5 s + fence_grace 1.5 s: a 2.5 s stall is survived
+    assert not b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state != "run", 2.5)
+    b.local.signal("hv3", signal.SIGCONT)
+    assert b.view.wait_for(lambda c: time.time() - c.nodes["hv3"].keepalive < 1, T)
+    assert not b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state != "run", 3)
+    assert b.events.all("fenced") == [] and b.settled() == []
+
+    b.local.signal("hv3", signal.SIGSTOP)  # now for good: fenced (the BMC kills the stopped process)
+    assert b.state("hv3", "fenced")
+    assert b.settled() == []
+
+
+def test_bmc_refusing_recovers_nothing_and_retries(box):
+    b = box(refuse=("hv3",))
+    place_vms(b)
+    b.local.kill("hv3")
+    assert b.state("hv3", "dead")
+    assert b.view.wait_until(lambda: b.store.get_fencing().get("hv3", {}).get("attempts", 0) >= 2, T)
+    status = b.store.get_fencing()["hv3"]
+    assert status["state"] == "failed" and "refused" in status["message"]
+    assert all(b.store.get_vm(v).node == "hv3" for v in ("free1", "pair1", "only3"))  # nothing recovered
+    from pvcapi.cluster import status as cluster_status
+
+    problems = cluster_status(b.ops)["problems"]
+    assert any("fencing failed" in p and "not recovered" in p for p in problems)
+
+
+def test_escalation_to_the_second_fencer(box):
+    b = box()
+    place_vms(b)
+    b.ops.set_fence_config("hv3", [b.ipmi("hv3", password="wrong"), b.ipmi("hv3")])
+    b.local.kill("hv3")
+    assert b.state("hv3", "fenced")
+    assert b.events.wait(1, "fenced", node="hv3")[0]["message"].startswith("#2 ipmi")
+    assert b.settled() == []
+
+
+def test_partitioned_node_self_fences_then_cluster_recovers_without_a_fencer(box):
+    b = box(settings={"self_fence_deadline": 3.0, "failed_fence": "recover"})
+    place_vms(b)
+    b.ops.set_fence_config("hv3", [])  # no working fencer at all
+    cut = time.time()
+    b.proxy.cut()
+    assert b.events.wait(1, "recovered", node="hv3", timeout=T)
+    recovered_at = b.events.all("recovered", node="hv3")[0]["at"]
+    log = b.local.log("hv3")
+    assert "self-fence: cut off from ZooKeeper" in log and "stopped 3 VM(s)" in log
+    # recovery waited for the deadline: not before cut + self_fence_deadline + keepalive_limit
+    assert recovered_at - cut >= 3.0 + 1.5
+    assert b.view.wait_for(lambda c: all(c.vms[v].node != "hv3" for v in ("free1", "pair1")), T)
+    b.proxy.restore()  # it rejoins without starting a second copy of anything
+    assert b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state == "run"
+                           and time.time() - c.nodes["hv3"].keepalive < 1, T)
+    assert b.settled() == []
