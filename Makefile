@@ -23,11 +23,11 @@ test: venv
 
 bench: venv
 	@scripts/debs.sh wrk
-	$(PY) bench/placement.py
-	$(PY) bench/flush.py
-	$(PY) bench/api.py
-	$(PY) bench/handover.py
-	$(PY) bench/failover.py
+	@$(PY) bench/placement.py
+	@$(PY) bench/flush.py
+	@$(PY) bench/api.py
+	@$(PY) bench/handover.py
+	@$(PY) bench/failover.py
 
 demo: venv
 	$(PY) scripts/demo.py up

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import fields
+
+from pvccore.models import ClusterConfig
 
 from .inputs import body
 
@@ -15,8 +18,8 @@ class Status:
         resp.media = status(self.deps.ops)
 
     def on_post(self, req, resp):
-        """Change cluster-wide settings (``default_selector``, ``allow_overcommit``)."""
-        changes = body(req, {"default_selector", "allow_overcommit"})
+        """Change cluster-wide settings (any field of :class:`pvccore.models.ClusterConfig`)."""
+        changes = body(req, {f.name for f in fields(ClusterConfig)})
         config = self.deps.ops.set_config(changes)
         resp.media = {"message": "cluster settings updated", "config": config.to_dict()}
 
@@ -45,5 +48,6 @@ def status(ops) -> dict:
                   "domain_state": dict(Counter(n.domain_state for n in nodes))},
         "vms": {"total": len(snap.vms), "state": dict(Counter(v.state for v in vms)),
                 "migrating": sum(1 for v in vms if v.migration is not None)},
-        "config": snap.config.to_dict(),
+        # Read, not taken from this worker's view: a setting just changed through another worker shows.
+        "config": ops.store.get_config().to_dict(),
     }

@@ -119,7 +119,11 @@ def document(version: str) -> dict:
         "/api/v1/cluster/status": {
             "get": _op("Cluster status", "ClusterStatus", codes=(401,)),
             "post": _op("Set cluster-wide settings", "Message", body=_obj({
-                "default_selector": {"type": "string"}, "allow_overcommit": {"type": "boolean"}})),
+                "default_selector": {"type": "string"}, "allow_overcommit": {"type": "boolean"},
+                "keepalive_limit": {"type": "number"}, "fence_grace": {"type": "number"},
+                "successful_fence": {"type": "string", "enum": ["recover", "none"]},
+                "failed_fence": {"type": "string", "enum": ["recover", "none"]},
+                "self_fence_deadline": {"type": "number"}, "fence_retry_max": {"type": "number"}})),
         },
         "/api/v1/node": {"get": _op("All nodes", "NodeList", codes=(401,))},
         "/api/v1/node/{node}": {"get": _op("One node, with its VMs", "Node", params=node_p, codes=(400, 401, 404))},

@@ -23,11 +23,17 @@ def status(client, fmt: str) -> None:
 @group.command("set")
 @click.option("--default-selector", help="Selector for VMs whose node_selector is 'default'.")
 @click.option("--allow-overcommit/--no-allow-overcommit", default=None, help="Place VMs beyond free memory.")
+@click.option("--keepalive-limit", type=float, help="Seconds without keepalive before a node is suspect.")
+@click.option("--fence-grace", type=float, help="Seconds a suspect node has to come back before it is fenced.")
+@click.option("--successful-fence", type=click.Choice(("recover", "none")), help="After a confirmed fence.")
+@click.option("--failed-fence", type=click.Choice(("recover", "none")),
+              help="After every fencer failed (recover only once the self-fence deadline has passed).")
+@click.option("--self-fence-deadline", type=float, help="Seconds without ZooKeeper before a node stops its VMs.")
+@click.option("--fence-retry-max", type=float, help="Longest back-off between fence attempts, seconds.")
 @click.pass_obj
-def set_(client, default_selector: str | None, allow_overcommit: bool | None) -> None:
+def set_(client, **options) -> None:
     """Change cluster-wide settings."""
-    settings = {k: v for k, v in (("default_selector", default_selector), ("allow_overcommit", allow_overcommit))
-                if v is not None}
+    settings = {k: v for k, v in options.items() if v is not None}
     if not settings:
         raise click.UsageError("give at least one setting")
     click.echo(client.set_cluster(**settings)["message"])
@@ -47,6 +53,7 @@ def _table(s: dict) -> str:
         ("vms", f"{s['vms']['total']} ({counts(s['vms']['state'])}; migrating {s['vms']['migrating']})"),
         ("default selector", s["config"]["default_selector"]),
         ("overcommit", s["config"]["allow_overcommit"]),
+        ("fencing", ", ".join(f"{n} {f['state']}" for n, f in sorted(s.get("fencing", {}).items())) or None),
     ])]
     lines += [f"problem: {p}" for p in s["problems"]]
     return "\n".join(lines)

@@ -256,7 +256,9 @@ class Operations:
         new = self.view.config.updated(changes)
         if "default_selector" in changes:
             resolve_selector(new.default_selector, Cluster.build([], config=new), self.plugins.selectors)
-        return self.store.update_config(lambda c: c.updated(changes))
+        written = self.store.update_config(lambda c: c.updated(changes))
+        self.view.wait_for(lambda c: c.config == written, 10)  # read your own write
+        return written
 
     # -- waiting -------------------------------------------------------------------------------
 

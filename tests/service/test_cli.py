@@ -52,6 +52,10 @@ def test_cluster_status_and_set(pvc):
     assert "health:" in out and "healthy" in out and "nodes:" in out and "run 3" in out
     assert json.loads(pvc("cluster", "status", "-f", "json").output)["nodes"]["total"] == 3
     assert "updated" in pvc("cluster", "set", "--default-selector", "mem").output
+    pvc("cluster", "set", "--fence-grace", "2.5", "--failed-fence", "none")
+    assert json.loads(pvc("cluster", "status", "-f", "json").output)["config"]["fence_grace"] == 2.5
+    bad = pvc("cluster", "set", "--fence-grace", "-1", ok=False)
+    assert bad.exit_code == 1 and "fence_grace must be a number of seconds >= 0" in bad.stderr
     bad = pvc("cluster", "set", "--default-selector", "nosuch", ok=False)
     assert bad.exit_code == 1 and bad.stderr.startswith("pvc: error: unknown selector 'nosuch'")
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -196,3 +196,22 @@ def test_partitioned_node_self_fences_then_cluster_recovers_without_a_fencer(box
     assert b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state == "run"
                            and time.time() - c.nodes["hv3"].keepalive < 1, T)
     assert b.settled() == []
+
+
+def test_dead_primary_is_fenced_and_another_coordinator_takes_over(box):
+    b = box()
+    assert b.view.wait_for(lambda c: c.primary is not None and c.nodes[c.primary.node].coordinator_state
+                           == "primary", T)
+    old = b.view.snapshot().primary
+    b.ops.define_vm(domain("onprimary"), target=old.node)
+    assert b.settled() == []
+    if old.node == "hv3":
+        b.proxy.cut()  # (hv3 talks to ZooKeeper through the proxy; its death must look the same)
+    b.local.kill(old.node)
+    assert b.state(old.node, "fenced")
+    assert b.view.wait_for(lambda c: c.primary.node != old.node and c.primary.epoch == old.epoch + 1
+                           and c.nodes[c.primary.node].coordinator_state == "primary", T)
+    fencer = b.events.wait(1, "fenced", node=old.node)[0]
+    assert fencer["off"] is True
+    assert b.view.wait_for(lambda c: c.vms["onprimary"].node != old.node, T)
+    assert b.settled() == []
