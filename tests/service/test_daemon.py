@@ -143,8 +143,10 @@ def test_stopped_vm_is_rehomed_without_starting(cluster):
 
 
 # hv2 gets one big VM with 1 vCPU, hv3 two small VMs with 4 vCPUs each. Each selector
-# then prefers a known node for a VM flushed off hv1.
-EXPECTED = {"mem": "hv3", "memprov": "hv3", "vms": "hv2", "vcpus": "hv2", "load": "hv2"}
+# then prefers a known node for a VM flushed off hv1. All daemons share this host's load
+# average, read at slightly different moments, so "load" may pick either (its ranking is
+# covered by the unit tests).
+EXPECTED = {"mem": ("hv3",), "memprov": ("hv3",), "vms": ("hv2",), "vcpus": ("hv2",), "load": ("hv2", "hv3")}
 
 
 def test_flush_and_ready_with_each_selector(cluster):
@@ -158,8 +160,9 @@ def test_flush_and_ready_with_each_selector(cluster):
         assert runs_on(cluster, name, "hv1")
         cluster.flush("hv1")
         assert cluster.wait_node("hv1", lambda n: n.domain_state == "flushed", T)
-        assert settled(cluster, name, node=expected, last_node="hv1"), selector
-        assert runs_on(cluster, name, expected)
+        assert cluster.wait_vm(name, lambda v: v.migration is None and v.node in expected and v.last_node == "hv1",
+                               T), selector
+        assert runs_on(cluster, name, cluster.store.get_vm(name).node)
         cluster.ready("hv1")
         assert cluster.wait_node("hv1", lambda n: n.domain_state == "ready", T)
         assert settled(cluster, name, node="hv1", last_node="") and runs_on(cluster, name, "hv1")
