@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping ipmitool
 
-.PHONY: deps venv test bench demo demo-stop demo-status clean
+.PHONY: deps venv test bench docs demo demo-stop demo-status clean
 
 deps:
 	@scripts/debs.sh $(DEBS)
@@ -28,6 +28,9 @@ bench: venv
 	@$(PY) bench/api.py
 	@$(PY) bench/handover.py
 	@$(PY) bench/failover.py
+
+docs: venv
+	$(PY) scripts/gendocs.py
 
 demo: venv
 	$(PY) scripts/demo.py up

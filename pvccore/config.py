@@ -115,6 +115,9 @@ ZOOKEEPER_OPTIONS = (
 )
 LOG_OPTION = Option("log_level", str, "info", "Log level: debug, info, warning or error.", "--log-level",
                     choices=LOG_LEVELS)
+LOG_FORMAT_OPTION = Option("log_format", str, "text",
+                           "Log lines as `text` (time level node=NAME logger: message) or `json` (one object a line).",
+                           "--log-format", choices=("text", "json"))
 
 
 def check_root(values: dict[str, Any]) -> None:
@@ -144,6 +147,7 @@ class DaemonConfig:
     handover_timeout: float = 30.0
     api_config: str = ""
     log_level: str = "info"
+    log_format: str = "text"
 
     @property
     def migration_uri(self) -> str:
@@ -191,4 +195,5 @@ DAEMON = ConfigSchema("pvcnoded", (
     Option("api_config", str, "", "pvcapid config file: when set, the primary runs the API (it moves with it).",
            "--api-config"),
     LOG_OPTION,
+    LOG_FORMAT_OPTION,
 ), DaemonConfig, _check_daemon)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import json
 import logging
 import signal
 import sys
@@ -425,10 +426,21 @@ class _NodeFilter(logging.Filter):
         return True
 
 
-def setup_logging(node: str, level: str) -> None:
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "node": record.node,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(node: str, level: str, fmt: str = "text") -> None:
+    """One line per event with the node's name; VMs are named in the message ("VM web1: ...")."""
     handler = logging.StreamHandler()
     handler.addFilter(_NodeFilter(node))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s node=%(node)s %(name)s: %(message)s"))
+    handler.setFormatter(_JSONFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s node=%(node)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -444,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"pvcnoded: error: {exc.message}", file=sys.stderr)
         return 2
-    setup_logging(cfg.node, cfg.log_level)
+    setup_logging(cfg.node, cfg.log_level, cfg.log_format)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
     # SIGTERM/SIGINT are blocked before any thread starts (threads inherit the mask) and taken with
     # sigwait() below: no signal handler, so nothing can interrupt a thread holding a lock.

@@ -1,0 +1,1 @@
+"""Example pvc plugins (see docs/plugins.md)."""
