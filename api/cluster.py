@@ -40,7 +40,7 @@ def status(ops) -> dict:
     return {
         "healthy": not problems,
         "problems": problems,
-        "primary": snap.primary.node if snap.primary else None,
+        "primary": primary.node if (primary := ops.store.get_primary()) else None,  # read: exact across workers
         "handover": h.to_dict() if h is not None else None,
         "fencing": fencing,
         "nodes": {"total": len(snap.nodes),

@@ -39,11 +39,9 @@ class Nodes:
         state = field(data, "state", str, choices=("primary", "secondary"))
         wait = field(data, "wait", bool, False)
         h = ops.request_primary(node) if state == "primary" else ops.request_secondary(node)
-        observed = wait and ops.view.wait_for(
-            lambda c: c.handover is not None and c.handover.id == h.id and not c.handover.active,
-            self.deps.wait_timeout)
-        snap = ops.view.snapshot()
-        done = snap.handover if snap.handover is not None and snap.handover.id == h.id else h
+        final = ops.wait_handover(h, self.deps.wait_timeout) if wait else None
+        observed = final is not None
+        done = final or h
         if observed and done.phase == "failed":
             resp.status = falcon.HTTP_409
             resp.media = {"message": f"handover from {h.source} to {h.target} failed: {done.reason}", "field": "state"}

@@ -35,11 +35,10 @@ def main() -> None:
             pinger = Pinger(net, 3, FIP, 0.025)
             time.sleep(0.5)  # pings before the move: the measurement window, not synchronisation
             t0 = time.monotonic()
-            h = ops.request_primary(target)
-            ops.view.wait_for(lambda c: c.handover.id == h.id and not c.handover.active, 60)
+            final = ops.wait_handover(ops.request_primary(target), 60)
             seconds.append(time.monotonic() - t0)
-            if ops.view.snapshot().handover.phase != "done":
-                raise SystemExit(f"handover failed: {ops.view.snapshot().handover.reason}")
+            if final is None or final.phase != "done":
+                raise SystemExit(f"handover failed: {final.reason if final else 'timed out'}")
             time.sleep(0.5)  # and after it
             sent, received = pinger.stop()
             lost.append(sent - received)

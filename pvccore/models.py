@@ -79,8 +79,18 @@ class _JSONModel:
 
     @classmethod
     def _known(cls, raw: Mapping) -> dict:
+        if not isinstance(raw, Mapping):
+            raise ValidationError(f"{cls.__name__}: expected an object, got {type(raw).__name__}")
         names = {f.name for f in fields(cls)}  # unknown keys: written by a newer version, ignored
         return {k: v for k, v in raw.items() if k in names}
+
+    @classmethod
+    def _construct(cls, raw: Mapping, **overrides):
+        """Build from the known keys of ``raw``; a missing or unexpected field is a ValidationError."""
+        try:
+            return cls(**{**cls._known(raw), **overrides})
+        except TypeError as exc:
+            raise ValidationError(f"{cls.__name__}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------
@@ -163,10 +173,7 @@ class Migration(_JSONModel):
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Migration":
-        try:
-            m = cls(**cls._known(raw))
-        except TypeError as exc:
-            raise ValidationError(f"Migration: {exc}") from exc
+        m = cls._construct(raw)
         _check_choice(m.kind, MIGRATION_KINDS, "kind")
         _check_choice(m.phase, MIGRATION_PHASES, "phase")
         return m
@@ -196,13 +203,9 @@ class VM(_JSONModel):
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "VM":
-        vals = cls._known(raw)
-        mig = vals.get("migration")
-        try:
-            vm = cls(**{**vals, "meta": VMMeta.from_dict(vals.get("meta") or {}),
-                        "migration": Migration.from_dict(mig) if mig else None})
-        except TypeError as exc:
-            raise ValidationError(f"VM: {exc}") from exc
+        mig = raw.get("migration")
+        vm = cls._construct(raw, meta=VMMeta.from_dict(raw.get("meta") or {}),
+                            migration=Migration.from_dict(mig) if mig else None)
         check_name(vm.name, "VM")
         _check_choice(vm.state, VM_STATES, "state")
         _check_type(vm.memory_mib, int, "memory_mib", "an integer")
@@ -251,13 +254,7 @@ class Node(_JSONModel):
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Node":
-        vals = cls._known(raw)
-        if "running_vms" in vals:
-            vals["running_vms"] = tuple(vals["running_vms"])
-        try:
-            node = cls(**vals)
-        except TypeError as exc:
-            raise ValidationError(f"Node: {exc}") from exc
+        node = cls._construct(raw, running_vms=tuple(raw.get("running_vms", ())))
         check_name(node.name, "node")
         _check_choice(node.daemon_state, DAEMON_STATES, "daemon_state")
         _check_choice(node.coordinator_state, COORDINATOR_STATES, "coordinator_state")
@@ -289,10 +286,7 @@ class PrimaryRecord(_JSONModel):
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "PrimaryRecord":
-        try:
-            return cls(**cls._known(raw))
-        except TypeError as exc:
-            raise ValidationError(f"PrimaryRecord: {exc}") from exc
+        return cls._construct(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,10 +303,7 @@ class Handover(_JSONModel):
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Handover":
-        try:
-            h = cls(**cls._known(raw))
-        except TypeError as exc:
-            raise ValidationError(f"Handover: {exc}") from exc
+        h = cls._construct(raw)
         _check_choice(h.phase, HANDOVER_PHASES, "phase")
         return h
 

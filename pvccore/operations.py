@@ -211,6 +211,26 @@ class Operations:
         self.view.wait_for(lambda c: c.handover is not None and c.handover.id == handover.id, 10)
         return handover
 
+    def wait_handover(self, handover: Handover, timeout: float) -> Handover | None:
+        """Wait until ``handover`` is over, as a whole: failed, or finished with its target primary.
+
+        The view applies each znode's change on its own, so the handover record can read
+        ``done`` a moment before the primary record and the node's state do.
+        Returns the final record, or None on timeout.
+        """
+
+        def over(c: Cluster) -> bool:
+            h = c.handover
+            if h is None or h.id != handover.id or h.active:
+                return False
+            target = c.nodes.get(h.target)
+            return h.phase == "failed" or (c.primary is not None and c.primary.node == h.target
+                                           and target is not None and target.coordinator_state == "primary")
+
+        if not self.view.wait_for(over, timeout):
+            return None
+        return self.view.snapshot().handover
+
     def request_secondary(self, node: str) -> Handover:
         """Hand the primary role away from ``node`` to the first other running coordinator."""
         record = self.store.get_primary()

@@ -27,7 +27,7 @@ def _run(agent: str, params: dict, action: str) -> tuple[int, str]:
                              timeout=float(params.get("timeout", 60)))
     except subprocess.TimeoutExpired:
         return 124, f"{action} timed out"
-    text = (out.stdout + out.stderr).strip().splitlines()
+    text = (out.stdout.strip() or out.stderr.strip()).splitlines()  # stderr may hold only warnings
     return out.returncode, text[-1] if text else ""
 
 

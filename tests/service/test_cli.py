@@ -149,11 +149,11 @@ def test_node_primary_and_secondary(pvc, live):
     old = live.view.snapshot().primary.node
     new = next(n for n in ("hv1", "hv2", "hv3") if n != old)
     assert f"{new} is primary" in pvc("node", "primary", new, "--wait").output
-    assert f"primary:          {new}" in pvc("cluster", "status").output
+    assert f"primary:          {new}" in pvc("cluster", "status").output  # the API waited for all of it
     bad = pvc("node", "primary", new, ok=False)
     assert bad.exit_code == 1 and "already primary" in bad.stderr
     assert "is primary" in pvc("node", "secondary", new, "--wait").output
-    assert live.view.snapshot().primary.node != new
+    assert live.view.wait_for(lambda c: c.primary.node != new, T)  # this test's own view follows
 
 
 def test_node_fence_config(pvc, live, tmp_path):

@@ -215,3 +215,17 @@ def test_dead_primary_is_fenced_and_another_coordinator_takes_over(box):
     assert fencer["off"] is True
     assert b.view.wait_for(lambda c: c.vms["onprimary"].node != old.node, T)
     assert b.settled() == []
+
+
+def test_escalation_to_a_fence_agents_agent(box):
+    b = box()
+    place_vms(b)
+    agent = {"fencer": "fence-agent", "params": {"agent": "fence_ipmilan", "ip": "127.0.0.1",
+                                                  "ipport": b.ports["hv3"], "username": "admin",
+                                                  "password": "secret", "lanplus": 1, "cipher": 3}}
+    b.ops.set_fence_config("hv3", [b.ipmi("hv3", password="wrong"), agent])
+    b.local.kill("hv3")
+    assert b.state("hv3", "fenced")
+    message = b.events.wait(1, "fenced", node="hv3")[0]["message"]
+    assert message.startswith("#2 fence-agent: fence_ipmilan: status off") and "secret" not in message
+    assert b.settled() == []

@@ -26,6 +26,10 @@ def test_unknown_stored_keys_are_ignored_but_bad_states_are_not():
         VM.from_json(b"{nope")
     with pytest.raises(ValidationError, match="expected a JSON object"):
         VM.from_json(b"[1]")
+    with pytest.raises(ValidationError, match="VMMeta: expected an object"):
+        VM.from_json(b'{"name": "a", "uuid": "u", "memory_mib": 1, "vcpus": 1, "meta": [1]}')
+    with pytest.raises(ValidationError, match="VM: .*missing"):
+        VM.from_json(b'{"name": "a"}')
 
 
 @pytest.mark.parametrize("changes, field, message", [
