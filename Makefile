@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping ipmitool fence-agents
+DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping ipmitool fence-agents openssl
 
 .PHONY: deps venv test bench docs demo demo-stop demo-status clean
 
