@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping ipmitool fence-agents openssl
+# The cluster-in-a-box tier: a libvirtd with QEMU per node namespace, tini as each node's init.
+BOX_DEBS := libvirt-daemon-system qemu-system-x86 tini util-linux
 
-.PHONY: deps venv test bench docs demo demo-stop demo-status clean
+.PHONY: deps venv test soak bench docs demo demo-stop demo-status clean
 
 deps:
 	@scripts/debs.sh $(DEBS)
+	@scripts/debs.sh --no-install-recommends $(BOX_DEBS)
 
 $(VENV)/.installed: pyproject.toml | deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +23,11 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q
+
+# The cluster-in-a-box fault scenarios, each run SOAK times; the summary counts invariant violations.
+SOAK ?= 10
+soak: venv
+	PVC_SOAK=$(SOAK) $(PY) -m pytest -q tests/cluster/test_faults.py
 
 bench: venv
 	@scripts/debs.sh wrk

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
+import threading
 
 from gunicorn.app.base import BaseApplication
+from kazoo.handlers.threading import KazooTimeoutError
 
 from pvccore.errors import ValidationError
+from pvccore.store import Store
 
 from .config import API, ApiConfig
 
@@ -16,8 +21,8 @@ from .config import API, ApiConfig
 class Server(BaseApplication):
     """gunicorn with our settings; each worker builds the app (and its ZooKeeper client) after the fork."""
 
-    def __init__(self, cfg: ApiConfig):
-        self.cfg_api = cfg
+    def __init__(self, cfg: ApiConfig, lifeline: bool = False):
+        self.cfg_api, self.lifeline = cfg, lifeline
         super().__init__()
 
     def load_config(self) -> None:
@@ -28,6 +33,8 @@ class Server(BaseApplication):
                     "proc_name": "pvcapid"}
         if c.tls_cert:
             settings.update(certfile=c.tls_cert, keyfile=c.tls_key)
+        if self.lifeline:
+            settings["when_ready"] = _watch_lifeline
         for key, value in settings.items():
             self.cfg.set(key, value)
 
@@ -37,18 +44,40 @@ class Server(BaseApplication):
         return get_app(self.cfg_api)
 
 
+def _watch_lifeline(_server) -> None:
+    """In gunicorn's master: stop gracefully once standard input closes, i.e. once the process
+    holding its other end (the pvcnoded that started us) is gone, however it ended."""
+
+    def watch() -> None:
+        while os.read(0, 4096):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     # Started by a pvcnoded primary, this process inherits its blocked SIGTERM/SIGINT: gunicorn needs them.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     parser = argparse.ArgumentParser(prog="pvcapid", description="pvc REST API (gunicorn)")
     API.add_flags(parser)
+    parser.add_argument("--lifeline", action="store_true",
+                        help="Exit when standard input closes (pvcnoded starts the API so: it never outlives "
+                             "the primary that started it).")
     args = parser.parse_args(argv)
     try:
         cfg = API.from_args(args)
     except ValidationError as exc:
         print(f"pvcapid: error: {exc.message}", file=sys.stderr)
         return 2
-    Server(cfg).run()
+    logging.getLogger("kazoo").setLevel(logging.ERROR)  # its retries, before gunicorn sets up logging
+    try:  # one clear line now, rather than every worker failing to boot
+        Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout).close()
+    except KazooTimeoutError:
+        print(f"pvcapid: error: cannot reach ZooKeeper at {cfg.zookeeper_hosts} "
+              f"within {cfg.zookeeper_session_timeout:g}s", file=sys.stderr)
+        return 1
+    Server(cfg, lifeline=args.lifeline).run()
     return 0
 
 

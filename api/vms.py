@@ -107,7 +107,11 @@ class VMs:
             raise BadRequest(f"give at least one of: {', '.join(sorted(META_FIELDS))}")
         ops = self.deps.ops
         updated = ops.set_meta(vm, changes)
-        resp.media = {"message": f"VM {vm} metadata updated", "vm": vm_out(updated, ops.view.snapshot())}
+        message = f"VM {vm} metadata updated"
+        if updated.meta.node_limit and updated.node and updated.node not in updated.meta.node_limit:
+            message += (f"; it is on {updated.node}, outside its new limit, and stays there until it moves "
+                        f"(pvc vm migrate {vm})")
+        resp.media = {"message": message, "vm": vm_out(updated, ops.view.snapshot())}
 
     def on_put_one(self, req, resp, vm):
         """Replace the libvirt XML: ``{"xml": ...}`` (same name and UUID)."""
@@ -138,7 +142,8 @@ class VMs:
         wait = field(data, "wait", bool, False)
         ops = self.deps.ops
         ops.set_state(vm, state)
-        self._answer(resp, vm, wait, ops.state_reached(vm, state), f"{state} requested")
+        self._answer(resp, vm, wait, ops.state_reached(vm, state), f"{state} requested",
+                     succeeded=lambda v: v.state != "fail", field="state")
 
     def on_post_node(self, req, resp, vm):
         """``{"action": migrate|unmigrate|move, "target", "force_live", "wait"}``."""
@@ -157,16 +162,22 @@ class VMs:
         where = requested.migration.target if requested.migration else requested.node
         # Done when the migration is over and the VM is where its state says (running or not).
         reached = ops.state_reached(vm, requested.state if requested.migration is None else "start")
-        self._answer(resp, vm, wait, reached, f"{action} to {where} requested")
+        self._answer(resp, vm, wait, reached, f"{action} to {where} requested",
+                     succeeded=lambda v: v.node == where and v.state != "fail", field="action")
 
     def on_get_placement(self, req, resp, vm):
         resp.media = self.deps.ops.placement(vm).to_dict()
 
-    def _answer(self, resp, vm: str, wait: bool, reached, requested: str) -> None:
+    def _answer(self, resp, vm: str, wait: bool, reached, requested: str, succeeded, field: str) -> None:
+        """200 once the change is observed; 202 while it is not (yet); 409 when it ended and failed."""
         ops = self.deps.ops
         observed = wait and ops.view.wait_for(reached, self.deps.wait_timeout)
         snap = ops.view.snapshot()
         current = snap.vms.get(vm)
+        if observed and current is not None and not succeeded(current):
+            resp.status = falcon.HTTP_409
+            resp.media = {"message": f"VM {vm}: {current.reason or 'failed'}", "field": field}
+            return
         if observed:
             message = f"VM {vm}: done" if current is None or not current.reason else f"VM {vm}: {current.reason}"
         elif wait:

@@ -7,7 +7,8 @@ import time
 
 import click
 
-from .output import Failure, columns, emit, finish, format_option, pairs
+from .client import ApiError
+from .output import Failure, columns, emit, format_option, pairs
 
 NODE_COLUMNS = (
     ("NODE", lambda n: n["name"]), ("DAEMON", lambda n: n["daemon_state"]),
@@ -46,7 +47,10 @@ def _domain(client, node: str, state: str, wait: bool, timeout: float) -> None:
     if not wait:
         click.echo(answer["message"])
         return
-    goal = "flushed" if state == "flush" else "ready"
+    goal, working = ("flushed", "flush") if state == "flush" else ("ready", "unflush")
+    # What the node was in before our request: a read that still shows it is stale (a ZooKeeper
+    # server behind the one that took the write), not a step backwards.
+    before = ("ready", "unflush") if state == "flush" else ("flushed", "flush")
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -62,7 +66,7 @@ def _domain(client, node: str, state: str, wait: bool, timeout: float) -> None:
         if info["domain_state"] == goal:
             click.echo(f"node {node} is {goal}")
             return
-        if info["domain_state"] != (state if state == "flush" else "unflush"):
+        if info["domain_state"] not in (working, *before):
             raise Failure(f"node {node} went to {info['domain_state']} before it was {goal}")
         if time.monotonic() > deadline:
             raise Failure(f"node {node} not {goal} within {timeout:g}s; still in progress")
@@ -92,19 +96,52 @@ def ready(client, node: str, wait: bool, timeout: float) -> None:
 @group.command("primary")
 @click.argument("node")
 @click.option("--wait/--no-wait", default=False, help="Return once the handover is over.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait at most.")
 @click.pass_obj
-def primary(client, node: str, wait: bool) -> None:
+def primary(client, node: str, wait: bool, timeout: float) -> None:
     """Make coordinator NODE the primary (a planned, phased handover)."""
-    finish(*client.node_coordinator_state(node, "primary", wait), wait)
+    _handover(client, node, "primary", wait, timeout)
 
 
 @group.command("secondary")
 @click.argument("node")
 @click.option("--wait/--no-wait", default=False, help="Return once the handover is over.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait at most.")
 @click.pass_obj
-def secondary(client, node: str, wait: bool) -> None:
+def secondary(client, node: str, wait: bool, timeout: float) -> None:
     """Hand the primary role away from NODE to another coordinator."""
-    finish(*client.node_coordinator_state(node, "secondary", wait), wait)
+    _handover(client, node, "secondary", wait, timeout)
+
+
+def _handover(client, node: str, state: str, wait: bool, timeout: float) -> None:
+    """Request a handover; with ``wait``, follow it through the cluster status until it is over.
+
+    The request itself does not wait: the API moves with the primary role, so the process that
+    took it stops half-way. While it moves, the API cannot be reached for a moment: we retry.
+    """
+    _status, answer = client.node_coordinator_state(node, state)
+    if not wait:
+        click.echo(answer["message"])
+        return
+    h = answer["handover"]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = client.cluster_status()
+        except ApiError as exc:
+            if exc.status != 0:  # an answer (a refusal): not the API moving
+                raise
+            status = None
+        current = (status or {}).get("handover") or {}
+        if current.get("id") == h["id"]:
+            if current["phase"] == "failed":
+                raise Failure(f"handover from {h['source']} to {h['target']} failed: {current['reason']}")
+            if current["phase"] == "done" and status["primary"] == h["target"]:
+                click.echo(f"{h['target']} is primary")
+                return
+        if time.monotonic() > deadline:
+            raise Failure(f"handover from {h['source']} to {h['target']} not finished within {timeout:g}s")
+        time.sleep(0.1)  # following the handover through the API, under the deadline above
 
 
 @group.command("fence-config")

@@ -296,8 +296,11 @@ class Coordinator:
     def _start_services(self, old: str | None) -> None:
         self.serving = True
         if self.cfg.api_config and (self._api is None or self._api.poll() is not None):
-            self._api = subprocess.Popen([sys.executable, "-m", "pvcapi.server", "-c", self.cfg.api_config],
-                                         stdin=subprocess.DEVNULL)
+            if self._api is not None:  # it died: let go of its lifeline before starting another
+                self._api.stdin.close()
+            # We hold its stdin: when this daemon ends, even by SIGKILL, the API sees EOF and stops.
+            self._api = subprocess.Popen([sys.executable, "-m", "pvcapi.server", "-c", self.cfg.api_config,
+                                          "--lifeline"], stdin=subprocess.PIPE)
         self._notify("start-services", "takeover", old, self.d.name)
 
     def _stop_services(self, new: str | None) -> None:
@@ -308,6 +311,8 @@ class Coordinator:
                 self._api.wait(15)
             except subprocess.TimeoutExpired:
                 self._api.kill()
+        if self._api is not None:
+            self._api.stdin.close()
         self._api = None
         self.serving = False
 

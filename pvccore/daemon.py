@@ -23,6 +23,7 @@ from typing import Callable
 
 from kazoo.client import KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from . import config as configmod
 from . import flush, migration
@@ -59,6 +60,7 @@ class NodeDaemon:
         self._loops: list[threading.Thread] = []
         self.monitor: FenceMonitor | None = None
         self._cut_off_since: float | None = None  # monotonic time ZooKeeper was lost, while it is
+        self._last_keepalive = time.monotonic()  # when our last keepalive was written (the self-fence clock)
         self._self_fenced = False
         self._need_alive = False
 
@@ -172,6 +174,8 @@ class NodeDaemon:
             return replace(node, daemon_state="run") if first or node.daemon_state in ("dead", "fenced") else node
 
         self.store.update_node(self.name, update)
+        self._last_keepalive = time.monotonic()
+        self._self_fenced = False
         if self._need_alive:
             self._need_alive = False
             self._ensure_alive()
@@ -183,8 +187,9 @@ class NodeDaemon:
             if self._cut_off_since is not None:
                 log.warning("ZooKeeper reachable again after %.1fs", time.monotonic() - self._cut_off_since)
             self._cut_off_since = None
-            self._self_fenced = False
             self._wake.set()
+        elif self.stopping.is_set():
+            return  # our own stop closed the session
         else:
             if state == KazooState.LOST:
                 self._need_alive = True  # a new session needs a new ephemeral
@@ -193,15 +198,18 @@ class NodeDaemon:
                 log.warning("lost ZooKeeper (%s)", state)
 
     def _watchdog_loop(self) -> None:
-        """Cut off from ZooKeeper past the cluster's self-fence deadline: stop our own VMs.
+        """No keepalive written for the cluster's self-fence deadline: stop our own VMs.
 
-        The cluster then may recover them elsewhere once that deadline has provably passed,
-        even when no fencer can reach this node.
+        The clock is our last *written* keepalive, the same event the other nodes time our
+        silence from, not the moment the ZooKeeper client notices the loss (seconds later).
+        So when the cluster has seen no keepalive for the deadline plus its keepalive limit,
+        our VMs have provably been stopped, and it may recover them even when no fencer can
+        reach this node.
         """
         while not self.stopping.wait(0.1):
-            since = self._cut_off_since
+            since = self._last_keepalive
             deadline = self.view.config.self_fence_deadline
-            if since is None or self._self_fenced or deadline <= 0 or time.monotonic() - since < deadline:
+            if self._self_fenced or deadline <= 0 or time.monotonic() - since < deadline:
                 continue
             self._self_fenced = True
             stopped = []
@@ -212,7 +220,7 @@ class NodeDaemon:
                         stopped.append(name)
                     except HypervisorError as exc:
                         log.error("self-fence: could not stop %s: %s", name, exc)
-            log.error("self-fence: cut off from ZooKeeper for %.1fs (deadline %gs): stopped %d VM(s): %s",
+            log.error("self-fence: no keepalive written for %.1fs (deadline %gs): stopped %d VM(s): %s",
                       time.monotonic() - since, deadline, len(stopped), ", ".join(stopped) or "none")
 
     # -- reconcile -------------------------------------------------------------------------
@@ -329,6 +337,7 @@ class NodeDaemon:
             fn(*args)
         except Exception as exc:
             self._failed(fn.__name__, exc)
+            self.stopping.wait(self.cfg.keepalive_interval)  # retry back-off: not in a tight loop
         finally:
             self._wake.set()
 
@@ -466,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         daemon.start()
     except (PVCError, HypervisorError) as exc:
         print(f"pvcnoded: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    except KazooTimeoutError:
+        print(f"pvcnoded: error: cannot reach ZooKeeper at {cfg.zookeeper_hosts} "
+              f"within {cfg.zookeeper_session_timeout:g}s", file=sys.stderr)
         return 1
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     daemon.stop()

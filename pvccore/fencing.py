@@ -139,6 +139,10 @@ class FenceMonitor:
                 if result.off:
                     self._fenced(name, result)
                 else:
+                    # Fencers can take seconds to fail: silent all along (same keepalive), that counts.
+                    after = self.d.store.get_node(name)
+                    if after.keepalive == node.keepalive:
+                        silent_for += time.monotonic() - now
                     self._failed(name, result, now, silent_for)
         except LockTimeout:
             return  # another coordinator is fencing: look again next tick
@@ -167,33 +171,43 @@ class FenceMonitor:
         return FenceResult(False, "; ".join(messages))
 
     def _fenced(self, name: str, result: FenceResult) -> None:
-        self.d.store.update_node(name, lambda n: replace(n, daemon_state="fenced", domain_state="fence-flush"))
-        self.d.plugins.notify("pvc_node_state_changed", node=name, kind="daemon", old="dead", new="fenced")
+        self._mark_fenced(name, {"state": "fenced", "message": result.message, "at": time.time()})
         self.d.store.count("fences")
-        self.d.store.set_fencing(name, {"state": "fenced", "message": result.message, "at": time.time()})
-        self._retry.pop(name, None)
-        self._suspect.pop(name, None)
         if self.d.view.snapshot().config.successful_fence == "recover":
             recover(self.d, name)
         else:
             self.d.store.update_node(name, lambda n: replace(n, domain_state="flushed"))
 
+    def _mark_fenced(self, name: str, status: dict) -> None:
+        """The node is off, or has provably stopped its VMs: ``fenced``, no more fencing attempts."""
+        self.d.store.update_node(name, lambda n: replace(n, daemon_state="fenced", domain_state="fence-flush"))
+        self.d.plugins.notify("pvc_node_state_changed", node=name, kind="daemon", old="dead", new="fenced")
+        self.d.store.set_fencing(name, status)
+        self._retry.pop(name, None)
+        self._suspect.pop(name, None)
+
     def _failed(self, name: str, result: FenceResult, now: float, silent_for: float) -> None:
         cfg = self.d.view.snapshot().config
         _, backoff = self._retry.get(name, (0.0, 0.0))
         backoff = min(cfg.fence_retry_max, max(1.0, backoff * 2))
-        self._retry[name] = (now + backoff, backoff)
+        self._retry[name] = (time.monotonic() + backoff, backoff)  # from now: an attempt can take seconds
         attempts = self.d.store.get_fencing().get(name, {}).get("attempts", 0) + 1
         self.d.store.count("fences_failed")
+        if cfg.failed_fence == "recover" and cfg.self_fence_deadline > 0 \
+                and silent_for > cfg.self_fence_deadline + cfg.keepalive_limit:
+            # Silent for longer than its self-fence deadline: if alive, it has stopped its VMs itself.
+            # That is its fence: we stop trying ours, and it rejoins like any fenced node.
+            log.warning("node %s: fencing failed (%s); silent %.0fs, past its self-fence deadline: taking it as "
+                        "self-fenced and recovering its VMs", name, result.message, silent_for)
+            self._mark_fenced(name, {"state": "self-fenced", "attempts": attempts, "at": time.time(),
+                                     "message": f"silent {silent_for:.0f}s, past its self-fence deadline; "
+                                                f"every fencer failed: {result.message}"})
+            recover(self.d, name)
+            return
         self.d.store.set_fencing(name, {"state": "failed", "message": result.message, "attempts": attempts,
                                         "at": time.time(), "retry_in": backoff})
         log.error("node %s: fencing failed (attempt %d, next in %gs): %s; its VMs are NOT recovered", name,
                   attempts, backoff, result.message)
-        if cfg.failed_fence == "recover" and cfg.self_fence_deadline > 0 \
-                and silent_for > cfg.self_fence_deadline + cfg.keepalive_limit:
-            # Silent for longer than its self-fence deadline: if alive, it has stopped its VMs itself.
-            log.warning("node %s: silent %.0fs, past its self-fence deadline: recovering its VMs", name, silent_for)
-            recover(self.d, name)
 
 
 # -- recovery ----------------------------------------------------------------------------------

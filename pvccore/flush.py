@@ -34,16 +34,22 @@ def _still(d: "NodeDaemon", state: str) -> bool:
 def run_flush(d: "NodeDaemon") -> None:
     me = d.name
     sent: dict[str, str] = {}  # VM -> target, as requested by this flush
+    looked_at: set[str] = set()  # stopped VMs: re-homed, or left here for want of a target
     gen = d.view.generation
     while _still(d, "flush"):
         snap = d.view.placement_snapshot()
         mine = sorted((vm for vm in snap.vms.values() if vm.node == me), key=lambda vm: vm.name)
+        cluster = snap
+        for vm in mine:
+            if vm.name not in looked_at and vm.state in ("stop", "disable", "fail") and vm.migration is None \
+                    and not vm.meta.node_autostart:
+                looked_at.add(vm.name)
+                cluster = _rehome_stopped(d, vm, cluster)
         moving = [vm for vm in mine if vm.migration is not None]
         stopping = [vm for vm in mine if vm.state in ("shutdown", "restart")]
         todo = [vm for vm in mine if vm.state == "start" and vm.migration is None]
         if not todo and not moving and not stopping:
             break
-        cluster = snap
         for vm in todo[:max(0, d.cfg.flush_parallel - len(moving))]:
             if vm.name in sent:  # it came back: its migration failed, and it cannot stay here
                 _park(d, vm, f"migration to {sent[vm.name]} failed during flush of {me}: {vm.reason}")
@@ -64,6 +70,22 @@ def run_flush(d: "NodeDaemon") -> None:
     if _still(d, "flush"):
         d.set_node(lambda n: n.domain_state == "flush", domain_state="flushed")
         log.info("node %s flushed (%d VMs sent away)", me, len(sent))
+
+
+def _rehome_stopped(d: "NodeDaemon", vm: VM, cluster):
+    """A stopped VM needs no hypervisor work: assign it elsewhere now (it comes back on ready),
+    so that starting it while this node is flushed does not start it here."""
+    decision = place(vm, cluster, d.plugins.selectors)
+    if decision.target is None:
+        log.info("flush of %s: stopped VM %s stays assigned here: %s", d.name, vm.name, decision.reason)
+        return cluster
+    try:
+        d.write_vm(vm.name, lambda v: migration_request(v, "migrate", decision.target))
+    except PVCError as exc:
+        log.info("flush of %s: stopped VM %s not re-homed: %s", d.name, vm.name, exc.message)
+        return cluster
+    log.info("flush of %s: stopped VM %s re-homed to %s (%s)", d.name, vm.name, decision.target, decision.selector)
+    return with_pending(cluster, {vm.name: decision.target})
 
 
 def _park(d: "NodeDaemon", vm: VM, reason: str) -> None:

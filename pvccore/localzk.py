@@ -1,7 +1,8 @@
-"""Run a standalone ZooKeeper server on loopback from Debian's ``zookeeper`` package.
+"""Run a ZooKeeper server from Debian's ``zookeeper`` package: standalone, or one of an ensemble.
 
-For tests, benchmarks and the local demo cluster; production clusters run a
-ZooKeeper ensemble of their own (see the operator docs).
+For tests, benchmarks and the local demo cluster (standalone on loopback), and for
+the cluster-in-a-box tier (an ensemble, one server per node namespace); production
+clusters run a ZooKeeper ensemble of their own (see the operator docs).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 ZK_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/zookeeper/lib/zookeeper.jar")
 MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
+QUORUM_MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,20 +36,28 @@ def four_letter(host: str, port: int, word: str, timeout: float = 1.0) -> bytes:
 
 
 class LocalZooKeeper:
-    """One ZooKeeper server process; ``with LocalZooKeeper() as zk: zk.hosts``."""
+    """One ZooKeeper server process; ``with LocalZooKeeper() as zk: zk.hosts``.
 
-    def __init__(self, data_dir: str | None = None, port: int | None = None, host: str = "127.0.0.1"):
+    For an ensemble, give every server the same ``peers`` (one address each, all on
+    ``port``), its own ``myid`` (1-based index into ``peers``) and ``host`` =
+    ``peers[myid - 1]``; ``wrap`` is a command prefix (e.g. ``ip netns exec NS``).
+    """
+
+    def __init__(self, data_dir: str | None = None, port: int | None = None, host: str = "127.0.0.1",
+                 peers: tuple[str, ...] = (), myid: int = 0, wrap: list[str] | None = None):
         self.host = host
         self.port = port or free_port(host)
         self._own_dir = data_dir is None
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="pvc-zk-"))
+        self.peers, self.myid, self.wrap = peers, myid, wrap or []
         self.proc: subprocess.Popen | None = None
 
     @property
     def hosts(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "LocalZooKeeper":
+    def start(self, timeout: float = 30.0, wait: bool = True) -> "LocalZooKeeper":
+        """Start the server; with ``wait``, return once it serves (an ensemble needs a quorum for that)."""
         jar = next((j for j in ZK_JARS if os.path.exists(j)), None)
         java = shutil.which("java")
         if jar is None or java is None:
@@ -65,24 +75,51 @@ class LocalZooKeeper:
             "admin.enableServer=false\n"
             "4lw.commands.whitelist=ruok,srvr,mntr\n"
         )
-        log = open(self.dir / "zookeeper.log", "wb")
+        main = MAIN_CLASS
+        if self.peers:
+            main = QUORUM_MAIN_CLASS
+            (self.dir / "data" / "myid").write_text(f"{self.myid}\n")
+            with cfg.open("a") as fh:
+                fh.write("initLimit=10\nsyncLimit=4\n")
+                for i, peer in enumerate(self.peers, start=1):
+                    fh.write(f"server.{i}={peer}:2888:3888\n")
+        log = open(self.dir / "zookeeper.log", "ab")
         self.proc = subprocess.Popen(
-            [java, "-Xmx512m", "-cp", jar, MAIN_CLASS, str(cfg)],
+            # A quorum peer that cannot be reached (its link is down) costs an election this long.
+            [*self.wrap, java, "-Xmx512m", "-Dzookeeper.cnxTimeout=1000", "-cp", jar, main, str(cfg)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
+        if wait:
+            self.wait_serving(timeout)
+        return self
+
+    def mode(self) -> str:
+        """``standalone``, ``leader`` or ``follower`` while serving; empty when not (yet, or any more)."""
+        try:
+            for line in four_letter(self.host, self.port, "srvr").decode(errors="replace").splitlines():
+                if line.startswith("Mode:"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return ""
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ZooKeeper exited with {self.proc.returncode}; see {self.dir}/zookeeper.log")
-            try:
-                if four_letter(self.host, self.port, "ruok") == b"imok":
-                    return self
-            except OSError:
-                pass
+            if self.mode():
+                return
             time.sleep(0.05)  # polling a server that is starting, under a deadline
         self.stop()
-        raise RuntimeError(f"ZooKeeper did not answer on {self.hosts} within {timeout:g}s")
+        raise RuntimeError(f"ZooKeeper did not serve on {self.hosts} within {timeout:g}s")
+
+    def kill(self) -> None:
+        """Crash the server (SIGKILL); ``start()`` brings it back with its data."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -326,13 +326,14 @@ class ClusterConfig(_JSONModel):
 
     Failure detection defaults aim at VMs running elsewhere within 10 s of a node's
     death with keepalives every second: a node is suspect once its keepalive is
-    ``keepalive_limit`` (3 s: two missed beats and jitter) old or its ZooKeeper
-    session is gone, and declared dead after staying suspect for ``fence_grace``
+    ``keepalive_limit`` (3 s: two missed beats and jitter) old (a daemon whose
+    ZooKeeper session ended writes none), and declared dead after staying suspect for ``fence_grace``
     (2 s, its saving throw: a daemon that stalls briefly is not fenced). IPMI
     fencing takes about 0.1 s and a restart on another node under 1 s, so the
-    total is about 6 s. ``self_fence_deadline`` (seconds without ZooKeeper after
-    which a node stops its own VMs) must exceed a ZooKeeper leader election (a
-    few seconds) so that a flapping ensemble never stops VMs.
+    total is about 6 s. ``self_fence_deadline`` (seconds without a written
+    keepalive after which a node stops its own VMs) must exceed a ZooKeeper leader
+    election (measured up to ~6 s in the cluster-in-a-box tier) so that a flapping
+    ensemble never stops VMs.
     """
 
     default_selector: str = DEFAULT_SELECTOR

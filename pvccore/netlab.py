@@ -53,7 +53,7 @@ class NetLab:
         _ip("addr", "add", f"{BRIDGE_IP}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         for i, name in enumerate(self.names, start=1):
-            veth = f"{self.bridge[:9]}v{i}"
+            veth = self._veth(i)
             _ip("netns", "add", name)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
             _ip("link", "set", veth, "master", self.bridge, "up")
@@ -62,8 +62,14 @@ class NetLab:
             _ip("-n", name, "link", "set", "lo", "up")
         return self
 
+    def _veth(self, i: int) -> str:
+        return f"{self.bridge[:9]}v{i}"
+
     def down(self) -> None:
-        for name in self.names:
+        # The kernel destroys a deleted namespace (and its end of the veth) asynchronously: delete
+        # our ends now, which removes both, so that the next up() finds the names free.
+        for i, name in enumerate(self.names, start=1):
+            _ip("link", "del", self._veth(i), check=False)
             _ip("netns", "del", name, check=False)
         _ip("link", "del", self.bridge, check=False)
 

@@ -180,16 +180,31 @@ class Operations:
     # -- nodes ---------------------------------------------------------------------------------
 
     def flush(self, node: str) -> Node:
-        """Ask ``node`` to move its VMs away; its daemon ends in domain state ``flushed``."""
-        self._node(node)
-        return self._seen("node", node, self.store.update_node(
-            node, lambda n: replace(n, domain_state="flush") if n.domain_state in ("ready", "unflush") else n))
+        """Ask ``node`` to move its VMs away; its daemon ends in domain state ``flushed``.
+
+        :raises ConflictError: the node is being recovered after a fence.
+        """
+        return self._domain_request(node, "flush", ("ready", "unflush"), ("flush", "flushed"))
 
     def ready(self, node: str) -> Node:
-        """Ask ``node`` to take its VMs back; its daemon ends in domain state ``ready``."""
+        """Ask ``node`` to take its VMs back; its daemon ends in domain state ``ready``.
+
+        :raises ConflictError: the node is being recovered after a fence.
+        """
+        return self._domain_request(node, "unflush", ("flush", "flushed"), ("unflush", "ready"))
+
+    def _domain_request(self, node: str, new: str, from_: tuple[str, ...], already: tuple[str, ...]) -> Node:
         self._node(node)
-        return self._seen("node", node, self.store.update_node(
-            node, lambda n: replace(n, domain_state="unflush") if n.domain_state in ("flush", "flushed") else n))
+
+        def update(n: Node) -> Node:
+            if n.domain_state in from_:
+                return replace(n, domain_state=new)
+            if n.domain_state in already:
+                return n
+            raise ConflictError(f"node {node} is {n.domain_state} (its VMs are being recovered after a fence); "
+                                "try again once that is done", "state")
+
+        return self._seen("node", node, self.store.update_node(node, update))
 
     def request_primary(self, node: str) -> Handover:
         """Start a planned handover of the primary role to coordinator ``node``."""

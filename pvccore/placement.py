@@ -32,6 +32,7 @@ class Placement:
     target: str | None
     scores: Mapping[str, float]
     excluded: Mapping[str, str]
+    note: str = ""  # e.g. the VM's selector is not registered and the default was used
 
     def explain(self) -> list[dict]:
         """One row per node, in name order: ``{"node", "score"}`` or ``{"node", "excluded"}``."""
@@ -40,7 +41,10 @@ class Placement:
         return sorted(rows, key=lambda r: r["node"])
 
     def to_dict(self) -> dict:
-        return {"vm": self.vm, "selector": self.selector, "target": self.target, "nodes": self.explain()}
+        out = {"vm": self.vm, "selector": self.selector, "target": self.target, "nodes": self.explain()}
+        if self.note:
+            out["note"] = self.note
+        return out
 
     @property
     def reason(self) -> str:
@@ -66,9 +70,23 @@ def resolve_selector(name: str, cluster: Cluster, selectors: Mapping[str, Select
 def place(vm: VM, cluster: Cluster, selectors: Mapping[str, Selector]) -> Placement:
     """Choose a target node for ``vm`` from ``cluster`` (a snapshot: no ZooKeeper reads here).
 
-    :raises ValidationError: the VM names a selector that is not registered.
+    A VM whose selector is no longer registered (its plugin was removed, or disabled on
+    this node) is placed by the cluster's default selector, and the decision says so:
+    a flush or a recovery must not stop at it. (New metadata naming an unknown selector
+    is refused where it is set, by the API.)
+
+    :raises ValidationError: neither the VM's selector nor the cluster default is registered.
     """
-    selector = resolve_selector(vm.meta.node_selector, cluster, selectors)
+    note = ""
+    try:
+        selector = resolve_selector(vm.meta.node_selector, cluster, selectors)
+    except ValidationError:
+        if vm.meta.node_selector == "default":
+            raise
+        selector = resolve_selector("default", cluster, selectors)
+        note = (f"selector {vm.meta.node_selector!r} is not registered (known: {', '.join(sorted(selectors))}); "
+                f"placed by the cluster default {selector.name!r}")
+        log.warning("VM %s: %s", vm.name, note)
     score = selector.score
     limit = frozenset(vm.meta.node_limit)
     need = 0 if cluster.config.allow_overcommit else vm.memory_mib
@@ -93,7 +111,8 @@ def place(vm: VM, cluster: Cluster, selectors: Mapping[str, Selector]) -> Placem
         scores[name] = value
         if best_name is None or value > best_score:
             best_name, best_score = name, value
-    return Placement(vm=vm.name, selector=selector.name, target=best_name, scores=scores, excluded=excluded)
+    return Placement(vm=vm.name, selector=selector.name, target=best_name, scores=scores, excluded=excluded,
+                     note=note)
 
 
 def exclusion(vm: VM, node: Node, limit: frozenset, need: int, domains: tuple[str, ...] = ("ready",)) -> str:

@@ -88,6 +88,9 @@ class _Counters:
         return isinstance(other, _Counters) and other.counts == self.counts
 
 
+RECONNECT = {"max_tries": -1, "delay": 0.05, "backoff": 2, "max_jitter": 0.1, "max_delay": 0.5}
+
+
 class Store:
     """Typed access to one cluster's data under ``root``."""
 
@@ -103,7 +106,14 @@ class Store:
 
     @classmethod
     def connect(cls, hosts: str, root: str = DEFAULT_ROOT, timeout: float = 10.0, **kwargs) -> "Store":
-        """Start a new KazooClient on ``hosts`` and make sure the layout exists."""
+        """Start a new KazooClient on ``hosts`` and make sure the layout exists.
+
+        Reconnection retries every half second at most: kazoo's default back-off grows to a
+        minute, and a node still backing off after a ZooKeeper leader election (seconds) would
+        look dead to the cluster, and could reach its self-fence deadline, while the ensemble
+        was long serving again.
+        """
+        kwargs.setdefault("connection_retry", dict(RECONNECT))
         client = KazooClient(hosts=hosts, timeout=timeout, **kwargs)
         client.start(timeout=timeout)
         store = cls(client, root)

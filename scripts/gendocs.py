@@ -49,7 +49,7 @@ def config_md() -> str:
         "fence_grace": "Seconds a suspect node has to come back before it is declared dead and fenced.",
         "successful_fence": "After a confirmed fence: `recover` the node's VMs elsewhere, or `none`.",
         "failed_fence": "After every fencer failed: `recover` once the self-fence deadline has passed, or `none`.",
-        "self_fence_deadline": "Seconds without ZooKeeper after which a node stops its own VMs (0: never).",
+        "self_fence_deadline": "Seconds without a written keepalive (cut off from ZooKeeper, say) after which a node stops its own VMs (0: never).",
         "fence_retry_max": "Longest back-off between fence attempts, seconds.",
     }
     lines = [

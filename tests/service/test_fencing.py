@@ -188,7 +188,8 @@ def test_partitioned_node_self_fences_then_cluster_recovers_without_a_fencer(box
     assert b.events.wait(1, "recovered", node="hv3", timeout=T)
     recovered_at = b.events.all("recovered", node="hv3")[0]["at"]
     log = b.local.log("hv3")
-    assert "self-fence: cut off from ZooKeeper" in log and "stopped 3 VM(s)" in log
+    assert "self-fence: no keepalive written" in log and "stopped 3 VM(s)" in log
+    assert b.state("hv3", "fenced") and b.ops.store.get_fencing()["hv3"]["state"] == "self-fenced"
     # recovery waited for the deadline: not before cut + self_fence_deadline + keepalive_limit
     assert recovered_at - cut >= 3.0 + 1.5
     assert b.view.wait_for(lambda c: all(c.vms[v].node != "hv3" for v in ("free1", "pair1")), T)

@@ -1,55 +1,85 @@
 """A simulated BMC answering real IPMI (RMCP+/lanplus) on a UDP port, for fencing tests.
 
-It powers "the node" off by killing a process group (the node daemon with its
-in-memory hypervisor), and reports power on while a process in that group lives.
-Built on pyghmi's BMC server.
+"The node" it powers is a set of processes: a process group (``--pgid-file``: a
+node daemon with its in-memory hypervisor), or a PID namespace (``--pidns-file``:
+a cluster-in-a-box node, whose libvirtd, QEMU processes and daemon all live in
+it). Power is on while a live process of that set remains; power off kills them
+all. The file names the set (a pgid, or a ``pid:[inode]`` link) and is rewritten
+when the node boots again. Built on pyghmi's BMC server.
 
-    python bmcsim.py --address 127.0.0.1 --port 6231 --user admin --password secret --pgid-file F [--refuse]
+    python bmcsim.py --address 127.0.0.1 --port 6231 --user admin --password secret \
+        (--pgid-file F | --pidns-file F) [--refuse]
 """
 
 import argparse
 import os
 import signal
+import time
 from pathlib import Path
 
 import pyghmi.ipmi.bmc as bmc
 
 
-class NodeBmc(bmc.Bmc):
-    def __init__(self, authdata, port, address, pgid_file: Path, refuse: bool):
-        super().__init__(authdata, port=port, address=address)
-        self.pgid_file = pgid_file
-        self.refuse = refuse
-
-    def _pgid(self):
+def _live_pids():
+    """``(pid, /proc/<pid>)`` of every process that is not a zombie."""
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            return int(self.pgid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            yield int(proc.name), proc
+
+
+def pgid_members(pgid: str) -> list[int]:
+    out = []
+    for pid, proc in _live_pids():
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[2] == pgid:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def pidns_members(link: str) -> list[int]:
+    out = []
+    for pid, proc in _live_pids():
+        try:
+            if os.readlink(proc / "ns" / "pid") == link:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+class NodeBmc(bmc.Bmc):
+    def __init__(self, authdata, port, address, domain_file: Path, members, refuse: bool):
+        super().__init__(authdata, port=port, address=address)
+        self.domain_file, self.members, self.refuse = domain_file, members, refuse
+
+    def _pids(self) -> list[int]:
+        try:
+            key = self.domain_file.read_text().strip()
+        except OSError:
+            return []
+        return self.members(key) if key else []
 
     def get_power_state(self):
-        """On while a live (not zombie) process of the group remains."""
-        pgid = self._pgid()
-        if pgid is None:
-            return "off"
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return "on"
-        return "off"
+        return "on" if self._pids() else "off"
 
     def power_off(self):
         if self.refuse:
             return 0xD5  # command not supported in present state: a BMC that will not power off
-        pgid = self._pgid()
-        if pgid is not None:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # Like cutting the power: once the command returns, the status reads off.
+        deadline = time.monotonic() + 5
+        while (pids := self._pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)  # the kernel is reaping the killed processes
         return None
 
     def power_on(self):
@@ -65,13 +95,16 @@ class NodeBmc(bmc.Bmc):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--address", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, default=623)
     p.add_argument("--user", default="admin")
     p.add_argument("--password", default="secret")
-    p.add_argument("--pgid-file", required=True)
+    domain = p.add_mutually_exclusive_group(required=True)
+    domain.add_argument("--pgid-file")
+    domain.add_argument("--pidns-file")
     p.add_argument("--refuse", action="store_true")
     a = p.parse_args()
-    NodeBmc({a.user: a.password}, a.port, a.address, Path(a.pgid_file), a.refuse).listen()
+    members = pgid_members if a.pgid_file else pidns_members
+    NodeBmc({a.user: a.password}, a.port, a.address, Path(a.pgid_file or a.pidns_file), members, a.refuse).listen()
 
 
 if __name__ == "__main__":

@@ -81,12 +81,23 @@ def test_empty_candidate_set_explains_every_node(plugins):
     assert place(vm(), Cluster.build([]), plugins.selectors).target is None
 
 
-def test_unknown_selector_names_the_known_ones(plugins):
-    with pytest.raises(ValidationError) as err:
-        place(vm(node_selector="nosuch"), Cluster.build(three()), plugins.selectors)
-    assert err.value.field == "node_selector"
-    assert "unknown selector 'nosuch'" in err.value.message
-    assert "mem" in err.value.message and "vcpus" in err.value.message
+def test_unknown_selector_falls_back_to_the_default_and_says_so(plugins):
+    """A VM whose selector's plugin is gone is still placed (a flush or recovery must not stop
+    at it), by the cluster default, and the decision names the missing selector."""
+    result = place(vm(node_selector="nosuch"), Cluster.build(three()), plugins.selectors)
+    assert result.target is not None and result.selector == "mem"
+    assert "'nosuch' is not registered" in result.note and "vcpus" in result.note
+    assert result.to_dict()["note"] == result.note
+
+
+def test_unknown_default_selector_names_the_known_ones(plugins):
+    cluster = Cluster.build(three(), config=ClusterConfig(default_selector="gone"))
+    for selector in ("default", "nosuch"):
+        with pytest.raises(ValidationError) as err:
+            place(vm(node_selector=selector), cluster, plugins.selectors)
+        assert err.value.field == "node_selector"
+        assert "unknown selector 'gone'" in err.value.message
+        assert "mem" in err.value.message and "vcpus" in err.value.message
 
 
 def test_selector_returning_none_or_raising_excludes_node():

@@ -1,0 +1,143 @@
+"""Benchmarks on the cluster in a box: real QEMU hypervisors in network namespaces, a ZooKeeper
+ensemble, BMCs answering real IPMI, the API on the primary's floating IP (tests/cluster/harness.py).
+
+- ``live_migration_s_median``: request -> the VM running on the other node (live), 10 migrations;
+- ``failover_s_median`` / ``_worst``: power loss of a node through its BMC -> the last of its 3 VMs
+  running elsewhere (as the other nodes' libvirt reports), 5 runs, default settings;
+- ``handover_lost_pings_max`` / ``handover_s_median``: 10 planned primary handovers while a client
+  host pings the floating IP every 25 ms;
+- ``flush20_s_p1`` / ``_p2`` / ``_p4``: flush of 20 VMs off one node by live migration, with
+  ``flush_parallel`` 1, 2 and 4.
+
+    .venv/bin/python bench/box.py        (or: make bench)
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import emit, table  # noqa: E402
+
+from tests.cluster.harness import ClusterBox, FLOATING_IP, kvm_usable, tiny_domain_xml  # noqa: E402
+
+MIGRATIONS = 10
+FAILOVERS = 5
+HANDOVERS = 10
+FLUSH_VMS = 20
+
+
+def wait_running_on(box: ClusterBox, names, node: str, timeout: float = 60) -> bool:
+    """Poll the node's own libvirt (no watch to share across hosts) until all ``names`` run there."""
+    deadline = time.monotonic() + timeout
+    while not set(names) <= box.nodes[node].running_domains():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def live_migration(box: ClusterBox) -> list[float]:
+    box.ops.define_vm(tiny_domain_xml("mig1"), target="hv1")
+    assert wait_running_on(box, ["mig1"], "hv1")
+    times = []
+    for i in range(MIGRATIONS):
+        target = "hv2" if i % 2 == 0 else "hv1"
+        t0 = time.monotonic()
+        box.ops.migrate("mig1", target)
+        assert box.view.wait_for(lambda c: c.vms["mig1"].node == target and c.vms["mig1"].migration is None, 60)
+        times.append(time.monotonic() - t0)
+        assert box.running()[target] >= {"mig1"}
+    migrations = box.events.all("migration", vm="mig1") if hasattr(box, "events") else []
+    assert all(m["method"] == "live" for m in migrations)
+    box.ops.undefine("mig1", force=True)
+    return times
+
+
+def failover(box: ClusterBox) -> list[float]:
+    vms = ("fo1", "fo2", "fo3")
+    for name in vms:
+        box.ops.define_vm(tiny_domain_xml(name), target="hv3")
+    times = []
+    for _ in range(FAILOVERS):
+        assert wait_running_on(box, vms, "hv3")
+        assert not box.settled()
+        t0 = time.monotonic()
+        subprocess.run([*box.net.exec(box.client), "ipmitool", "-I", "lanplus", "-C", "3", "-H",
+                        box.nodes["hv3"].bmc_address, "-U", "admin", "-P", "secret", "chassis", "power", "off"],
+                       check=True, capture_output=True)
+        deadline = time.monotonic() + 120
+        while True:  # every VM running on another node, by that node's libvirt
+            running = box.running()
+            if all(any(name in running[n] for n in ("hv1", "hv2")) for name in vms):
+                break
+            assert time.monotonic() < deadline, box.logs()
+            time.sleep(0.02)
+        times.append(time.monotonic() - t0)
+        assert not box.settled()
+        box.nodes["hv3"].power_on()
+        box.wait_running(["hv3"])
+        box.cli("node", "ready", "hv3", "--wait")
+    return times
+
+
+def handovers(box: ClusterBox) -> tuple[list[int], list[float]]:
+    lost, seconds = [], []
+    for _ in range(HANDOVERS):
+        current = box.view.snapshot().primary.node
+        target = "hv2" if current == "hv1" else "hv1"
+        pinger = box.pinger(FLOATING_IP, 0.025)
+        time.sleep(0.5)  # pings before the move: the measurement window, not synchronisation
+        t0 = time.monotonic()
+        final = box.ops.wait_handover(box.ops.request_primary(target), 60)
+        seconds.append(time.monotonic() - t0)
+        if final is None or final.phase != "done":
+            raise SystemExit(f"handover failed: {final.reason if final else 'timed out'}")
+        time.sleep(0.5)  # and after it
+        sent, received = pinger.stop()
+        lost.append(sent - received)
+    return lost, seconds
+
+
+def flush20(work: Path, parallel: int) -> float:
+    with ClusterBox(str(work / f"flush-p{parallel}"), daemon_flags=("--flush-parallel", str(parallel))) as box:
+        names = [f"f{i:02d}" for i in range(FLUSH_VMS)]
+        for name in names:
+            box.ops.define_vm(tiny_domain_xml(name), target="hv1")
+        assert wait_running_on(box, names, "hv1", 120)
+        t0 = time.monotonic()
+        box.ops.flush("hv1")
+        assert box.ops.wait_node("hv1", lambda n: n.domain_state == "flushed", 300), box.logs()
+        took = time.monotonic() - t0
+        assert not box.nodes["hv1"].running_domains() and not box.settled()
+        return took
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="pvc-bench-box-") as work:
+        work = Path(work)
+        with ClusterBox(str(work / "main")) as box:
+            migration = live_migration(box)
+            lost, handover_s = handovers(box)
+            fail = failover(box)
+        flush = {p: flush20(work, p) for p in (1, 2, 4)}
+    accel = "KVM" if kvm_usable() else "TCG"
+    emit("live_migration_s_median", statistics.median(migration), "s",
+         f"{MIGRATIONS} live migrations of a 32 MiB VM ({accel}), request -> running on the target")
+    emit("failover_s_median", statistics.median(fail), "s", f"runs: {', '.join(f'{t:.2f}' for t in fail)}")
+    emit("failover_s_worst", max(fail), "s", "power loss through the BMC -> 3 VMs running elsewhere")
+    emit("handover_lost_pings_max", max(lost), "pings", f"per handover: {lost}")
+    emit("handover_s_median", statistics.median(handover_s), "s", f"worst {max(handover_s):.2f} s")
+    for p, took in flush.items():
+        emit(f"flush20_s_p{p}", took, "s", f"20 VMs live-migrated off one node, {p} at a time")
+    table("cluster in a box (real QEMU, IPMI BMCs, ZooKeeper ensemble, API on the floating IP)")
+
+
+if __name__ == "__main__":
+    main()

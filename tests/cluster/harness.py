@@ -1,0 +1,463 @@
+"""Cluster in a box: real QEMU/KVM hypervisors in network namespaces on 198.18.0.0/24.
+
+One machine plays a whole cluster:
+
+- host ``i`` (1..N) is a node: network namespace ``eth0`` = 198.18.0.i, plus a mount,
+  UTS and PID namespace whose init (tini) runs the node's own libvirtd (QEMU; KVM
+  when /dev/kvm works, TCG otherwise) with per-node config, state and sockets;
+  its ``pvcnoded`` is entered into those namespaces, so the node's power is that
+  PID namespace: power off kills libvirtd, every QEMU and the daemon at once;
+- a 3-server ZooKeeper ensemble, one server in each of the first three node
+  network namespaces (outside their PID namespaces: a node's power-off does not
+  take its ZooKeeper server with it, as if ZooKeeper ran on its own hardware);
+- a simulated BMC per node answering real IPMI on UDP 623 at 198.18.0.20i, in a
+  management namespace (``bmc="dedicated"``) or in the node's own namespace
+  (``bmc="shared"``, a shared-LOM BMC that goes when the node's link goes);
+- host N+1 is a client (pings, the CLI) and host N+2 the management network;
+- every node is a coordinator carrying the floating IP 198.18.0.100, on which the
+  primary serves the API under gunicorn.
+
+``ClusterBox.down()`` tears every piece down, also after a failed test. The
+invariants (no VM on two nodes, none lost, every VM that should run runs) are
+read from every node's libvirt through its unix socket, which works whatever
+the node's network is doing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import libvirt
+
+from pvccore.localzk import LocalZooKeeper
+from pvccore.netlab import NetLab, Pinger
+from pvccore.operations import Operations
+from pvccore.plugins import load_plugins
+from pvccore.store import Store
+from pvccore.view import ClusterView
+from tests.tools.bmcsim import pidns_members
+
+REPO = Path(__file__).resolve().parents[2]
+BMCSIM = REPO / "tests" / "tools" / "bmcsim.py"
+FLOATING_IP = "198.18.0.100"
+API_PORT = 7370
+API_KEY = "box-key"
+ROOT = "/box"
+MOUNTS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt",
+          "cache": "/var/cache/libvirt"}
+# What a node's daemon runs with in the box: defaults, but a short graceful-shutdown wait
+# (the tiny VMs have no operating system to answer ACPI, so every shutdown ends in a stop).
+DAEMON_FLAGS = ("--shutdown-timeout", "2", "--migration-timeout", "30", "--handover-timeout", "15")
+
+
+def kvm_usable() -> bool:
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+        return True
+    except OSError:
+        return False
+
+
+def tiny_domain_xml(name: str, memory_mib: int = 32, domain_type: str | None = None) -> str:
+    """A 1-vCPU VM with no disk, display or balloon: QEMU runs its firmware, enough to live-migrate."""
+    domain_type = domain_type or ("kvm" if kvm_usable() else "qemu")
+    return (f"<domain type='{domain_type}'><name>{name}</name><uuid>{uuid.uuid4()}</uuid>"
+            f"<memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+            "<devices><memballoon model='none'/><controller type='usb' model='none'/></devices></domain>")
+
+
+def missing_tools() -> list[str]:
+    return [t for t in ("libvirtd", "qemu-system-x86_64", "tini", "unshare", "nsenter", "ipmitool", "arping")
+            if shutil.which(t) is None]
+
+
+class BoxNode:
+    """One hypervisor: its directories, its PID namespace (the power domain) and its daemon."""
+
+    def __init__(self, box: "ClusterBox", index: int):
+        self.box, self.index = box, index
+        self.name = f"hv{index}"
+        self.address = f"198.18.0.{index}"
+        self.bmc_address = f"198.18.0.{200 + index}"
+        self.dir = box.dir / self.name
+        self.init_pid: int | None = None  # host PID of the PID namespace's init (tini)
+        self.pidns = ""  # its ``pid:[inode]``: the BMC's power domain
+        self.daemon_log = self.dir / "pvcnoded.log"
+
+    @property
+    def ns(self) -> str:
+        return self.box.net.ns(self.index)
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "run" / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        """This node's libvirt, reached through its unix socket from the root namespace."""
+        return f"qemu:///system?socket={self.socket}"
+
+    def configure(self) -> None:
+        for sub in MOUNTS:
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "etc" / "libvirtd.conf").write_text(
+            'listen_tls = 0\nlisten_tcp = 1\n'
+            f'listen_addr = "{self.address}"\nauth_tcp = "none"\nauth_unix_rw = "none"\n'
+            f'host_uuid = "{uuid.UUID(int=(self.box.serial << 16) + self.index)}"\n'  # one per node, or no migration
+            'log_outputs = "3:stderr"\n')
+        (self.dir / "etc" / "qemu.conf").write_text(
+            'user = "root"\ngroup = "root"\nsecurity_driver = "none"\nstdio_handler = "file"\n'
+            'cgroup_controllers = [ ]\n'
+            f'migration_address = "{self.address}"\nmigration_host = "{self.address}"\n')
+
+    # -- power ----------------------------------------------------------------------
+
+    def powered(self) -> bool:
+        return bool(self.pidns) and bool(pidns_members(self.pidns))
+
+    def power_on(self, timeout: float = 30.0) -> None:
+        """Boot: a fresh PID namespace with libvirtd as its init's child, then the node daemon."""
+        binds = "; ".join(f"mount --bind {self.dir / sub} {target}" for sub, target in MOUNTS.items())
+        script = (f"hostname {self.name}; {binds}; exec tini -s -- libvirtd --listen "
+                  "-p /run/libvirt/libvirtd.pid -f /etc/libvirt/libvirtd.conf")
+        # /run is a tmpfs on a real host: a boot starts with none of the last boot's runtime state
+        # (libvirt would otherwise list the dead QEMUs' domains as active while it reconnects).
+        shutil.rmtree(self.dir / "run", ignore_errors=True)
+        (self.dir / "run").mkdir()
+        self.init_pid, self.pidns = None, ""
+        log = open(self.dir / "libvirtd.log", "ab")
+        proc = subprocess.Popen([*self.box.net.exec(self.index), "unshare", "--mount", "--uts", "--pid", "--fork",
+                                 "--mount-proc", "--propagation", "private", "sh", "-c", script],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        log.close()
+        self.box.reap.append(proc)
+        deadline = time.monotonic() + timeout
+        while True:  # the unshare process forks the namespace's init: find it, then its socket
+            if self.init_pid is None or not self.pidns:
+                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+                try:
+                    first = children.read_text().split()
+                    if first:
+                        self.init_pid = int(first[0])
+                        self.pidns = os.readlink(f"/proc/{self.init_pid}/ns/pid")
+                        (self.dir / "pidns").write_text(self.pidns)
+                        self.box.booted.append(self.pidns)
+                except OSError:
+                    pass
+            if self.pidns and self.socket.exists() and self._libvirt_answers():
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: libvirtd did not start; see {self.dir / 'libvirtd.log'}")
+            time.sleep(0.05)  # polling a daemon that is starting, under a deadline
+        self.start_daemon()
+
+    def _libvirt_answers(self) -> bool:
+        try:
+            libvirt.open(self.uri).close()
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def power_off(self, timeout: float = 15.0) -> None:
+        """Pull the plug: kill every process of the node's PID namespace (what its BMC does)."""
+        if self.pidns:
+            kill_all(self.pidns, timeout)
+
+    # -- the node daemon ------------------------------------------------------------------
+
+    def start_daemon(self) -> None:
+        box = self.box
+        cmd = ["nsenter", "-t", str(self.init_pid), "--net", "--mount", "--uts", "--pid", f"--wd={REPO}",
+               sys.executable, "-m", "pvccore.daemon", "--node", self.name, "--zookeeper", box.zk_hosts,
+               "--root", ROOT, "--libvirt", "qemu:///system", "--migration-address", self.address,
+               "--coordinator", "--floating-ip", f"{FLOATING_IP}/24@eth0", "--api-config", str(box.api_config),
+               *DAEMON_FLAGS, *box.daemon_flags]
+        log = open(self.daemon_log, "ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **box.env}, start_new_session=True)
+        log.close()
+        box.reap.append(proc)
+
+    def daemon_pids(self) -> list[int]:
+        out = []
+        for pid in pidns_members(self.pidns) if self.pidns else []:
+            try:
+                if b"pvccore.daemon" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(pid)
+            except OSError:
+                continue
+        return out
+
+    def kill_daemon(self) -> None:
+        """kill -9 the node daemon alone (libvirtd and the VMs stay)."""
+        for pid in self.daemon_pids():
+            os.kill(pid, signal.SIGKILL)
+
+    def stop_daemon(self, timeout: float = 30.0) -> None:
+        for pid in self.daemon_pids():
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.daemon_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for a clean stop, under a deadline
+
+    def link(self, up: bool) -> None:
+        subprocess.run(["ip", "-n", self.ns, "link", "set", "eth0", "up" if up else "down"], check=True)
+
+    # -- what libvirt says -------------------------------------------------------------------
+
+    def running_domains(self) -> set[str]:
+        """Names of the domains whose vCPUs run on this node, from its own libvirt (none when it is off)."""
+        if not self.powered() or not self.socket.exists():
+            return set()
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError:
+            return set()
+        try:
+            # Running vCPUs only: a live migration's incoming copy is active but paused until the
+            # source has stopped, so "running on two nodes" never holds for a correct migration.
+            return {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)}
+        finally:
+            conn.close()
+
+
+def kill_all(pidns: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pids := pidns_members(pidns):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of {pidns} survive SIGKILL: {pids}")
+        time.sleep(0.02)  # the kernel reaps a killed namespace in a moment: poll, under a deadline
+
+
+class ClusterBox:
+    """``nodes`` real hypervisors, a ZooKeeper ensemble, BMCs, the API on a floating IP.
+
+    ``with ClusterBox(workdir) as box: box.ops.define_vm(tiny_domain_xml("vm1"))``
+    """
+
+    def __init__(self, workdir: str | None = None, nodes: int = 3, bmc: str = "dedicated",
+                 settings: dict | None = None, daemon_flags: tuple[str, ...] = (), env: dict | None = None,
+                 tag: str = "box"):
+        assert nodes >= 3, "the ZooKeeper ensemble takes one server on each of the first three nodes"
+        assert bmc in ("dedicated", "shared")
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="pvc-box-"))
+        self.serial = os.getpid() % 65536
+        self.net = NetLab(nodes + 2, tag=tag)
+        self.nodes = {f"hv{i}": BoxNode(self, i) for i in range(1, nodes + 1)}
+        self.client, self.mgmt = nodes + 1, nodes + 2
+        self.bmc_mode = bmc
+        self.settings = settings or {}
+        self.daemon_flags, self.env = daemon_flags, env or {}
+        self.zk = [LocalZooKeeper(data_dir=str(self.dir / f"zk{i}"), host=f"198.18.0.{i}", port=2181,
+                                  peers=tuple(f"198.18.0.{j}" for j in (1, 2, 3)), myid=i,
+                                  wrap=self.net.exec(i)) for i in (1, 2, 3)]
+        self.zk_hosts = ",".join(z.hosts for z in self.zk)
+        self.api_config = self.dir / "api.toml"
+        self.api_url = f"http://{FLOATING_IP}:{API_PORT}"
+        self.bmcs: dict[str, subprocess.Popen] = {}
+        self.reap: list[subprocess.Popen] = []
+        self.booted: list[str] = []  # the PID namespace of every node boot
+        self.store: Store | None = None
+        self.view: ClusterView | None = None
+        self.ops: Operations | None = None
+
+    # -- up and down ------------------------------------------------------------------------
+
+    def up(self, timeout: float = 60.0) -> "ClusterBox":
+        missing = missing_tools()
+        if missing:
+            raise RuntimeError(f"missing {', '.join(missing)}: run `make box-deps`")
+        for target in MOUNTS.values():  # bind-mount targets must exist in the root namespace
+            Path(target).mkdir(parents=True, exist_ok=True)
+        try:
+            self._up(timeout)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _up(self, timeout: float) -> None:
+        self.net.up()
+        mgmt = self.net.ns(self.mgmt)
+        for node in self.nodes.values():
+            where = mgmt if self.bmc_mode == "dedicated" else node.ns
+            subprocess.run(["ip", "-n", where, "addr", "add", f"{node.bmc_address}/24", "dev", "eth0"], check=True)
+        for z in self.zk:
+            z.start(wait=False)
+        for z in self.zk:
+            z.wait_serving(timeout)
+        self.api_config.write_text(
+            f'zookeeper_hosts = "{self.zk_hosts}"\nzookeeper_root = "{ROOT}"\nlisten = "{FLOATING_IP}:{API_PORT}"\n'
+            f'workers = 2\napi_keys = ["{API_KEY}"]\nwait_timeout = 60.0\nlog_level = "warning"\n')
+        self.store = Store.connect(self.zk_hosts, ROOT)
+        if self.settings:
+            self.store.update_config(lambda c: c.updated(self.settings))
+        for node in self.nodes.values():
+            node.configure()
+            where = self.net.exec(self.mgmt if self.bmc_mode == "dedicated" else node.index)
+            self.bmcs[node.name] = subprocess.Popen(
+                [*where, sys.executable, str(BMCSIM), "--address", node.bmc_address, "--pidns-file",
+                 str(node.dir / "pidns")], stdout=subprocess.DEVNULL, stderr=open(node.dir / "bmc.log", "ab"),
+                start_new_session=True)
+        for node in self.nodes.values():
+            node.power_on(timeout)
+        self.view = ClusterView(self.store.client, self.store.paths).start()
+        self.ops = Operations(self.store, self.view, load_plugins())
+        self.wait_running(self.nodes, timeout)
+        for node in self.nodes.values():
+            self.ops.set_fence_config(node.name, [self.ipmi(node.name)])
+        self.wait_primary(timeout)
+
+    def down(self) -> None:
+        """Tear everything down; safe to call twice and after a failure half-way up."""
+        if self.view is not None:
+            self.view.stop()
+        if self.store is not None:
+            self.store.close()
+        for pidns in self.booted:  # every node boot, also one that failed half-way
+            try:
+                kill_all(pidns)
+            except RuntimeError as exc:
+                print(f"box: {exc}", file=sys.stderr)
+        for proc in [*self.bmcs.values(), *(z.proc for z in self.zk if z.proc)]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for proc in self.reap:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        self.net.down()
+
+    def __enter__(self) -> "ClusterBox":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def ipmi(self, node: str) -> dict:
+        return {"fencer": "ipmi", "params": {"host": self.nodes[node].bmc_address, "username": "admin",
+                                             "password": "secret", "timeout": 5}}
+
+    def wait_running(self, nodes, timeout: float = 60.0) -> None:
+        ok = self.view.wait_for(lambda c: all(n in c.nodes and c.nodes[n].daemon_state == "run" for n in nodes),
+                                timeout)
+        if not ok:
+            raise RuntimeError(f"node daemons did not start: {self.logs()}")
+
+    def wait_primary(self, timeout: float = 60.0) -> str:
+        """Wait for a primary that serves (state ``primary``) and for the API on the floating IP."""
+        ok = self.view.wait_for(lambda c: c.primary is not None and c.primary.node in c.nodes
+                                and c.nodes[c.primary.node].coordinator_state == "primary", timeout)
+        if not ok:
+            raise RuntimeError(f"no primary coordinator: {self.logs()}")
+        deadline = time.monotonic() + timeout
+        while self.cli("cluster", "status", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API does not answer on {self.api_url}")
+            time.sleep(0.1)  # gunicorn is starting on the new primary: poll, under a deadline
+        return self.view.snapshot().primary.node
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run ``pvc`` from the client host, through the API on the floating IP."""
+        env = {**os.environ, "PVC_API_URL": self.api_url, "PVC_API_KEY": API_KEY}
+        res = subprocess.run([*self.net.exec(self.client), str(Path(sys.executable).parent / "pvc"), *args],
+                             capture_output=True, text=True, env=env, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"pvc {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+        return res
+
+    def cli_json(self, *args: str):
+        return json.loads(self.cli(*args, "-f", "json").stdout)
+
+    def pinger(self, target: str = FLOATING_IP, interval: float = 0.025) -> Pinger:
+        return Pinger(self.net, self.client, target, interval)
+
+    def running(self) -> dict[str, set[str]]:
+        """Every node's running domains, as its libvirt reports them."""
+        return {name: node.running_domains() for name, node in self.nodes.items()}
+
+    def violations(self) -> list[str]:
+        """The invariants, checked against every node's libvirt: no VM on two nodes, none lost,
+        every VM that should run runs, and where ZooKeeper says it does."""
+        running = self.running()
+        snap = self.view.snapshot()
+        out = []
+        where: dict[str, list[str]] = {}
+        for node, names in running.items():
+            for name in names:
+                where.setdefault(name, []).append(node)
+        for name, nodes in where.items():
+            if len(nodes) > 1:
+                out.append(f"VM {name} runs on {len(nodes)} nodes: {', '.join(sorted(nodes))}")
+            if name not in snap.vms:
+                out.append(f"VM {name} runs on {nodes[0]} but pvc does not know it")
+        for name, vm in snap.vms.items():
+            if vm.state == "start" and vm.migration is None:
+                if name not in where:
+                    out.append(f"VM {name} should run (on {vm.node}) but runs nowhere")
+                elif where[name] != [vm.node]:
+                    out.append(f"VM {name} should run on {vm.node} but runs on {', '.join(where[name])}")
+        return out
+
+    def settled(self, timeout: float = 60.0) -> list[str]:
+        """Poll until the invariants hold (migrations and recoveries finish), or the deadline."""
+        deadline = time.monotonic() + timeout
+        while (found := self.violations()) and time.monotonic() < deadline:
+            time.sleep(0.2)  # libvirt on other nodes has no watch we can share: poll, under a deadline
+        return found
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n.name}\n{n.daemon_log.read_text(errors='replace')[-3000:]}"
+                         for n in self.nodes.values() if n.daemon_log.exists())
+
+
+class DuplicateWatch:
+    """Polls every node's libvirt in a thread while a fault plays out, and records any moment a VM
+    runs on two nodes at once (the invariant that matters most, checked between the end states too)."""
+
+    def __init__(self, box: ClusterBox, interval: float = 0.1):
+        import threading
+
+        self.box, self.interval = box, interval
+        self.seen: list[str] = []
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="duplicate-watch")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            where: dict[str, list[str]] = {}
+            for node, names in self.box.running().items():
+                for name in names:
+                    where.setdefault(name, []).append(node)
+            self.polls += 1
+            at = time.strftime("%H:%M:%S")
+            self.seen += [f"{at} VM {n} ran on {', '.join(sorted(ns))} at once" for n, ns in where.items()
+                          if len(ns) > 1]
+
+    def __enter__(self) -> "DuplicateWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
