@@ -7,7 +7,7 @@ DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 i
 # The cluster-in-a-box tier: a libvirtd with QEMU per node namespace, tini as each node's init.
 BOX_DEBS := libvirt-daemon-system qemu-system-x86 tini util-linux
 
-.PHONY: deps venv test soak bench docs demo demo-stop demo-status clean
+.PHONY: deps venv test soak bench bench-driver docs demo demo-stop demo-status clean
 
 deps:
 	@scripts/debs.sh $(DEBS)
@@ -29,11 +29,16 @@ SOAK ?= 10
 soak: venv
 	PVC_SOAK=$(SOAK) $(PY) -m pytest -q tests/cluster/test_faults.py
 
+# Every figure once: placement and API, then the cluster in a box (real QEMU, IPMI, ZooKeeper ensemble).
 bench: venv
 	@scripts/debs.sh wrk
 	@$(PY) bench/placement.py
-	@$(PY) bench/flush.py
 	@$(PY) bench/api.py
+	@$(PY) bench/box.py
+
+# The same flush, handover and failover figures on the lighter tiers (libvirt's test driver).
+bench-driver: venv
+	@$(PY) bench/flush.py
 	@$(PY) bench/handover.py
 	@$(PY) bench/failover.py
 

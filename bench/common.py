@@ -37,3 +37,22 @@ def stopwatch():
     t0 = time.perf_counter()
     yield box
     box["s"] = time.perf_counter() - t0
+
+
+def handovers(ops, make_pinger, runs: int) -> tuple[list[int], list[float]]:
+    """``runs`` planned handovers between hv1 and hv2, each under its own pinger (started by
+    ``make_pinger()``, stopped to a ``(sent, received)`` count): pings lost and seconds, per handover."""
+    lost, seconds = [], []
+    for _ in range(runs):
+        target = "hv2" if ops.view.snapshot().primary.node == "hv1" else "hv1"
+        pinger = make_pinger()
+        time.sleep(0.5)  # pings before the move: the measurement window, not synchronisation
+        t0 = time.monotonic()
+        final = ops.wait_handover(ops.request_primary(target), 60)
+        seconds.append(time.monotonic() - t0)
+        if final is None or final.phase != "done":
+            raise SystemExit(f"handover failed: {final.reason if final else 'timed out'}")
+        time.sleep(0.5)  # and after it
+        sent, received = pinger.stop()
+        lost.append(sent - received)
+    return lost, seconds

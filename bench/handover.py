@@ -10,11 +10,10 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import emit, table  # noqa: E402
+from common import emit, handovers, table  # noqa: E402
 
 from pvccore.localcluster import coordinator_lab  # noqa: E402
 from pvccore.netlab import NetLab, Pinger  # noqa: E402
@@ -27,21 +26,8 @@ def main() -> None:
     usable, why = NetLab.available()
     if not usable:
         raise SystemExit(f"handover benchmark needs network namespaces: {why}")
-    lost, seconds = [], []
     with tempfile.TemporaryDirectory() as work, coordinator_lab(work, FIP) as (net, ops):
-        for _ in range(RUNS):
-            current = ops.view.snapshot().primary.node
-            target = "hv2" if current == "hv1" else "hv1"
-            pinger = Pinger(net, 3, FIP, 0.025)
-            time.sleep(0.5)  # pings before the move: the measurement window, not synchronisation
-            t0 = time.monotonic()
-            final = ops.wait_handover(ops.request_primary(target), 60)
-            seconds.append(time.monotonic() - t0)
-            if final is None or final.phase != "done":
-                raise SystemExit(f"handover failed: {final.reason if final else 'timed out'}")
-            time.sleep(0.5)  # and after it
-            sent, received = pinger.stop()
-            lost.append(sent - received)
+        lost, seconds = handovers(ops, lambda: Pinger(net, 3, FIP, 0.025), RUNS)
     emit("handover_lost_pings_max", max(lost), "pings", f"per handover: {lost}")
     emit("handover_lost_pings_total", sum(lost), "pings", f"over {RUNS} handovers")
     emit("handover_s_median", statistics.median(seconds), "s", f"worst {max(seconds):.2f} s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,7 +19,9 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, key: str | None = None, timeout: float = 300.0):
+    def __init__(self, url: str, key: str | None = None, timeout: float = 300.0, ca: str | None = None):
+        """``ca``: a PEM file of the CA (or self-signed certificate) to trust for an HTTPS API."""
+        self._tls = ssl.create_default_context(cafile=ca) if ca else None
         self.url = url.rstrip("/")
         if not self.url.endswith("/api/v1"):
             self.url += "/api/v1"
@@ -39,7 +42,7 @@ class Client:
         if self.key:
             req.add_header("X-Api-Key", self.key)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
                 return resp.status, _decode(resp.read(), resp.headers.get_content_type())
         except urllib.error.HTTPError as exc:
             payload = _decode(exc.read(), exc.headers.get_content_type() if exc.headers else "")

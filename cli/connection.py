@@ -1,4 +1,5 @@
-"""Where the CLI finds its API: ``--api``/``--key``, then ``PVC_API_URL``/``PVC_API_KEY``, then a config file.
+"""Where the CLI finds its API, first found wins: ``--api``/``--key``/``--ca``; the connection named
+by ``-c NAME``; ``PVC_API_URL``/``PVC_API_KEY``/``PVC_API_CA``; the config file's default connection.
 
 The config file (``$PVC_CONFIG``, default ``~/.config/pvc/cli.toml``) holds named connections::
 
@@ -6,6 +7,7 @@ The config file (``$PVC_CONFIG``, default ``~/.config/pvc/cli.toml``) holds name
     [connections.demo]
     api = "http://127.0.0.1:7370"
     key = "..."
+    ca = "/etc/pvc/ca.pem"      # optional: the CA of an HTTPS API's certificate
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_URL = "http://127.0.0.1:7370"
 
@@ -31,17 +34,27 @@ def read_config(path: Path | None = None) -> dict:
         raise ValueError(f"cannot read {path}: {exc}") from exc
 
 
-def resolve(api: str | None, key: str | None, name: str | None) -> tuple[str, str | None]:
-    """The API URL and key to use, by precedence; raises ValueError for an unknown connection name."""
+class Connection(NamedTuple):
+    url: str
+    key: str | None
+    ca: str | None = None
+
+
+def resolve(api: str | None, key: str | None, name: str | None, ca: str | None = None) -> Connection:
+    """The API URL, key and CA to use, by precedence; raises ValueError for an unknown connection name."""
     cfg = read_config()
     connections = cfg.get("connections", {})
-    chosen = name or cfg.get("default")
     if name and name not in connections:
         raise ValueError(f"no connection named {name!r} in {config_path()}")
-    entry = connections.get(chosen, {}) if chosen else {}
-    url = api or os.environ.get("PVC_API_URL") or entry.get("api") or DEFAULT_URL
-    key = key or os.environ.get("PVC_API_KEY") or entry.get("key")
-    return url, key
+    named = connections[name] if name else {}  # asked for by name: above the environment
+    default = connections.get(cfg.get("default"), {}) if not name else {}
+    env = {"api": os.environ.get("PVC_API_URL"), "key": os.environ.get("PVC_API_KEY"),
+           "ca": os.environ.get("PVC_API_CA")}
+
+    def pick(flag: str | None, field: str) -> str | None:
+        return flag or named.get(field) or env[field] or default.get(field)
+
+    return Connection(pick(api, "api") or DEFAULT_URL, pick(key, "key"), pick(ca, "ca"))
 
 
 def save_connection(name: str, api: str, key: str | None, make_default: bool = False) -> Path:

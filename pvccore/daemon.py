@@ -381,13 +381,16 @@ class NodeDaemon:
         try:
             self.hv.start(vm.name, self.store.get_vm_xml(vm.name))
         except HypervisorError as exc:
+            log.error("VM %s: start failed: %s", vm.name, exc)
             return self.set_vm(vm.name, mine, state="fail", reason=str(exc))
+        log.info("VM %s: started", vm.name)
         return self.set_vm(vm.name, mine, reason=reason)
 
     def _shutdown(self, vm: VM) -> VM | None:
         graceful = self.hv.shutdown(vm.name, self.cfg.shutdown_timeout, self.stopping)
         # Keep a reason given with the request (e.g. why a flush parked the VM).
         reason = vm.reason if graceful else f"did not shut down within {self.cfg.shutdown_timeout:g}s; stopped"
+        log.info("VM %s: %s", vm.name, "shut down" if graceful else reason)
         new_state = "stop" if vm.state == "shutdown" else vm.state
         return self.set_vm(vm.name, lambda v: v.state == vm.state and v.node == self.name, state=new_state,
                            reason=reason)
@@ -398,11 +401,14 @@ class NodeDaemon:
         try:
             self.hv.start(vm.name, self.store.get_vm_xml(vm.name))
         except HypervisorError as exc:
+            log.error("VM %s: restart failed: %s", vm.name, exc)
             return self.set_vm(vm.name, mine, state="fail", reason=str(exc))
+        log.info("VM %s: restarted", vm.name)
         return self.set_vm(vm.name, mine, state="start", reason="")
 
     def _destroy(self, vm: VM) -> None:
         self.hv.destroy(vm.name)
+        log.info("VM %s: stopped", vm.name)
 
     # -- lifecycle notifications -------------------------------------------------------------
 
@@ -432,6 +438,12 @@ class _NodeFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.node = self.node
+        # VM events are logged as "VM <name>: ...": the name becomes a field of its own.
+        vm = getattr(record, "vm", None)
+        if vm is None and isinstance(record.msg, str) and record.msg.startswith("VM %s") and record.args:
+            vm = record.args[0]
+        record.vm = vm
+        record.vm_field = f" vm={vm}" if vm else ""
         return True
 
 
@@ -439,17 +451,19 @@ class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record), "level": record.levelname, "node": record.node,
                  "logger": record.name, "message": record.getMessage()}
+        if record.vm:
+            entry["vm"] = record.vm
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
 def setup_logging(node: str, level: str, fmt: str = "text") -> None:
-    """One line per event with the node's name; VMs are named in the message ("VM web1: ...")."""
+    """One line per event with the node's name, and the VM's for VM events ("VM web1: ...")."""
     handler = logging.StreamHandler()
     handler.addFilter(_NodeFilter(node))
     handler.setFormatter(_JSONFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s node=%(node)s %(name)s: %(message)s"))
+                         logging.Formatter("%(asctime)s %(levelname)s node=%(node)s%(vm_field)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

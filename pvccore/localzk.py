@@ -85,8 +85,8 @@ class LocalZooKeeper:
                     fh.write(f"server.{i}={peer}:2888:3888\n")
         log = open(self.dir / "zookeeper.log", "ab")
         self.proc = subprocess.Popen(
-            # A quorum peer that cannot be reached (its link is down) costs an election this long.
-            [*self.wrap, java, "-Xmx512m", "-Dzookeeper.cnxTimeout=1000", "-cp", jar, main, str(cfg)],
+            # A quorum peer that cannot be reached (its link is down) costs an election this long, per try.
+            [*self.wrap, java, "-Xmx512m", "-Dzookeeper.cnxTimeout=500", "-cp", jar, main, str(cfg)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()

@@ -178,9 +178,15 @@ def finish(d: "NodeDaemon", vm: VM, running: bool) -> VM | None:
 
 def _finished(d: "NodeDaemon", vm: VM, ok: bool) -> None:
     mig = vm.migration
+    seconds = max(0.0, time.time() - mig.started)
+    if ok:
+        log.info("VM %s: migrated from %s to %s (%s, %.1fs)", vm.name, mig.source, mig.target,
+                 mig.method or "shutdown", seconds)
+    else:
+        log.warning("VM %s: migration from %s to %s failed after %.1fs", vm.name, mig.source, mig.target, seconds)
     try:
         d.store.count("migrations" if ok else "migrations_failed")
     except Exception as exc:  # a counter must not break a migration
         log.warning("could not count the migration of %s: %s", vm.name, exc)
     d.plugins.notify("pvc_migration_finished", vm=vm.name, source=mig.source, target=mig.target,
-                     method=mig.method or "shutdown", seconds=max(0.0, time.time() - mig.started), ok=ok)
+                     method=mig.method or "shutdown", seconds=seconds, ok=ok)

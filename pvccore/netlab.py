@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 
 SUBNET = "198.18.0"
@@ -66,9 +67,15 @@ class NetLab:
         return f"{self.bridge[:9]}v{i}"
 
     def down(self) -> None:
-        # The kernel destroys a deleted namespace (and its end of the veth) asynchronously: delete
-        # our ends now, which removes both, so that the next up() finds the names free.
+        # Whatever still runs in our namespaces (a run that was killed before its own clean-up)
+        # goes with them. The kernel destroys a deleted namespace (and its end of the veth)
+        # asynchronously: delete our ends now, which removes both, so that up() finds the names free.
         for i, name in enumerate(self.names, start=1):
+            for pid in _ip("netns", "pids", name, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             _ip("link", "del", self._veth(i), check=False)
             _ip("netns", "del", name, check=False)
         _ip("link", "del", self.bridge, check=False)

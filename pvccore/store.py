@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Callable, TypeVar
 
 from kazoo.client import KazooClient
+from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
 
 from . import locks
@@ -89,6 +90,21 @@ class _Counters:
 
 
 RECONNECT = {"max_tries": -1, "delay": 0.05, "backoff": 2, "max_jitter": 0.1, "max_delay": 0.5}
+CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect to one ZooKeeper server
+
+
+class _Handler(SequentialThreadingHandler):
+    """kazoo's threading handler, with TCP connects bounded by :data:`CONNECT_TIMEOUT`.
+
+    kazoo gives a connect the whole session timeout: to a server that does not answer
+    (its link is down) that is 6 s lost per try, long enough for two unlucky tries to
+    outlast a node's self-fence deadline while the rest of the ensemble serves. A
+    server on the network answers a connect in milliseconds.
+    """
+
+    def create_connection(self, *args, **kwargs):
+        kwargs["timeout"] = min(kwargs.get("timeout") or CONNECT_TIMEOUT, CONNECT_TIMEOUT)
+        return super().create_connection(*args, **kwargs)
 
 
 class Store:
@@ -114,6 +130,7 @@ class Store:
         was long serving again.
         """
         kwargs.setdefault("connection_retry", dict(RECONNECT))
+        kwargs.setdefault("handler", _Handler())
         client = KazooClient(hosts=hosts, timeout=timeout, **kwargs)
         client.start(timeout=timeout)
         store = cls(client, root)

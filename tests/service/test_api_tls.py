@@ -9,8 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from pvccore.localzk import free_port
+from pvccli.main import cli
 
 
 def test_api_over_tls(tmp_path, zk_server, zk_root):
@@ -37,6 +39,12 @@ def test_api_over_tls(tmp_path, zk_server, zk_root):
                 time.sleep(0.1)
         with pytest.raises(OSError):  # and plain HTTP is not served
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1", timeout=2)
+        # The CLI trusts it given the certificate, and says why not without it.
+        args = ["--api", f"https://127.0.0.1:{port}", "--key", "k"]
+        ok = CliRunner().invoke(cli, [*args, "--ca", str(cert), "node", "list", "-f", "json"])
+        assert ok.exit_code == 0 and json.loads(ok.output) == [], ok.output
+        refused = CliRunner().invoke(cli, [*args, "node", "list"])
+        assert refused.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
     finally:
         api.terminate()
         api.wait(20)

@@ -39,14 +39,17 @@ def test_connection_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("PVC_CONFIG", str(tmp_path / "cli.toml"))
     monkeypatch.delenv("PVC_API_URL", raising=False)
     monkeypatch.delenv("PVC_API_KEY", raising=False)
-    assert connection.resolve(None, None, None) == (connection.DEFAULT_URL, None)
+    monkeypatch.delenv("PVC_API_CA", raising=False)
+    assert connection.resolve(None, None, None) == (connection.DEFAULT_URL, None, None)
     connection.save_connection("demo", "http://10.0.0.1:7370", "k1")
     connection.save_connection("prod", "https://prod:7370", "k2")
-    assert connection.resolve(None, None, None) == ("http://10.0.0.1:7370", "k1")  # the first saved is default
-    assert connection.resolve(None, None, "prod") == ("https://prod:7370", "k2")
+    assert connection.resolve(None, None, None) == ("http://10.0.0.1:7370", "k1", None)  # the first saved is default
+    assert connection.resolve(None, None, "prod") == ("https://prod:7370", "k2", None)
     monkeypatch.setenv("PVC_API_URL", "http://env:1")
-    assert connection.resolve(None, None, None) == ("http://env:1", "k1")
-    assert connection.resolve("http://flag:2", "kf", None) == ("http://flag:2", "kf")
+    monkeypatch.setenv("PVC_API_CA", "/env/ca.pem")
+    assert connection.resolve(None, None, None) == ("http://env:1", "k1", "/env/ca.pem")  # env over the default
+    assert connection.resolve(None, None, "prod") == ("https://prod:7370", "k2", "/env/ca.pem")  # a name over env
+    assert connection.resolve("http://flag:2", "kf", "prod", "/f.pem") == ("http://flag:2", "kf", "/f.pem")
     with pytest.raises(ValueError, match="no connection named 'nope'"):
         connection.resolve(None, None, "nope")
     assert oct((tmp_path / "cli.toml").stat().st_mode & 0o777) == "0o600"
