@@ -432,7 +432,14 @@ class ClusterBox:
 
 class DuplicateWatch:
     """Polls every node's libvirt in a thread while a fault plays out, and records any moment a VM
-    runs on two nodes at once (the invariant that matters most, checked between the end states too)."""
+    runs on two nodes at once (the invariant that matters most, checked between the end states too).
+
+    Nodes are read one after another, not at one instant: a live migration's switchover falling
+    between the reads of its source and its target shows the VM on both. So a VM that node X ran at
+    one read while node Y runs it at a later read is only a suspect; it is a duplicate if X still
+    runs it at X's next read, after Y's. A correct migration never passes that test (the source
+    is paused before the target resumes); a second copy does, for as long as it lasts.
+    """
 
     def __init__(self, box: ClusterBox, interval: float = 0.1):
         import threading
@@ -444,15 +451,22 @@ class DuplicateWatch:
         self._thread = threading.Thread(target=self._run, daemon=True, name="duplicate-watch")
 
     def _run(self) -> None:
+        last: dict[str, set[str]] = {}  # node -> the VMs running at its last read
+        suspects: dict[tuple[str, str], str] = {}  # (VM, node X that ran it) -> node Y seen running it later
         while not self._stop.wait(self.interval):
-            where: dict[str, list[str]] = {}
-            for node, names in self.box.running().items():
-                for name in names:
-                    where.setdefault(name, []).append(node)
+            for node, box_node in self.box.nodes.items():
+                names = box_node.running_domains()
+                for (vm, x), y in list(suspects.items()):
+                    if x == node:
+                        del suspects[(vm, x)]
+                        if vm in names:
+                            self.seen.append(f"{time.strftime('%H:%M:%S')} VM {vm} ran on {x} and {y} at once")
+                for vm in names:
+                    for other, before in last.items():
+                        if other != node and vm in before:
+                            suspects[(vm, other)] = node
+                last[node] = names
             self.polls += 1
-            at = time.strftime("%H:%M:%S")
-            self.seen += [f"{at} VM {n} ran on {', '.join(sorted(ns))} at once" for n, ns in where.items()
-                          if len(ns) > 1]
 
     def __enter__(self) -> "DuplicateWatch":
         self._thread.start()

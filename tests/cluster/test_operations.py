@@ -4,7 +4,11 @@ checked from every node's libvirt."""
 
 from __future__ import annotations
 
-from .harness import tiny_domain_xml
+import time
+
+import libvirt
+
+from .harness import DuplicateWatch, tiny_domain_xml
 
 T = 60
 
@@ -99,3 +103,23 @@ def test_flush_and_ready_with_each_selector(make_box):
         for name in (f"lim-{sel}", f"any-{sel}"):
             box.ops.undefine(name, force=True)
         assert not box.check(f"undefine {sel}")
+
+
+def test_the_checks_catch_a_second_copy(make_box):
+    """The duplicate watcher and the invariants are not blind: one domain started on two nodes
+    behind pvc's back (pvc leaves domains it does not know alone) is reported by both."""
+    box = make_box()
+    xml = tiny_domain_xml("rogue")
+    with DuplicateWatch(box) as watch:
+        for node in ("hv1", "hv2"):
+            conn = libvirt.open(box.nodes[node].uri)
+            try:
+                conn.createXML(xml, 0)
+            finally:
+                conn.close()
+        deadline = time.monotonic() + T
+        while not watch.seen and time.monotonic() < deadline:
+            time.sleep(0.1)  # the watcher polls every 0.1 s: wait for its verdict, under a deadline
+    assert watch.seen and "VM rogue ran on" in watch.seen[0]
+    found = box.violations()
+    assert "VM rogue runs on 2 nodes: hv1, hv2" in found and any("pvc does not know it" in v for v in found)
