@@ -228,6 +228,10 @@ class BoxNode:
             # Running vCPUs only: a live migration's incoming copy is active but paused until the
             # source has stopped, so "running on two nodes" never holds for a correct migration.
             return {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)}
+        except libvirt.libvirtError:
+            if not self.powered():  # it lost power while we asked: it runs nothing
+                return set()
+            raise
         finally:
             conn.close()
 
@@ -447,10 +451,17 @@ class DuplicateWatch:
         self.box, self.interval = box, interval
         self.seen: list[str] = []
         self.polls = 0
+        self.error: Exception | None = None  # what stopped the watcher early, if anything did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="duplicate-watch")
 
     def _run(self) -> None:
+        try:
+            self._watch()
+        except Exception as exc:  # reported by __exit__: an unwatched fault proves nothing
+            self.error = exc
+
+    def _watch(self) -> None:
         last: dict[str, set[str]] = {}  # node -> the VMs running at its last read
         suspects: dict[tuple[str, str], str] = {}  # (VM, node X that ran it) -> node Y seen running it later
         while not self._stop.wait(self.interval):
@@ -472,6 +483,8 @@ class DuplicateWatch:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join(10)
+        if exc_type is None and (self.error is not None or not self.polls):
+            raise AssertionError(f"the duplicate watcher did not watch throughout: {self.error!r}")
