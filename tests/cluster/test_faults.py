@@ -45,6 +45,7 @@ def power_on_and_ready(box, node: str) -> None:
     """Boot a node again; its daemon rejoins and readies it; nothing may start twice."""
     box.nodes[node].power_on()
     box.wait_running([node])
+    box.wait_primary()  # the node may have been primary: its API moved to the new one
     box.cli("node", "ready", node, "--wait")
 
 
@@ -108,11 +109,13 @@ def test_network_cut_with_shared_bmc_self_fences_then_recovers_once(make_box, ro
         recovered = time.monotonic() - t0
         assert runs_on(box, "a") == ["hv2"]
         assert state(box, "hv3", "fenced")  # by its own deadline: every fencer failed
+        box.wait_primary()  # hv3 may have been primary: the API moves with the role
         fencing = box.cli_json("cluster", "status")["fencing"]["hv3"]
         assert fencing["state"] == "self-fenced" and "past its self-fence deadline" in fencing["message"], fencing
         hv3.link(True)
         assert box.view.wait_for(lambda c: c.nodes["hv3"].daemon_state == "run"
                                  and c.nodes["hv3"].keepalive > time.time() - 2, T), box.logs()
+        box.wait_primary()
         box.cli("node", "ready", "hv3", "--wait")
         assert not box.check("rejoined")
     assert not watch.seen, watch.seen
