@@ -169,11 +169,6 @@ class BoxNode:
         except libvirt.libvirtError:
             return False
 
-    def power_off(self, timeout: float = 15.0) -> None:
-        """Pull the plug: kill every process of the node's PID namespace (what its BMC does)."""
-        if self.pidns:
-            kill_all(self.pidns, timeout)
-
     # -- the node daemon ------------------------------------------------------------------
 
     def start_daemon(self) -> None:
@@ -188,28 +183,6 @@ class BoxNode:
                                 env={**os.environ, **box.env}, start_new_session=True)
         log.close()
         box.reap.append(proc)
-
-    def daemon_pids(self) -> list[int]:
-        out = []
-        for pid in pidns_members(self.pidns) if self.pidns else []:
-            try:
-                if b"pvccore.daemon" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    out.append(pid)
-            except OSError:
-                continue
-        return out
-
-    def kill_daemon(self) -> None:
-        """kill -9 the node daemon alone (libvirtd and the VMs stay)."""
-        for pid in self.daemon_pids():
-            os.kill(pid, signal.SIGKILL)
-
-    def stop_daemon(self, timeout: float = 30.0) -> None:
-        for pid in self.daemon_pids():
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.daemon_pids() and time.monotonic() < deadline:
-            time.sleep(0.05)  # waiting for a clean stop, under a deadline
 
     def link(self, up: bool) -> None:
         subprocess.run(["ip", "-n", self.ns, "link", "set", "eth0", "up" if up else "down"], check=True)
