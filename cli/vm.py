@@ -160,6 +160,8 @@ def placement(client, vm, fmt) -> None:
 
     def table(p: dict) -> str:
         head = f"VM {p['vm']}, selector {p['selector']}: {'-> ' + p['target'] if p['target'] else 'no node can take it'}"
+        if p.get("note"):
+            head += f"\nnote: {p['note']}"
         return head + "\n" + columns(p["nodes"], (("NODE", lambda r: r["node"]),
                                                   ("SCORE", lambda r: r.get("score")),
                                                   ("EXCLUDED", lambda r: r.get("excluded"))))

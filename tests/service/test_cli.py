@@ -2,6 +2,7 @@
 
 import json
 import time
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -94,6 +95,10 @@ def test_vm_define_meta_info_list(pvc, live, tmp_path):
     assert pvc("vm", "meta", "cweb", ok=False).exit_code == 2  # nothing to change: usage error
     assert "selector mem" in pvc("vm", "placement", "cweb").output
     assert json.loads(pvc("vm", "placement", "cweb", "-f", "json").output)["selector"] == "mem"
+    # Its selector's plugin removed (written behind the API's back): placed by the default, and said so.
+    live.store.update_vm("cweb", lambda v: replace(v, meta=replace(v.meta, node_selector="gone")))
+    assert live.view.wait_for(lambda c: c.vms["cweb"].meta.node_selector == "gone", 10)
+    assert "note: selector 'gone' is not registered" in pvc("vm", "placement", "cweb").output
 
 
 def test_vm_lifecycle_and_migration_commands(pvc, live, tmp_path):
