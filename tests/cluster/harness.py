@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.store import Store
 from pvccore.view import ClusterView
-from tests.tools.bmcsim import pidns_members
+from tests.tools.bmcsim import kill_members, pidns_members
 
 REPO = Path(__file__).resolve().parents[2]
 BMCSIM = REPO / "tests" / "tools" / "bmcsim.py"
@@ -210,16 +209,9 @@ class BoxNode:
 
 
 def kill_all(pidns: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while pids := pidns_members(pidns):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes of {pidns} survive SIGKILL: {pids}")
-        time.sleep(0.02)  # the kernel reaps a killed namespace in a moment: poll, under a deadline
+    survivors = kill_members(lambda: pidns_members(pidns), timeout)
+    if survivors:
+        raise RuntimeError(f"processes of {pidns} survive SIGKILL: {survivors}")
 
 
 class ClusterBox:
@@ -259,7 +251,7 @@ class ClusterBox:
     def up(self, timeout: float = 60.0) -> "ClusterBox":
         missing = missing_tools()
         if missing:
-            raise RuntimeError(f"missing {', '.join(missing)}: run `make box-deps`")
+            raise RuntimeError(f"missing {', '.join(missing)}: run `make deps`")
         for target in MOUNTS.values():  # bind-mount targets must exist in the root namespace
             Path(target).mkdir(parents=True, exist_ok=True)
         try:
@@ -288,10 +280,10 @@ class ClusterBox:
         for node in self.nodes.values():
             node.configure()
             where = self.net.exec(self.mgmt if self.bmc_mode == "dedicated" else node.index)
-            self.bmcs[node.name] = subprocess.Popen(
-                [*where, sys.executable, str(BMCSIM), "--address", node.bmc_address, "--pidns-file",
-                 str(node.dir / "pidns")], stdout=subprocess.DEVNULL, stderr=open(node.dir / "bmc.log", "ab"),
-                start_new_session=True)
+            with open(node.dir / "bmc.log", "ab") as log:
+                self.bmcs[node.name] = subprocess.Popen(
+                    [*where, sys.executable, str(BMCSIM), "--address", node.bmc_address, "--pidns-file",
+                     str(node.dir / "pidns")], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         for node in self.nodes.values():
             node.power_on(timeout)
         self.view = ClusterView(self.store.client, self.store.paths).start()

@@ -21,36 +21,42 @@ import pyghmi.ipmi.bmc as bmc
 
 
 def _live_pids():
-    """``(pid, /proc/<pid>)`` of every process that is not a zombie."""
+    """``(pid, /proc/<pid>, stat fields after the command name)`` of every process that is not a zombie."""
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if state != "Z":
-            yield int(proc.name), proc
+        if fields[0] != "Z":
+            yield int(proc.name), proc, fields
 
 
 def pgid_members(pgid: str) -> list[int]:
-    out = []
-    for pid, proc in _live_pids():
-        try:
-            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[2] == pgid:
-                out.append(pid)
-        except OSError:
-            continue
-    return out
+    return [pid for pid, _proc, fields in _live_pids() if fields[2] == pgid]
 
 
 def pidns_members(link: str) -> list[int]:
     out = []
-    for pid, proc in _live_pids():
+    for pid, proc, _fields in _live_pids():
         try:
             if os.readlink(proc / "ns" / "pid") == link:
                 out.append(pid)
         except OSError:
             continue
     return out
+
+
+def kill_members(members, timeout: float) -> list[int]:
+    """SIGKILL every process ``members()`` names until none is left; the survivors at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (pids := members()) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)  # the kernel is reaping the killed processes
+    return pids
 
 
 class NodeBmc(bmc.Bmc):
@@ -71,15 +77,7 @@ class NodeBmc(bmc.Bmc):
     def power_off(self):
         if self.refuse:
             return 0xD5  # command not supported in present state: a BMC that will not power off
-        # Like cutting the power: once the command returns, the status reads off.
-        deadline = time.monotonic() + 5
-        while (pids := self._pids()) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.01)  # the kernel is reaping the killed processes
+        kill_members(self._pids, 5)  # like cutting the power: once the command returns, the status reads off
         return None
 
     def power_on(self):
