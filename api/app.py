@@ -90,7 +90,8 @@ def create_app(deps: Deps) -> falcon.App:
 
 def build_deps(cfg: ApiConfig) -> Deps:
     """Connect to ZooKeeper, start the watched view, load plugins."""
-    store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout)
+    store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
+                          auth=cfg.zookeeper_auth or None)
     view = ClusterView(store.client, store.paths).start()
     ops = Operations(store, view, load_plugins())
     return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout)

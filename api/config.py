@@ -13,7 +13,8 @@ from pvccore.errors import ValidationError
 class ApiConfig:
     zookeeper_hosts: str = "127.0.0.1:2181"
     zookeeper_root: str = "/pvc"
-    zookeeper_session_timeout: float = 6.0
+    zookeeper_auth: str = ""
+    zookeeper_session_timeout: float = 4.0
     listen: str = "127.0.0.1:7370"
     workers: int = 2
     auth: bool = True

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.getLogger("kazoo").setLevel(logging.ERROR)  # its retries, before gunicorn sets up logging
     try:  # one clear line now, rather than every worker failing to boot
-        Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout).close()
+        Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
+                      auth=cfg.zookeeper_auth or None).close()
     except KazooTimeoutError:
         print(f"pvcapid: error: cannot reach ZooKeeper at {cfg.zookeeper_hosts} "
               f"within {cfg.zookeeper_session_timeout:g}s", file=sys.stderr)

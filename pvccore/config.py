@@ -9,6 +9,7 @@ line, raised as :class:`ValidationError` (the programs exit 2).
 from __future__ import annotations
 
 import argparse
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from .errors import ValidationError
 from .models import check_name
 from .schema import Schema
+from .store import parse_auth
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Option:
     help: str
     flag: str | None = None  # command-line flag, when it has one
     minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] = ()
 
 
@@ -85,8 +88,12 @@ def _coerce(opt: Option, value: Any) -> Any:
         if not all(isinstance(v, str) and v for v in value):
             raise ValidationError(f"{opt.key}: expected a list of non-empty strings", opt.key)
         value = tuple(value)
+    if opt.type is float and not math.isfinite(value):
+        raise ValidationError(f"{opt.key}: must be a finite number, got {value!r}", opt.key)
     if opt.minimum is not None and value < opt.minimum:
         raise ValidationError(f"{opt.key}: must be at least {opt.minimum:g}, got {value!r}", opt.key)
+    if opt.maximum is not None and value > opt.maximum:
+        raise ValidationError(f"{opt.key}: must be at most {opt.maximum:g}, got {value!r}", opt.key)
     if opt.choices and value not in opt.choices:
         raise ValidationError(f"{opt.key}: one of {', '.join(opt.choices)}", opt.key)
     return value
@@ -110,8 +117,14 @@ ZOOKEEPER_OPTIONS = (
     Option("zookeeper_hosts", str, "127.0.0.1:2181", "ZooKeeper connection string, host:port[,host:port...].",
            "--zookeeper"),
     Option("zookeeper_root", str, "/pvc", "Root path of this cluster in ZooKeeper.", "--root"),
-    Option("zookeeper_session_timeout", float, 6.0,
-           "ZooKeeper session timeout in seconds: how long a silent client keeps its session.", None, 1.0),
+    Option("zookeeper_auth", str, "",
+           "ZooKeeper identity as digest:USER:PASSWORD: the session authenticates with it and every znode pvc "
+           "creates is readable by it only. Empty: $PVC_ZOOKEEPER_AUTH, or none (world-readable znodes).",
+           "--zookeeper-auth"),
+    Option("zookeeper_session_timeout", float, 4.0,
+           "ZooKeeper session timeout in seconds: how long a silent client keeps its session (the server may "
+           "raise it to its own minimum, 2 ticks). The cluster's failure detection is bounded by it.",
+           "--zookeeper-session-timeout", 1.0, 60.0),
 )
 LOG_OPTION = Option("log_level", str, "info", "Log level: debug, info, warning or error.", "--log-level",
                     choices=LOG_LEVELS)
@@ -121,7 +134,10 @@ LOG_FORMAT_OPTION = Option("log_format", str, "text",
 
 
 def check_root(values: dict[str, Any]) -> None:
+    """The ZooKeeper options every program shares: a valid root, and an identity in the right form."""
     Schema(values["zookeeper_root"])
+    if values["zookeeper_auth"]:
+        parse_auth(values["zookeeper_auth"])
 
 
 # -- pvcnoded ---------------------------------------------------------------------------------
@@ -132,7 +148,8 @@ class DaemonConfig:
     node: str
     zookeeper_hosts: str = "127.0.0.1:2181"
     zookeeper_root: str = "/pvc"
-    zookeeper_session_timeout: float = 6.0
+    zookeeper_auth: str = ""
+    zookeeper_session_timeout: float = 4.0
     libvirt_uri: str = "qemu:///system"
     migration_address: str = ""
     migration_uri_template: str = "qemu+tcp://{address}/system"
@@ -180,18 +197,18 @@ DAEMON = ConfigSchema("pvcnoded", (
            "libvirt URI of a live-migration target; {address} is the target's migration_address."),
     Option("coordinator", bool, False, "Whether this node may become primary coordinator.", "--coordinator"),
     Option("keepalive_interval", float, 1.0, "Seconds between keepalives (node figures published to ZooKeeper).",
-           "--keepalive-interval", 0.1),
+           "--keepalive-interval", 0.1, 10.0),
     Option("shutdown_timeout", float, 180.0,
-           "Seconds a graceful VM shutdown may take before the VM is stopped (destroyed).", "--shutdown-timeout", 0.0),
+           "Seconds a graceful VM shutdown may take before the VM is stopped (destroyed).", "--shutdown-timeout", 0.0, 3600.0),
     Option("migration_timeout", float, 120.0,
-           "Seconds either side of a migration waits for the other before giving up.", "--migration-timeout", 1.0),
-    Option("flush_parallel", int, 2, "VMs migrated at a time when this node is flushed.", "--flush-parallel", 1),
+           "Seconds either side of a migration waits for the other before giving up.", "--migration-timeout", 1.0, 3600.0),
+    Option("flush_parallel", int, 2, "VMs migrated at a time when this node is flushed.", "--flush-parallel", 1, 64),
     Option("floating_ips", list, (), "Addresses the primary carries, as ADDRESS/PREFIX@INTERFACE (coordinators).",
            "--floating-ip"),
-    Option("arp_count", int, 2, "Gratuitous ARP announcements sent for each floating IP taken over.", None, 0),
-    Option("arp_interval", float, 0.02, "Seconds between those announcements.", None, 0.001),
+    Option("arp_count", int, 2, "Gratuitous ARP announcements sent for each floating IP taken over.", None, 0, 20),
+    Option("arp_interval", float, 0.02, "Seconds between those announcements.", None, 0.001, 1.0),
     Option("handover_timeout", float, 30.0, "Seconds each side of a primary handover waits for the other.",
-           "--handover-timeout", 1.0),
+           "--handover-timeout", 1.0, 600.0),
     Option("api_config", str, "", "pvcapid config file: when set, the primary runs the API (it moves with it).",
            "--api-config"),
     LOG_OPTION,

@@ -31,7 +31,7 @@ from .coordinator import Coordinator
 from .fencing import FenceMonitor
 from .errors import ConflictError, NotFoundError, PVCError, ValidationError
 from .hypervisor import Domain, Hypervisor, HypervisorError
-from .models import VM, Node
+from .models import VM, ClusterConfig, Node, Timing
 from .operations import Operations
 from .plugins import PluginSet, load_plugins
 from .store import Store
@@ -62,6 +62,7 @@ class NodeDaemon:
         self._cut_off_since: float | None = None  # monotonic time ZooKeeper was lost, while it is
         self._last_keepalive = time.monotonic()  # when our last keepalive was written (the self-fence clock)
         self._self_fenced = False
+        self._armed = 0.0  # the self-fence deadline in our last written keepalive (0: disarmed)
         self._need_alive = False
 
     # -- start and stop --------------------------------------------------------------
@@ -72,7 +73,9 @@ class NodeDaemon:
             self.plugins = load_plugins()
         self.hv = Hypervisor(cfg.libvirt_uri).open()
         self.live = self.hv.can_live_migrate() and bool(cfg.migration_uri)
-        self.store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout)
+        self.store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
+                                   auth=cfg.zookeeper_auth or None)
+        self._check_timing()
         self._register()
         self.view = ClusterView(self.store.client, self.store.paths).start()
         self.ops = Operations(self.store, self.view, self.plugins)
@@ -122,6 +125,20 @@ class NodeDaemon:
         self.hv.close()
         log.info("node %s stopped", self.name)
 
+    @property
+    def timing(self) -> Timing:
+        return Timing(self.cfg.keepalive_interval, self.cfg.zookeeper_session_timeout)
+
+    def _check_timing(self) -> None:
+        """Refuse to join a cluster whose failure detection would take this node for dead while healthy."""
+        try:
+            self.store.get_config().check_timing(self.timing)
+        except ValidationError as exc:
+            self.store.close()
+            raise ValidationError(f"this node's keepalive_interval ({self.cfg.keepalive_interval:g}s) or "
+                                  f"zookeeper_session_timeout ({self.cfg.zookeeper_session_timeout:g}s) do not fit "
+                                  f"the cluster's settings: {exc.message}", exc.field) from None
+
     def _register(self) -> None:
         coordinator = "secondary" if self.cfg.coordinator else "client"
         try:
@@ -164,9 +181,12 @@ class NodeDaemon:
             self._running = running
             self._wake.set()
 
+        armed = self._self_fence_deadline(snap.config)
+
         def update(node: Node) -> Node:
             node = replace(node, **figures, keepalive=time.time(), live_migration=self.live,
-                           migration_uri=self.cfg.migration_uri)
+                           migration_uri=self.cfg.migration_uri, keepalive_interval=self.cfg.keepalive_interval,
+                           session_timeout=self.cfg.zookeeper_session_timeout, self_fence_deadline=armed)
             if node.daemon_state in ("dead", "fenced") and not first:
                 # Declared dead (or even fenced) while we were cut off or stalled: we are back.
                 # Any VM recovered elsewhere meanwhile is stopped here by the stray check.
@@ -175,6 +195,7 @@ class NodeDaemon:
 
         self.store.update_node(self.name, update)
         self._last_keepalive = time.monotonic()
+        self._armed = armed  # published: from now on the cluster may count on it
         self._self_fenced = False
         if self._need_alive:
             self._need_alive = False
@@ -197,18 +218,30 @@ class NodeDaemon:
                 self._cut_off_since = time.monotonic()
                 log.warning("lost ZooKeeper (%s)", state)
 
+    def _self_fence_deadline(self, config: ClusterConfig) -> float:
+        """The deadline this node arms itself with, 0 when it keeps its VMs however long it is cut off.
+
+        Armed only with ``failed_fence = recover``: only then may the cluster start a silent
+        node's VMs elsewhere without a confirmed power-off. Never shorter than this node's own
+        reconnect time, whatever the stored setting says.
+        """
+        if not config.self_fence_armed:
+            return 0.0
+        return max(config.self_fence_deadline, self.timing.self_fence_after())
+
     def _watchdog_loop(self) -> None:
-        """No keepalive written for the cluster's self-fence deadline: stop our own VMs.
+        """No keepalive written for the self-fence deadline: stop our own VMs (only when armed).
 
         The clock is our last *written* keepalive, the same event the other nodes time our
         silence from, not the moment the ZooKeeper client notices the loss (seconds later).
         So when the cluster has seen no keepalive for the deadline plus its keepalive limit,
         our VMs have provably been stopped, and it may recover them even when no fencer can
-        reach this node.
+        reach this node. The deadline is the one last published, which is what the cluster
+        counts on: a setting changed since is armed (or disarmed) by the next keepalive.
         """
         while not self.stopping.wait(0.1):
             since = self._last_keepalive
-            deadline = self.view.config.self_fence_deadline
+            deadline = self._armed
             if self._self_fenced or deadline <= 0 or time.monotonic() - since < deadline:
                 continue
             self._self_fenced = True
@@ -324,6 +357,8 @@ class NodeDaemon:
     def _run_owned(self, name: str, fn: Callable, args: tuple, kwargs: dict) -> None:
         try:
             fn(*args, **kwargs)
+        except NotFoundError:  # undefined while we worked on it: nothing left to do
+            log.info("VM %s: undefined meanwhile; action dropped", name)
         except Exception as exc:
             self._failed(f"action on VM {name}", exc)
         finally:
@@ -487,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     daemon = NodeDaemon(cfg)
     try:
         daemon.start()
+    except ValidationError as exc:  # this node's settings do not fit the cluster's
+        print(f"pvcnoded: error: {exc.message}", file=sys.stderr)
+        return 2
     except (PVCError, HypervisorError) as exc:
         print(f"pvcnoded: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ from kazoo.client import KazooState
 
 from .errors import LockTimeout, PVCError
 from .hookspecs import FenceResult
-from .models import RUNNING_STATES, VM, Cluster, Node
+from .models import RUNNING_STATES, VM, Cluster, ClusterConfig, Node, Timing
 from .placement import place, with_pending
 
 if TYPE_CHECKING:
@@ -99,14 +99,15 @@ class FenceMonitor:
                 continue
             if node.daemon_state == "fenced":
                 continue
-            if node.daemon_state == "run" and now - since <= cfg.keepalive_limit:
+            suspect_after, dead_after = detection(cfg, node)
+            if node.daemon_state == "run" and now - since <= suspect_after:
                 self._forget(name)  # alive (again): the saving throw succeeded
                 continue
             if not (i_am_primary or name == primary):
                 continue  # only the primary fences, except the primary itself
             if node.daemon_state == "run":
                 started = self._suspect.setdefault(name, now)
-                if now - started < cfg.fence_grace:
+                if now - started < cfg.fence_grace or now - since < dead_after:
                     continue
             next_try, _ = self._retry.get(name, (0.0, 0.0))
             if now >= next_try:
@@ -193,10 +194,13 @@ class FenceMonitor:
         self._retry[name] = (time.monotonic() + backoff, backoff)  # from now: an attempt can take seconds
         attempts = self.d.store.get_fencing().get(name, {}).get("attempts", 0) + 1
         self.d.store.count("fences_failed")
-        if cfg.failed_fence == "recover" and cfg.self_fence_deadline > 0 \
-                and silent_for > cfg.self_fence_deadline + cfg.keepalive_limit:
-            # Silent for longer than its self-fence deadline: if alive, it has stopped its VMs itself.
-            # That is its fence: we stop trying ours, and it rejoins like any fenced node.
+        armed = self.d.view.snapshot().nodes.get(name)
+        armed = armed.self_fence_deadline if armed is not None else 0.0
+        if cfg.failed_fence == "recover" and armed > 0 and silent_for > armed + cfg.keepalive_limit:
+            # Silent for longer than the self-fence deadline it last published: if alive, it has
+            # stopped its VMs itself. That is its fence: we stop trying ours, and it rejoins like
+            # any fenced node. A node that published no deadline (it was disarmed) is never taken
+            # as self-fenced, whatever the setting says now.
             log.warning("node %s: fencing failed (%s); silent %.0fs, past its self-fence deadline: taking it as "
                         "self-fenced and recovering its VMs", name, result.message, silent_for)
             self._mark_fenced(name, {"state": "self-fenced", "attempts": attempts, "at": time.time(),
@@ -208,6 +212,17 @@ class FenceMonitor:
                                         "at": time.time(), "retry_in": backoff})
         log.error("node %s: fencing failed (attempt %d, next in %gs): %s; its VMs are NOT recovered", name,
                   attempts, backoff, result.message)
+
+
+def detection(cfg: ClusterConfig, node: Node) -> tuple[float, float]:
+    """Seconds of silence after which ``node`` is suspect, and before which it is never declared dead.
+
+    The settings, but never shorter than the node's own published timing allows (a setting
+    written around the API's checks, or a node that joined with slower timing, fences nobody).
+    """
+    timing = Timing.of_node(node)
+    suspect_after = max(cfg.keepalive_limit, timing.suspect_after())
+    return suspect_after, max(suspect_after + cfg.fence_grace, timing.dead_after())
 
 
 # -- recovery ----------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ class LocalCluster:
         self.hosts, self.root, self.nodes = hosts, root, nodes
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="pvc-cluster-"))
         self.memory_mib, self.cpus = memory_mib, cpus
-        self.flags = flags or ("--keepalive-interval", "0.5", "--shutdown-timeout", "5", "--migration-timeout", "15")
+        self.flags = flags or ("--keepalive-interval", "0.5", "--zookeeper-session-timeout", "3", "--shutdown-timeout", "5",
+                                "--migration-timeout", "15")
         self.env = env or {}
         self.node_flags = node_flags or {}  # extra flags per node, e.g. ("--coordinator",)
         self.wrap = wrap or {}  # command prefix per node, e.g. ["ip", "netns", "exec", "n1"]

@@ -9,6 +9,7 @@ where it is read.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
@@ -32,12 +33,12 @@ MIGRATION_PHASES = ("requested", "prepare", "ready", "sent", "stopped", "failed"
 RUNNING_STATES = ("start", "restart", "migrate", "migrate-live", "unmigrate")
 DEFAULT_SELECTOR = "mem"
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_name(name: Any, what: str, field_name: str = "name") -> str:
     """Node and VM names become ZooKeeper path components: keep them plain."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValidationError(
             f"invalid {what} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             field_name,
@@ -251,6 +252,12 @@ class Node(_JSONModel):
     keepalive: float = 0.0
     live_migration: bool = False
     migration_uri: str = ""
+    #: this node's timing, for the cluster's checks (:class:`Timing`): 0 when never published
+    keepalive_interval: float = 0.0
+    session_timeout: float = 0.0
+    #: the self-fence deadline this node last armed itself with (0: it keeps its VMs when cut off);
+    #: the cluster trusts a silent node to have stopped its VMs only on this value
+    self_fence_deadline: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Node":
@@ -319,6 +326,50 @@ class Handover(_JSONModel):
 
 FENCE_ACTIONS = ("recover", "none")
 
+#: Seconds settings and their static bounds (low, high). The low bounds that protect a healthy node
+#: depend on how often nodes write keepalives and how long their ZooKeeper sessions last: they are
+#: checked against the cluster's nodes by :meth:`ClusterConfig.check_timing`.
+SECONDS_BOUNDS = {
+    "keepalive_limit": (0.3, 300.0),
+    "fence_grace": (0.0, 300.0),
+    "self_fence_deadline": (1.0, 3600.0),
+    "fence_retry_max": (1.0, 3600.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How quickly nodes write keepalives and how long their ZooKeeper sessions last (the largest in the cluster).
+
+    The defaults are pvcnoded's, for a cluster with no node yet, or a node that never published its own.
+    """
+
+    keepalive_interval: float = 1.0
+    session_timeout: float = 4.0
+
+    @classmethod
+    def of_node(cls, node: "Node") -> "Timing":
+        return cls(node.keepalive_interval or 1.0, node.session_timeout or 4.0)
+
+    @classmethod
+    def of(cls, nodes) -> "Timing":
+        """The slowest figures of ``nodes`` (the defaults when there is none)."""
+        timings = [cls.of_node(n) for n in nodes] or [cls()]
+        return cls(max(t.keepalive_interval for t in timings), max(t.session_timeout for t in timings))
+
+    def suspect_after(self) -> float:
+        """No node may be suspect before it missed two keepalives, with jitter: three intervals."""
+        return 3 * self.keepalive_interval
+
+    def dead_after(self) -> float:
+        """A healthy node whose ZooKeeper server fails reconnects to another within its session
+        timeout and writes a keepalive within one interval: no healthy node is silent longer."""
+        return self.session_timeout + self.keepalive_interval
+
+    def self_fence_after(self) -> float:
+        """A node stops its own VMs only after it could have reconnected and written twice."""
+        return self.session_timeout + 2 * self.keepalive_interval
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig(_JSONModel):
@@ -330,10 +381,18 @@ class ClusterConfig(_JSONModel):
     ZooKeeper session ended writes none), and declared dead after staying suspect for ``fence_grace``
     (2 s, its saving throw: a daemon that stalls briefly is not fenced). IPMI
     fencing takes about 0.1 s and a restart on another node under 1 s, so the
-    total is about 6 s. ``self_fence_deadline`` (seconds without a written
-    keepalive after which a node stops its own VMs) must exceed a ZooKeeper leader
-    election (measured up to ~6 s in the cluster-in-a-box tier) so that a flapping
-    ensemble never stops VMs.
+    total is about 6 s.
+
+    ``self_fence_deadline`` (seconds without a written keepalive after which a node
+    stops its own VMs) applies only with ``failed_fence = recover``: only then may the
+    cluster start a silent node's VMs elsewhere without a confirmed power-off, so only
+    then does a node stopping its own VMs protect anything. With ``failed_fence = none``
+    a node cut off from ZooKeeper (the whole ensemble down, say) keeps its VMs running.
+
+    Every value is checked twice: for its type and static bounds here (finite numbers
+    only; a stored value that fails is replaced by its default when read, so a bad
+    write cannot turn the cluster against itself), and against the nodes' keepalive
+    interval and ZooKeeper session timeout by :meth:`check_timing`.
     """
 
     default_selector: str = DEFAULT_SELECTOR
@@ -347,7 +406,19 @@ class ClusterConfig(_JSONModel):
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "ClusterConfig":
-        return cls().updated(cls._known(raw))
+        """Read a stored config; a field that fails its checks falls back to its default."""
+        config = cls()
+        for name, value in cls._known(raw).items():
+            try:
+                config = config.updated({name: value})
+            except ValidationError:
+                continue
+        return config
+
+    @property
+    def self_fence_armed(self) -> bool:
+        """Whether nodes stop their own VMs when cut off (see the class docstring)."""
+        return self.failed_fence == "recover"
 
     def updated(self, changes: Mapping[str, Any]) -> "ClusterConfig":
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -365,14 +436,44 @@ class ClusterConfig(_JSONModel):
         for name in ("successful_fence", "failed_fence"):
             if name in changes:
                 values[name] = _check_choice(changes[name], FENCE_ACTIONS, name)
-        for name, low in (("keepalive_limit", 0.5), ("fence_grace", 0.0), ("self_fence_deadline", 0.0),
-                          ("fence_retry_max", 1.0)):
+        for name, (low, high) in SECONDS_BOUNDS.items():
             if name in changes:
-                value = changes[name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-                    raise ValidationError(f"{name} must be a number of seconds >= {low:g}; got {value!r}", name)
-                values[name] = float(value)
+                values[name] = check_seconds(changes[name], name, low, high)
         return replace(self, **values)
+
+    def check_timing(self, timing: Timing, changed: Any = ()) -> None:
+        """Refuse settings under which a healthy node could be fenced or stop its VMs.
+
+        ``changed`` names the settings being changed, to name the right field in the error.
+        """
+        def field_of(*names: str) -> str:
+            return next((n for n in names if n in changed), names[0])
+
+        i, s = timing.keepalive_interval, timing.session_timeout
+        if self.keepalive_limit < timing.suspect_after():
+            raise ValidationError(
+                f"keepalive_limit must be at least 3 keepalive intervals (3 x {i:g}s = {timing.suspect_after():g}s): "
+                f"a node is suspect only once it missed two keepalives; got {self.keepalive_limit:g}",
+                "keepalive_limit")
+        if self.keepalive_limit + self.fence_grace < timing.dead_after():
+            raise ValidationError(
+                f"keepalive_limit + fence_grace must be at least the nodes' ZooKeeper session timeout plus one "
+                f"keepalive interval ({s:g}s + {i:g}s = {timing.dead_after():g}s): a healthy node whose ZooKeeper "
+                f"server fails reconnects within its session timeout; got "
+                f"{self.keepalive_limit:g}s + {self.fence_grace:g}s", field_of("fence_grace", "keepalive_limit"))
+        if self.self_fence_deadline < timing.self_fence_after():
+            raise ValidationError(
+                f"self_fence_deadline must be at least the nodes' ZooKeeper session timeout plus two keepalive "
+                f"intervals ({s:g}s + 2 x {i:g}s = {timing.self_fence_after():g}s): a node cut off only for a "
+                f"reconnect must not stop its VMs; got {self.self_fence_deadline:g}", "self_fence_deadline")
+
+
+def check_seconds(value: Any, name: str, low: float, high: float) -> float:
+    """A finite number of seconds within ``[low, high]`` (never NaN, infinity or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ValidationError(f"{name} must be a number of seconds from {low:g} to {high:g}; got {value!r}", name)
+    return float(value)
 
 
 @dataclass(frozen=True)

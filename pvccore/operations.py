@@ -12,12 +12,12 @@ import re
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Callable, Mapping
 
 from .errors import ConflictError, NotFoundError, ValidationError
 from .hypervisor import parse_domain_xml
-from .models import RUNNING_STATES, VM, Cluster, Handover, Migration, Node, VMMeta, check_name
+from .models import RUNNING_STATES, VM, Cluster, ClusterConfig, Handover, Migration, Node, Timing, VMMeta, check_name
 from .placement import Placement, check_target, place, resolve_selector
 from .plugins import PluginSet
 from .store import Store
@@ -288,10 +288,21 @@ class Operations:
         return mask_fence_config(self.store.get_fence_config(node))
 
     def set_config(self, changes: Mapping[str, Any]):
+        """Change cluster settings; refused when the result could fence a healthy node (see ClusterConfig)."""
+        if not changes:
+            raise ValidationError(f"give at least one setting: {', '.join(f.name for f in fields(ClusterConfig))}")
+        timing = Timing.of(self.view.snapshot().nodes.values())
         new = self.view.config.updated(changes)
+        new.check_timing(timing, changes)
         if "default_selector" in changes:
             resolve_selector(new.default_selector, Cluster.build([], config=new), self.plugins.selectors)
-        written = self.store.update_config(lambda c: c.updated(changes))
+
+        def update(current: ClusterConfig) -> ClusterConfig:
+            result = current.updated(changes)
+            result.check_timing(timing, changes)  # on what is stored now, not what the view held
+            return result
+
+        written = self.store.update_config(update)
         self.view.wait_for(lambda c: c.config == written, 10)  # read your own write
         return written
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -18,9 +19,10 @@ from typing import Callable, TypeVar
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
+from kazoo.security import make_digest_acl
 
 from . import locks
-from .errors import ConflictError, NotFoundError
+from .errors import ConflictError, NotFoundError, ValidationError
 from .models import VM, ClusterConfig, Handover, Node, PrimaryRecord
 from .schema import DEFAULT_ROOT, Schema
 
@@ -89,6 +91,32 @@ class _Counters:
         return isinstance(other, _Counters) and other.counts == self.counts
 
 
+AUTH_ENV = "PVC_ZOOKEEPER_AUTH"
+
+
+def parse_auth(text: str) -> tuple[str, str]:
+    """``digest:USER:PASSWORD`` -> ``(USER, PASSWORD)``; the error never repeats the password."""
+    scheme, _, rest = text.partition(":")
+    user, _, password = rest.partition(":")
+    if scheme != "digest" or not user or not password:
+        raise ValidationError("zookeeper_auth: expected digest:USER:PASSWORD", "zookeeper_auth")
+    return user, password
+
+
+def auth_options(auth: str | None) -> dict:
+    """kazoo options that authenticate as ``auth`` and create every znode readable by that identity only.
+
+    ``auth`` None means ``$PVC_ZOOKEEPER_AUTH``; empty means no authentication (world-readable znodes).
+    """
+    if auth is None:
+        auth = os.environ.get(AUTH_ENV, "")
+    if not auth:
+        return {}
+    user, password = parse_auth(auth)
+    return {"auth_data": [("digest", f"{user}:{password}")],
+            "default_acl": [make_digest_acl(user, password, all=True)]}
+
+
 RECONNECT = {"max_tries": -1, "delay": 0.05, "backoff": 2, "max_jitter": 0.1, "max_delay": 0.5}
 CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect to one ZooKeeper server
 
@@ -121,8 +149,12 @@ class Store:
         return getattr(self._local, "write", ("", -1))
 
     @classmethod
-    def connect(cls, hosts: str, root: str = DEFAULT_ROOT, timeout: float = 10.0, **kwargs) -> "Store":
+    def connect(cls, hosts: str, root: str = DEFAULT_ROOT, timeout: float = 10.0, auth: str | None = None,
+                **kwargs) -> "Store":
         """Start a new KazooClient on ``hosts`` and make sure the layout exists.
+
+        ``auth`` (``digest:USER:PASSWORD``; None: ``$PVC_ZOOKEEPER_AUTH``) authenticates the
+        session, and every znode it creates carries an ACL for that identity only.
 
         Reconnection retries every half second at most: kazoo's default back-off grows to a
         minute, and a node still backing off after a ZooKeeper leader election (seconds) would
@@ -131,6 +163,7 @@ class Store:
         """
         kwargs.setdefault("connection_retry", dict(RECONNECT))
         kwargs.setdefault("handler", _Handler())
+        kwargs = {**auth_options(auth), **kwargs}
         client = KazooClient(hosts=hosts, timeout=timeout, **kwargs)
         client.start(timeout=timeout)
         store = cls(client, root)

@@ -26,7 +26,7 @@ from pvccore.localcluster import LocalCluster, sample_domain_xml
 from pvccore.localzk import LocalZooKeeper
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.store import Store
+from pvccore.store import AUTH_ENV, Store
 from pvccore.view import ClusterView
 
 HERE = Path(__file__).resolve().parent.parent
@@ -59,8 +59,18 @@ def _state() -> dict | None:
     return state if all(_alive(p) for p in state["pids"].values()) else None
 
 
+def _zk_auth() -> str:
+    """The demo cluster's ZooKeeper identity, made once and kept (mode 0600) with its data."""
+    path = DEMO / "zookeeper.auth"
+    if not path.exists():
+        DEMO.mkdir(exist_ok=True)
+        path.touch(0o600)
+        path.write_text(f"digest:pvc-demo:{secrets.token_urlsafe(18)}")
+    return path.read_text().strip()
+
+
 def _connect(hosts: str):
-    store = Store.connect(hosts, ROOT)
+    store = Store.connect(hosts, ROOT, auth=_zk_auth())
     view = ClusterView(store.client, store.paths).start()
     return store, view, Operations(store, view, load_plugins())
 
@@ -91,7 +101,7 @@ def up() -> None:
         return
     DEMO.mkdir(exist_ok=True)
     zk = LocalZooKeeper(data_dir=str(DEMO / "zookeeper"), port=ZK_PORT).start()
-    cluster = LocalCluster(zk.hosts, ROOT, workdir=str(DEMO / "cluster"),
+    cluster = LocalCluster(zk.hosts, ROOT, workdir=str(DEMO / "cluster"), env={AUTH_ENV: _zk_auth()},
                            flags=("--keepalive-interval", "1", "--shutdown-timeout", "10"))
     (DEMO / "cluster").mkdir(exist_ok=True)
     cluster.start()
@@ -116,9 +126,10 @@ def start_api(hosts: str) -> tuple[subprocess.Popen, str, str]:
     """pvcapid under gunicorn, with a fresh API key; returns once it answers."""
     cfg = DEMO / "api.toml"
     key = secrets.token_urlsafe(24)
+    cfg.touch(0o600)
+    cfg.chmod(0o600)  # it holds the API key and the ZooKeeper identity
     cfg.write_text(f'zookeeper_hosts = "{hosts}"\nzookeeper_root = "{ROOT}"\nlisten = "127.0.0.1:{API_PORT}"\n'
-                   f'workers = 2\napi_keys = ["{key}"]\n')
-    cfg.chmod(0o600)
+                   f'workers = 2\napi_keys = ["{key}"]\nzookeeper_auth = "{_zk_auth()}"\n')
     log = open(DEMO / "api.log", "ab")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

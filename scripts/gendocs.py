@@ -16,7 +16,7 @@ from pvcapi.openapi import document
 from pvccli.main import cli
 from pvccore import __version__
 from pvccore.config import DAEMON, ConfigSchema
-from pvccore.models import ClusterConfig
+from pvccore.models import SECONDS_BOUNDS, ClusterConfig
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "reference"
 
@@ -45,11 +45,16 @@ def config_md() -> str:
     cluster_help = {
         "default_selector": "Selector for VMs whose `node_selector` is `default`.",
         "allow_overcommit": "Place VMs even where free memory is short.",
-        "keepalive_limit": "Seconds without a keepalive before a node is suspect.",
-        "fence_grace": "Seconds a suspect node has to come back before it is declared dead and fenced.",
+        "keepalive_limit": "Seconds without a keepalive before a node is suspect. At least 3 keepalive intervals "
+                           "of the slowest node.",
+        "fence_grace": "Seconds a suspect node has to come back before it is declared dead and fenced. "
+                       "`keepalive_limit + fence_grace` is at least the nodes' ZooKeeper session timeout plus one "
+                       "keepalive interval.",
         "successful_fence": "After a confirmed fence: `recover` the node's VMs elsewhere, or `none`.",
         "failed_fence": "After every fencer failed: `recover` once the self-fence deadline has passed, or `none`.",
-        "self_fence_deadline": "Seconds without a written keepalive (cut off from ZooKeeper, say) after which a node stops its own VMs (0: never).",
+        "self_fence_deadline": "With `failed_fence = recover` only: seconds without a written keepalive (cut off "
+                               "from ZooKeeper, say) after which a node stops its own VMs. At least the nodes' "
+                               "ZooKeeper session timeout plus two keepalive intervals.",
         "fence_retry_max": "Longest back-off between fence attempts, seconds.",
     }
     lines = [
@@ -64,10 +69,13 @@ def config_md() -> str:
         *_schema_table(API), "",
         "## Cluster settings", "",
         "Stored in ZooKeeper; set with `pvc cluster set` or `POST /api/v1/cluster/status`.", "",
-        "| setting | default | meaning |", "|---|---|---|",
+        "Why each bound is what it is: [operator guide](../operator.md#reliability-settings-and-their-bounds).", "",
+        "| setting | default | range | meaning |", "|---|---|---|---|",
     ]
     for f in fields(ClusterConfig):
-        lines.append(f"| `{f.name}` | `{_default(f.default)}` | {cluster_help[f.name]} |")
+        bounds = SECONDS_BOUNDS.get(f.name)
+        span = f"{bounds[0]:g}–{bounds[1]:g} s" if bounds else "-"
+        lines.append(f"| `{f.name}` | `{_default(f.default)}` | {span} | {cluster_help[f.name]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import uuid
 
 import pytest
@@ -9,7 +11,11 @@ import pytest
 from pvccore.localzk import LocalZooKeeper
 from pvccore.models import Node
 from pvccore.plugins import load_plugins
-from pvccore.store import Store, delete_tree
+from pvccore.store import AUTH_ENV, Store, delete_tree
+
+# Every test runs as a cluster in production should: ZooKeeper authentication on, every znode
+# readable by this identity only. Set before any client or subprocess starts, so all inherit it.
+os.environ.setdefault(AUTH_ENV, f"digest:pvc-test:{secrets.token_hex(12)}")
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,7 @@ from pvccore.localzk import LocalZooKeeper
 from pvccore.netlab import NetLab, Pinger
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.store import Store
+from pvccore.store import AUTH_ENV, Store
 from pvccore.view import ClusterView
 from tests.tools.bmcsim import kill_members, pidns_members
 
@@ -232,7 +233,11 @@ class ClusterBox:
         self.client, self.mgmt = nodes + 1, nodes + 2
         self.bmc_mode = bmc
         self.settings = settings or {}
-        self.daemon_flags, self.env = daemon_flags, env or {}
+        # ZooKeeper authentication on, as in production: daemons take the identity from their
+        # environment, the API from its config file.
+        self.zk_auth = ((env or {}).get(AUTH_ENV) or os.environ.get(AUTH_ENV)
+                        or f"digest:pvc-box:{secrets.token_hex(12)}")
+        self.daemon_flags, self.env = daemon_flags, {AUTH_ENV: self.zk_auth, **(env or {})}
         self.zk = [LocalZooKeeper(data_dir=str(self.dir / f"zk{i}"), host=f"198.18.0.{i}", port=2181,
                                   peers=tuple(f"198.18.0.{j}" for j in (1, 2, 3)), myid=i,
                                   wrap=self.net.exec(i)) for i in (1, 2, 3)]
@@ -273,8 +278,10 @@ class ClusterBox:
             z.wait_serving(timeout)
         self.api_config.write_text(
             f'zookeeper_hosts = "{self.zk_hosts}"\nzookeeper_root = "{ROOT}"\nlisten = "{FLOATING_IP}:{API_PORT}"\n'
-            f'workers = 2\napi_keys = ["{API_KEY}"]\nwait_timeout = 60.0\nlog_level = "warning"\n')
-        self.store = Store.connect(self.zk_hosts, ROOT)
+            f'workers = 2\napi_keys = ["{API_KEY}"]\nwait_timeout = 60.0\nlog_level = "warning"\n'
+            f'zookeeper_auth = "{self.zk_auth}"\n')
+        self.api_config.chmod(0o600)
+        self.store = Store.connect(self.zk_hosts, ROOT, auth=self.zk_auth)
         if self.settings:
             self.store.update_config(lambda c: c.updated(self.settings))
         for node in self.nodes.values():

@@ -1,6 +1,6 @@
 """Cluster in a box, faults: power loss through a BMC, a node cut off the network (with a BMC on a
 management network, and with a shared-LOM BMC that goes down with the link), the ZooKeeper leader
-killed, planned handovers under a 25 ms ping, the primary killed.
+killed, the whole ensemble down for 20 s, planned handovers under a 25 ms ping, the primary killed.
 
 While each fault plays out, a watcher polls every node's libvirt and records any moment a VM runs
 on two nodes; at the end the invariants are checked from every node's libvirt. ``PVC_SOAK=N`` runs
@@ -146,6 +146,41 @@ def test_zookeeper_leader_killed_fences_nobody_moves_nothing(make_box, round_):
     assert not box.events.all("fenced")
     assert not box.check("after the election")
     assert {name: vm.node for name, vm in box.view.snapshot().vms.items()} == before
+
+
+OUTAGE = 20.0  # seconds the whole ensemble is down: twice the default self-fence deadline
+
+
+def test_whole_zookeeper_ensemble_down_stops_no_vm_moves_nothing(make_box, round_):
+    """Default settings (failed_fence = none): nobody recovers without a confirmed fence, so no node
+    stops its VMs while cut off, however long, and nothing moves when ZooKeeper returns."""
+    box = make_box()
+    for node in ("hv1", "hv2", "hv3"):
+        define_on(box, node, {f"vm-{node}": []})
+    before = {name: vm.node for name, vm in box.view.snapshot().vms.items()}
+    expected = box.running()
+    with DuplicateWatch(box) as watch:
+        for z in box.zk:
+            z.kill()
+        down_at = time.monotonic()
+        # The fault lasts OUTAGE seconds; meanwhile every node's libvirt keeps running every VM.
+        while time.monotonic() - down_at < OUTAGE:
+            assert box.running() == expected, f"{time.monotonic() - down_at:.1f}s into the outage"
+            time.sleep(1.0)
+        back_at = time.time()
+        for z in box.zk:
+            z.start(wait=False)
+        assert box.view.wait_for(lambda c: all(n.keepalive > back_at for n in c.nodes.values()), T), box.logs()
+        cfg = box.view.config
+        changed = box.view.wait_for(
+            lambda c: any(n.daemon_state != "run" for n in c.nodes.values())
+            or {name: vm.node for name, vm in c.vms.items()} != before, cfg.keepalive_limit + cfg.fence_grace + 2)
+        assert not changed, box.view.snapshot()
+    assert not watch.seen
+    assert box.running() == expected
+    assert not box.events.all("fenced")
+    assert not any("self-fence" in n.daemon_log.read_text(errors="replace") for n in box.nodes.values())
+    assert not box.check("after the outage")
 
 
 def test_planned_handovers_lose_no_pings(make_box, round_):

@@ -56,7 +56,7 @@ def test_cluster_status_and_set(pvc):
     pvc("cluster", "set", "--fence-grace", "2.5", "--failed-fence", "none")
     assert json.loads(pvc("cluster", "status", "-f", "json").output)["config"]["fence_grace"] == 2.5
     bad = pvc("cluster", "set", "--fence-grace", "-1", ok=False)
-    assert bad.exit_code == 1 and "fence_grace must be a number of seconds >= 0" in bad.stderr
+    assert bad.exit_code == 1 and "fence_grace must be a number of seconds from 0 to 300" in bad.stderr
     bad = pvc("cluster", "set", "--default-selector", "nosuch", ok=False)
     assert bad.exit_code == 1 and bad.stderr.startswith("pvc: error: unknown selector 'nosuch'")
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -1,10 +1,12 @@
 """The example distribution in examples/ builds, installs, registers, places VMs and takes part in handovers."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from pvccore.store import AUTH_ENV
 from tests.conftest import make_node
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pvc-example-plugins"
@@ -43,7 +45,7 @@ def test_example_distribution(tmp_path, store, zk_server):
     store.create_node(make_node("a", memory_free_mib=12000, vcpus_allocated=11))
     store.create_node(make_node("b", memory_free_mib=6000, vcpus_allocated=1))
     out = subprocess.run([sys.executable, "-c", PROBE, zk_server.hosts, store.paths.root], check=True,
-                         capture_output=True, text=True, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+                         capture_output=True, text=True, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", AUTH_ENV: os.environ[AUTH_ENV]})
     got = json.loads(out.stdout)
     assert got["target"] == "b" and got["scores"] == {"a": 1000.0, "b": 3000.0}
     assert got["log"] == ["handover phase stop-services on a as relinquish (a -> b)"]

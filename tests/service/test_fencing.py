@@ -37,7 +37,7 @@ class Box:
         self.events = Events(tmp_path / "events.jsonl")
         self.proxy = TcpProxy("127.0.0.1", zk_server.port)
         self.store = Store.connect(zk_server.hosts, root)
-        self.store.update_config(lambda c: c.updated({"keepalive_limit": 1.5, "fence_grace": 1.5,
+        self.store.update_config(lambda c: c.updated({"keepalive_limit": 1.5, "fence_grace": 2.0,
                                                       **(settings or {})}))
         self.local = LocalCluster(zk_server.hosts, root, workdir=str(tmp_path), env={
             "PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(self.events.path)},
@@ -142,7 +142,7 @@ def test_short_stall_is_not_fenced_long_stall_is(box):
     b = box()
     place_vms(b)
     b.local.signal("hv3", signal.SIGSTOP)
-    # keepalive_limit 1.5 s + fence_grace 1.5 s: a 2.5 s stall is survived
+    # keepalive_limit 1.5 s + fence_grace 2 s: a 2.5 s stall is survived
     assert not b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state != "run", 2.5)
     b.local.signal("hv3", signal.SIGCONT)
     assert b.view.wait_for(lambda c: time.time() - c.nodes["hv3"].keepalive < 1, T)
@@ -179,9 +179,32 @@ def test_escalation_to_the_second_fencer(box):
     assert b.settled() == []
 
 
-def test_partitioned_node_self_fences_then_cluster_recovers_without_a_fencer(box):
-    b = box(settings={"self_fence_deadline": 3.0, "failed_fence": "recover"})
+def test_cut_off_node_keeps_its_vms_when_nobody_recovers_without_a_fence(box):
+    """failed_fence = none (the default): a self-fence would protect nothing, so it never happens."""
+    b = box(refuse=("hv3",), settings={"self_fence_deadline": 4.0})
     place_vms(b)
+    assert b.view.wait_for(lambda c: c.nodes["hv3"].self_fence_deadline == 0
+                           and c.nodes["hv3"].session_timeout == 3.0, T)  # published: disarmed
+    before = set(b.view.snapshot().nodes["hv3"].running_vms)
+    cut = time.monotonic()
+    b.proxy.cut()
+    assert b.state("hv3", "dead")
+    # Past the deadline and the whole recovery window: the cluster recovers nothing, hv3 stops nothing.
+    assert not b.view.wait_until(lambda: "self-fence" in b.local.log("hv3"), 4.0 + 1.5 + 2 - (time.monotonic() - cut))
+    assert all(b.store.get_vm(v).node == "hv3" for v in ("free1", "pair1", "only3"))
+    b.proxy.restore()
+    assert b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state == "run"
+                           and time.time() - c.nodes["hv3"].keepalive < 1, T)
+    assert set(b.view.snapshot().nodes["hv3"].running_vms) == before  # every VM ran on through the cut
+    log = b.local.log("hv3")
+    assert "self-fence" not in log and "stopped unexpectedly" not in log
+    assert b.settled() == []
+
+
+def test_partitioned_node_self_fences_then_cluster_recovers_without_a_fencer(box):
+    b = box(settings={"self_fence_deadline": 4.0, "failed_fence": "recover"})
+    place_vms(b)
+    assert b.view.wait_for(lambda c: c.nodes["hv3"].self_fence_deadline == 4.0, T)  # armed, and published
     b.ops.set_fence_config("hv3", [])  # no working fencer at all
     cut = time.time()
     b.proxy.cut()
@@ -191,7 +214,7 @@ def test_partitioned_node_self_fences_then_cluster_recovers_without_a_fencer(box
     assert "self-fence: no keepalive written" in log and "stopped 3 VM(s)" in log
     assert b.state("hv3", "fenced") and b.ops.store.get_fencing()["hv3"]["state"] == "self-fenced"
     # recovery waited for the deadline: not before cut + self_fence_deadline + keepalive_limit
-    assert recovered_at - cut >= 3.0 + 1.5
+    assert recovered_at - cut >= 4.0 + 1.5
     assert b.view.wait_for(lambda c: all(c.vms[v].node != "hv3" for v in ("free1", "pair1")), T)
     b.proxy.restore()  # it rejoins without starting a second copy of anything
     assert b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state == "run"

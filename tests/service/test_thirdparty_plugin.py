@@ -1,10 +1,12 @@
 """A third-party selector distribution, built and pip-installed here, is registered and chosen with no configuration."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
+from pvccore.store import AUTH_ENV
 from tests.conftest import make_node
 
 PYPROJECT = """
@@ -72,7 +74,7 @@ def test_pip_installed_selector_is_registered_and_chosen(tmp_path, store, zk_ser
         store.create_node(make_node(name, memory_free_mib=free))
     store.create_vm(VM(name="app1", uuid="u", memory_mib=512, vcpus=1, meta=VMMeta(node_selector="lastname")), "<d/>")
 
-    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", AUTH_ENV: os.environ[AUTH_ENV]}
     out = subprocess.run([sys.executable, "-c", PROBE, zk_server.hosts, store.paths.root],
                          env=env, check=True, capture_output=True, text=True)
     got = json.loads(out.stdout)

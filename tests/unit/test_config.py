@@ -43,6 +43,10 @@ def test_flags_override_file(tmp_path):
     ('node = "a"\nzookeeper_root = "pvc"', "invalid ZooKeeper root"),
     ('node = "a"\nmigration_uri_template = "qemu+tcp://x/system"', "must contain {address}"),
     ('node = ', "not valid TOML"),
+    ('node = "a"\nkeepalive_interval = nan', "keepalive_interval: must be a finite number"),
+    ('node = "a"\nshutdown_timeout = inf', "shutdown_timeout: must be a finite number"),
+    ('node = "a"\nkeepalive_interval = 1e308', "keepalive_interval: must be at most 10"),
+    ('node = "a"\nzookeeper_session_timeout = 0.5', "zookeeper_session_timeout: must be at least 1"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     f = tmp_path / "c.toml"

@@ -3,7 +3,7 @@
 import pytest
 
 from pvccore.errors import ValidationError
-from pvccore.models import VM, ClusterConfig, Node, VMMeta
+from pvccore.models import VM, ClusterConfig, Node, Timing, VMMeta
 from pvccore.schema import Schema
 
 
@@ -61,6 +61,50 @@ def test_cluster_config_validation():
     for bad in ({"default_selector": "default"}, {"allow_overcommit": "no"}, {"nope": 1}):
         with pytest.raises(ValidationError):
             ClusterConfig().updated(bad)
+
+
+@pytest.mark.parametrize("name", ["keepalive_limit", "fence_grace", "self_fence_deadline", "fence_retry_max"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e308, -1, True, "3", None])
+def test_seconds_settings_refuse_non_finite_and_out_of_bounds(name, value):
+    with pytest.raises(ValidationError, match=f"{name} must be a number of seconds from") as exc:
+        ClusterConfig().updated({name: value})
+    assert exc.value.field == name
+
+
+def test_stored_bad_settings_read_as_defaults():
+    """A config written around the API (or by an older version) cannot turn detection off or into a loop."""
+    raw = b'{"keepalive_limit": NaN, "fence_grace": Infinity, "self_fence_deadline": 0.5, "fence_retry_max": 30}'
+    config = ClusterConfig.from_json(raw)
+    assert (config.keepalive_limit, config.fence_grace, config.self_fence_deadline) == (3.0, 2.0, 10.0)
+    assert config.fence_retry_max == 30.0
+
+
+@pytest.mark.parametrize("changes, field, rule", [
+    ({"keepalive_limit": 0.5, "fence_grace": 0}, "keepalive_limit", "at least 3 keepalive intervals (3 x 1s = 3s)"),
+    ({"keepalive_limit": 3, "fence_grace": 1}, "fence_grace", "session timeout plus one keepalive interval (4s + 1s"),
+    ({"keepalive_limit": 3.5, "fence_grace": 1}, "fence_grace", "= 5s"),
+    ({"self_fence_deadline": 0.5 + 5}, "self_fence_deadline", "(4s + 2 x 1s = 6s)"),
+])
+def test_timing_rules_follow_from_interval_and_session_timeout(changes, field, rule):
+    config = ClusterConfig().updated(changes)
+    with pytest.raises(ValidationError) as exc:
+        config.check_timing(Timing(1.0, 4.0), changes)
+    assert exc.value.field == field and rule in exc.value.message
+
+
+def test_timing_rules_scale_with_the_slowest_node():
+    fast = ClusterConfig().updated({"keepalive_limit": 1.5, "fence_grace": 2.0, "self_fence_deadline": 4.0})
+    fast.check_timing(Timing(0.5, 3.0))  # what the service tests run with
+    slow = Timing.of([Node("a", keepalive_interval=0.5, session_timeout=3.0), Node("b", keepalive_interval=2.0)])
+    assert slow == Timing(2.0, 4.0)  # b never published a session timeout: the default counts
+    with pytest.raises(ValidationError, match="3 x 2s = 6s"):
+        fast.check_timing(slow)
+    ClusterConfig().check_timing(Timing())  # the defaults fit the default daemon
+
+
+def test_self_fence_is_armed_only_when_the_cluster_may_recover_without_a_fence():
+    assert not ClusterConfig().self_fence_armed
+    assert ClusterConfig().updated({"failed_fence": "recover"}).self_fence_armed
 
 
 def test_schema_paths_and_rejects_injection():
