@@ -51,6 +51,7 @@ BMCSIM = REPO / "tests" / "tools" / "bmcsim.py"
 FLOATING_IP = "198.18.0.100"
 API_PORT = 7370
 API_KEY = "box-key"
+APIPOLL = Path(__file__).resolve().parents[1] / "tools" / "apipoll.py"
 ROOT = "/box"
 MOUNTS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt",
           "cache": "/var/cache/libvirt"}
@@ -367,6 +368,10 @@ class ClusterBox:
     def pinger(self, target: str = FLOATING_IP, interval: float = 0.025) -> Pinger:
         return Pinger(self.net, self.client, target, interval)
 
+    def api_poller(self, route: str = "/api/v1/node", interval: float = 0.01) -> "ApiPoller":
+        """From the client host, poll an authenticated API route on the floating IP (tests/tools/apipoll.py)."""
+        return ApiPoller(self.net.exec(self.client), self.api_url + route, interval)
+
     def running(self) -> dict[str, set[str]]:
         """Every node's running domains, as its libvirt reports them."""
         return {name: node.running_domains() for name, node in self.nodes.items()}
@@ -404,6 +409,19 @@ class ClusterBox:
     def logs(self) -> str:
         return "\n".join(f"--- {n.name}\n{n.daemon_log.read_text(errors='replace')[-3000:]}"
                          for n in self.nodes.values() if n.daemon_log.exists())
+
+
+class ApiPoller:
+    """``apipoll.py`` in the client namespace until stopped; then its figures (polls, successes, gap_s)."""
+
+    def __init__(self, where: list[str], url: str, interval: float):
+        self.proc = subprocess.Popen([*where, sys.executable, str(APIPOLL), url, API_KEY, str(interval)],
+                                     stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> dict:
+        self.proc.send_signal(2)
+        out, _ = self.proc.communicate(timeout=10)
+        return json.loads(out)
 
 
 class DuplicateWatch:
