@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING
 
 from kazoo.client import KazooState
 
-from .errors import LockTimeout, PVCError
+from .errors import ConflictError, LockTimeout, PVCError
 from .hookspecs import FenceResult
 from .models import RUNNING_STATES, VM, Cluster, ClusterConfig, Node, Timing
 from .placement import place, with_pending
+from .placing import placing
+from .store import Store
 
 if TYPE_CHECKING:
     from .daemon import NodeDaemon
@@ -110,7 +112,7 @@ class FenceMonitor:
                 if now - started < cfg.fence_grace or now - since < dead_after:
                     continue
             next_try, _ = self._retry.get(name, (0.0, 0.0))
-            if now >= next_try:
+            if now >= next_try or (node.daemon_state == "dead" and self._confirmed_off(node)):
                 self._fence(node, now, now - since)
 
     def _forget(self, name: str) -> None:
@@ -135,7 +137,10 @@ class FenceMonitor:
                     self.d.store.update_node(name, lambda n: replace(n, daemon_state="dead")
                                              if n.daemon_state == "run" else n)
                     self.d.plugins.notify("pvc_node_state_changed", node=name, kind="daemon", old="run", new="dead")
-                result = self.fence_node(name)
+                if current.daemon_state == "dead" and self._confirmed_off(current):
+                    result = FenceResult(True, "power-off confirmed by the operator (pvc node confirm-off)")
+                else:
+                    result = self.fence_node(name)
                 self.d.plugins.notify("pvc_node_fenced", node=name, result=result)
                 if result.off:
                     self._fenced(name, result)
@@ -147,6 +152,11 @@ class FenceMonitor:
                     self._failed(name, result, now, silent_for)
         except LockTimeout:
             return  # another coordinator is fencing: look again next tick
+
+    def _confirmed_off(self, node: Node) -> bool:
+        """The operator confirmed this death of the node (its last keepalive), not an earlier one."""
+        confirmed = self.d.store.get_fencing().get(node.name, {}).get("confirmed_off")
+        return isinstance(confirmed, dict) and confirmed.get("keepalive") == node.keepalive
 
     def fence_node(self, name: str) -> FenceResult:
         """Try each entry of the node's fence configuration in order until one confirms power off."""
@@ -225,15 +235,42 @@ def detection(cfg: ClusterConfig, node: Node) -> tuple[float, float]:
     return suspect_after, max(suspect_after + cfg.fence_grace, timing.dead_after())
 
 
+def confirm_off(store: Store, node: str) -> Node:
+    """Record an operator's word that dead ``node`` is powered off, for when no fencer can say so.
+
+    Taken as a confirmed fence by the primary at its next look (its VMs are recovered), and
+    only while the node is ``dead``: a running or stopped node is refused, and the word is
+    for this death only (the node's last keepalive): a node that writes again is no longer
+    covered by it. With the self-fence disarmed (``failed_fence = none``, the default) this is the
+    way on when a node's BMC is gone with its power.
+    """
+    current = store.get_node(node)
+    if current.daemon_state != "dead":
+        raise ConflictError(f"node {node} is {current.daemon_state}, not dead: only a node the cluster could not "
+                            "fence can be confirmed off", "node")
+    store.set_fencing(node, {**store.get_fencing().get(node, {}),
+                             "confirmed_off": {"at": time.time(), "keepalive": current.keepalive}})
+    return current
+
+
 # -- recovery ----------------------------------------------------------------------------------
 
 
 def recover(d: "NodeDaemon", dead: str) -> None:
     """Start the dead node's VMs elsewhere by placement; park those with no valid target."""
+    with placing(d.store, d.view, timeout=30.0) as fresh:
+        moved, parked = _recover_placed(d, dead, fresh())
+    d.store.update_node(dead, lambda n: replace(n, domain_state="flushed") if n.domain_state == "fence-flush" else n)
+    log.warning("node %s: recovered %d VM(s) %s; %d left stopped with autostart %s", dead, len(moved), moved,
+                len(parked), parked)
+    d.plugins.notify("pvc_node_recovered", node=dead, moved=moved, parked=parked)
+
+
+def _recover_placed(d: "NodeDaemon", dead: str, cluster: Cluster) -> tuple[dict[str, str], list[str]]:
+    """Place and write each of the dead node's VMs (under the placement lock): VM -> node, and the parked."""
     moved: dict[str, str] = {}
     parked: list[str] = []
     pending: dict[str, str] = {}
-    cluster = d.view.placement_snapshot()
     for vm in sorted(cluster.vms.values(), key=lambda v: v.name):
         mig = vm.migration
         if mig is not None and mig.target == dead and vm.node != dead:
@@ -249,12 +286,17 @@ def recover(d: "NodeDaemon", dead: str) -> None:
             parked.append(vm.name)
             continue
         d.store.update_vm(vm.name, lambda v, t=decision.target: replace(
-            v, node=t, last_node=dead, state="start", migration=None, reason=f"recovered from {dead} (fenced)"))
+            v, node=t, last_node=_home_after(v, dead, t), state="start", migration=None,
+            reason=f"recovered from {dead} (fenced)"))
         pending[vm.name] = moved[vm.name] = decision.target
-    d.store.update_node(dead, lambda n: replace(n, domain_state="flushed") if n.domain_state == "fence-flush" else n)
-    log.warning("node %s: recovered %d VM(s) %s; %d left stopped with autostart %s", dead, len(moved), moved,
-                len(parked), parked)
-    d.plugins.notify("pvc_node_recovered", node=dead, moved=moved, parked=parked)
+    return moved, parked
+
+
+def _home_after(vm: VM, dead: str, target: str) -> str:
+    """The node a recovered VM returns to on ready: the home it was already away from, else the dead node
+    (none when the recovery took it home)."""
+    home = vm.last_node or dead
+    return "" if home == target else home
 
 
 def _parked(vm: VM, dead: str, why: str) -> VM:

@@ -21,7 +21,7 @@ from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
-from kazoo.protocol.states import EventType
+from kazoo.protocol.states import Callback, EventType
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from .errors import ValidationError
@@ -191,6 +191,25 @@ class ClusterView:
                     return False
                 self._cond.wait(left)
             return True
+
+    def barrier(self, timeout: float = 10.0) -> bool:
+        """Return once the view holds every change this client's session has been told of.
+
+        ZooKeeper delivers a session's watch events in order, and before any answer that
+        reflects a later state: so once the caller has seen a state (a lock acquired, a
+        write of its own), every earlier change's event is queued in kazoo's event thread.
+        A marker queued behind them runs after they have sent their reads; a read sent from
+        the marker completes after those reads, on kazoo's (ordered) completion thread, so
+        after the view applied them. Placement uses this under its lock to decide from
+        every earlier placement, not from a view a few events behind.
+        """
+        done = threading.Event()
+
+        def after_events() -> None:
+            self._client.get_async(self._schema.config).rawlink(lambda _result: done.set())
+
+        self._client.handler.dispatch_callback(Callback("watch", after_events, ()))
+        return done.wait(timeout)
 
     # -- watch plumbing -------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pvccore.fencing import invariant_violations
+from pvccore.errors import ConflictError
+from pvccore.fencing import confirm_off, invariant_violations
 from pvccore.localcluster import LocalCluster, sample_domain_xml as domain
 from pvccore.localzk import free_port
 from pvccore.operations import Operations
@@ -167,6 +168,22 @@ def test_bmc_refusing_recovers_nothing_and_retries(box):
 
     problems = cluster_status(b.ops)["problems"]
     assert any("fencing failed" in p and "not recovered" in p for p in problems)
+
+
+def test_operator_confirms_a_dead_node_off_when_no_fencer_can(box):
+    b = box(refuse=("hv3",))
+    place_vms(b)
+    with pytest.raises(ConflictError, match="node hv3 is run, not dead"):
+        confirm_off(b.store, "hv3")  # a healthy node is never taken as off
+    b.local.kill("hv3")
+    assert b.state("hv3", "dead")
+    assert b.view.wait_until(lambda: b.store.get_fencing().get("hv3", {}).get("state") == "failed", T)
+    assert all(b.store.get_vm(v).node == "hv3" for v in ("free1", "pair1", "only3"))  # nothing without a word
+    confirm_off(b.store, "hv3")
+    assert b.state("hv3", "fenced")
+    assert b.view.wait_for(lambda c: c.vms["free1"].node != "hv3" and c.vms["pair1"].node == "hv2", T)
+    assert b.events.wait(1, "fenced", node="hv3")[-1]["message"].startswith("power-off confirmed by the operator")
+    assert b.settled() == []
 
 
 def test_escalation_to_the_second_fencer(box):
