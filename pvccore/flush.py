@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from .errors import PVCError
 from .models import VM
 from .operations import migration_request
-from .placement import place, with_pending
+from .placement import Placement, place
+from .placing import placing
 
 if TYPE_CHECKING:
     from .daemon import NodeDaemon
@@ -37,14 +38,13 @@ def run_flush(d: "NodeDaemon") -> None:
     looked_at: set[str] = set()  # stopped VMs: re-homed, or left here for want of a target
     gen = d.view.generation
     while _still(d, "flush"):
-        snap = d.view.placement_snapshot()
+        snap = d.view.snapshot()
         mine = sorted((vm for vm in snap.vms.values() if vm.node == me), key=lambda vm: vm.name)
-        cluster = snap
         for vm in mine:
             if vm.name not in looked_at and vm.state in ("stop", "disable", "fail") and vm.migration is None \
                     and not vm.meta.node_autostart:
                 looked_at.add(vm.name)
-                cluster = _rehome_stopped(d, vm, cluster)
+                _rehome_stopped(d, vm)
         moving = [vm for vm in mine if vm.migration is not None]
         stopping = [vm for vm in mine if vm.state in ("shutdown", "restart")]
         todo = [vm for vm in mine if vm.state == "start" and vm.migration is None]
@@ -54,17 +54,15 @@ def run_flush(d: "NodeDaemon") -> None:
             if vm.name in sent:  # it came back: its migration failed, and it cannot stay here
                 _park(d, vm, f"migration to {sent[vm.name]} failed during flush of {me}: {vm.reason}")
                 continue
-            decision = place(vm, cluster, d.plugins.selectors)
-            if decision.target is None:
-                _park(d, vm, decision.reason)
-                continue
             try:
-                d.write_vm(vm.name, lambda v: migration_request(v, "migrate", decision.target))
+                decision = _send(d, vm)
             except PVCError as exc:  # changed meanwhile (an operator acted): look again next round
                 log.info("flush of %s: VM %s not sent: %s", me, vm.name, exc.message)
                 continue
+            if decision.target is None:
+                _park(d, vm, decision.reason)
+                continue
             sent[vm.name] = decision.target
-            cluster = with_pending(cluster, {vm.name: decision.target})
             log.info("flush of %s: VM %s to %s (%s)", me, vm.name, decision.target, decision.selector)
         gen = d.view.wait_changed(gen, d.cfg.keepalive_interval)
     if _still(d, "flush"):
@@ -72,20 +70,30 @@ def run_flush(d: "NodeDaemon") -> None:
         log.info("node %s flushed (%d VMs sent away)", me, len(sent))
 
 
-def _rehome_stopped(d: "NodeDaemon", vm: VM, cluster):
+def _send(d: "NodeDaemon", vm: VM) -> Placement:
+    """Place ``vm`` and request its migration there, with no other placement in between (see pvccore.placing).
+
+    Returns the decision (its target None: nowhere to go, nothing written).
+    """
+    with placing(d.store, d.view) as fresh:
+        decision = place(vm, fresh(), d.plugins.selectors)
+        if decision.target is not None:
+            d.write_vm(vm.name, lambda v: migration_request(v, "migrate", decision.target))
+    return decision
+
+
+def _rehome_stopped(d: "NodeDaemon", vm: VM) -> None:
     """A stopped VM needs no hypervisor work: assign it elsewhere now (it comes back on ready),
     so that starting it while this node is flushed does not start it here."""
-    decision = place(vm, cluster, d.plugins.selectors)
-    if decision.target is None:
-        log.info("flush of %s: stopped VM %s stays assigned here: %s", d.name, vm.name, decision.reason)
-        return cluster
     try:
-        d.write_vm(vm.name, lambda v: migration_request(v, "migrate", decision.target))
+        decision = _send(d, vm)
     except PVCError as exc:
         log.info("flush of %s: stopped VM %s not re-homed: %s", d.name, vm.name, exc.message)
-        return cluster
+        return
+    if decision.target is None:
+        log.info("flush of %s: stopped VM %s stays assigned here: %s", d.name, vm.name, decision.reason)
+        return
     log.info("flush of %s: stopped VM %s re-homed to %s (%s)", d.name, vm.name, decision.target, decision.selector)
-    return with_pending(cluster, {vm.name: decision.target})
 
 
 def _park(d: "NodeDaemon", vm: VM, reason: str) -> None:

@@ -19,6 +19,7 @@ from .errors import ConflictError, NotFoundError, ValidationError
 from .hypervisor import parse_domain_xml
 from .models import RUNNING_STATES, VM, Cluster, ClusterConfig, Handover, Migration, Node, Timing, VMMeta, check_name
 from .placement import Placement, check_target, place, resolve_selector
+from .placing import placing
 from .plugins import PluginSet
 from .store import Store
 from .view import ClusterView
@@ -75,16 +76,20 @@ class Operations:
                 state="start" if start else "stop", meta=vm_meta)
         if spec.name in cluster.vms:
             raise ConflictError(f"VM {spec.name!r} already exists", "xml")
-        if target:
-            check_target(vm, target, cluster)
-        else:
-            decision = place(vm, cluster, self.plugins.selectors)
-            if decision.target is None:
-                raise ConflictError(decision.reason, "target")
-            target = decision.target
-        created = self.store.create_vm(replace(vm, node=target), spec.xml)
+        with placing(self.store, self.view) as fresh:  # decided and written with no other placement between
+            created = self.store.create_vm(replace(vm, node=self._target(vm, target, fresh())), spec.xml)
         self.view.wait_for(lambda c: spec.name in c.vms, 10)
         return created
+
+    def _target(self, vm: VM, target: str | None, cluster: Cluster, domains: tuple[str, ...] = ("ready",)) -> str:
+        """``target`` if it may take ``vm`` (else ValidationError), or the placed node (else ConflictError)."""
+        if target:
+            check_target(vm, target, cluster, domains)
+            return target
+        decision = place(vm, cluster, self.plugins.selectors)
+        if decision.target is None:
+            raise ConflictError(decision.reason, "target")
+        return decision.target
 
     def set_meta(self, name: str, changes: Mapping[str, Any]) -> VM:
         current = self._vm(name)
@@ -165,17 +170,12 @@ class Operations:
 
     def _request_migration(self, name: str, kind: str, target: str | None, force_live: bool,
                            domains: tuple[str, ...] = ("ready",)) -> VM:
-        vm = self._vm(name)
-        cluster = self.view.placement_snapshot()
-        if target:
-            check_target(vm, target, cluster, domains)
-        else:
-            decision = place(vm, cluster, self.plugins.selectors)
-            if decision.target is None:
-                raise ConflictError(decision.reason, "target")
-            target = decision.target
-        return self._seen("vm", name,
-                          self.store.update_vm(name, lambda current: migration_request(current, kind, target, force_live)))
+        self._vm(name)
+        with placing(self.store, self.view) as fresh:  # decided and written with no other placement between
+            vm = self._vm(name)
+            target = self._target(vm, target, fresh(), domains)
+            written = self.store.update_vm(name, lambda current: migration_request(current, kind, target, force_live))
+        return self._seen("vm", name, written)
 
     # -- nodes ---------------------------------------------------------------------------------
 

@@ -66,3 +66,16 @@ def test_pvcnoded_bad_config_exits_2_with_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["pvcnoded: error: invalid node name 'a/b': use 1-64 letters, "
                                                "digits, '.', '_' or '-', starting with a letter or digit"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_pvcapid_bad_number_exits_2_with_one_line(value):
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "pvcapid"
+    out = subprocess.run([str(exe), "--wait-timeout", value, "--api-key", "k"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("pvcapid: error: wait_timeout: must be") and value.lstrip("-") in line
