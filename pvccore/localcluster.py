@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .localzk import LocalZooKeeper
-from .store import Store
+from .store import AUTH_ENV, Store
 from .view import ClusterView
 
 NODE_XML = """<node>
@@ -76,7 +76,7 @@ class LocalCluster:
 
     def wait_running(self, nodes, timeout: float = 30.0) -> None:
         """Block until each of ``nodes`` reports daemon state ``run`` with a fresh keepalive."""
-        store = Store.connect(self.hosts, self.root)
+        store = Store.connect(self.hosts, self.root, auth=self.env.get(AUTH_ENV))  # None: $PVC_ZOOKEEPER_AUTH
         view = ClusterView(store.client, store.paths).start()
         try:
             ok = view.wait_for(lambda c: all(n in c.nodes and c.nodes[n].daemon_state == "run" for n in nodes)
