@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass
 
 import falcon
+import falcon.media
+from kazoo.exceptions import KazooException
 
 from pvccore import __version__
-from pvccore.errors import PVCError
+from pvccore.errors import PVCError, Unavailable
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.store import Store
@@ -21,10 +23,14 @@ from pvccore.view import ClusterView
 
 from . import cluster, info, nodes, vms
 from .config import API, ApiConfig
-from .errors import domain_error, serialize_http_error
+from .errors import domain_error, serialize_http_error, zookeeper_error
+from .guards import Guards, StrictJSON
 
 PREFIX = "/api/v1"
 CONFIG_ENV = "PVC_API_CONFIG"
+#: seconds one ZooKeeper read or write may take before the request answers 503: a server that went
+#: silent is noticed by kazoo only after two thirds of the session timeout, and no answer may wait that long
+OP_TIMEOUT = 0.8
 
 
 @dataclass
@@ -36,6 +42,8 @@ class Deps:
     auth: bool = True
     wait_timeout: float = 60.0
     version: str = __version__
+    op_timeout: float | None = None  # longest wait for one ZooKeeper read or write (None: kazoo's own)
+    guards: Guards | None = None  # set by create_app: ZooKeeper's state as the API sees it
 
 
 class ApiKeyAuth:
@@ -57,10 +65,22 @@ class ApiKeyAuth:
 
 
 def create_app(deps: Deps) -> falcon.App:
-    app = falcon.App(middleware=[ApiKeyAuth(deps.api_keys)] if deps.auth else [])
+    guards = Guards(deps.ops.store.client)
+    app = falcon.App(middleware=[*([ApiKeyAuth(deps.api_keys)] if deps.auth else []), guards])
     app.req_options.strip_url_path_trailing_slash = True
+    json_handler = StrictJSON()
+    app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
+    app.resp_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
     app.add_error_handler(PVCError, domain_error)
+
+    def unavailable(req, resp, exc, params) -> None:  # a ZooKeeper call timed out: answer the next ones at once
+        guards.suspect()
+        (domain_error if isinstance(exc, PVCError) else zookeeper_error)(req, resp, exc, params)
+
+    app.add_error_handler(Unavailable, unavailable)
+    app.add_error_handler(KazooException, unavailable)
     app.set_error_serializer(serialize_http_error)
+    deps.guards = guards
 
     root = info.Info(deps, app)
     app.add_route(PREFIX, root)
@@ -91,10 +111,10 @@ def create_app(deps: Deps) -> falcon.App:
 def build_deps(cfg: ApiConfig) -> Deps:
     """Connect to ZooKeeper, start the watched view, load plugins."""
     store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
-                          auth=cfg.zookeeper_auth or None)
+                          auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT)
     view = ClusterView(store.client, store.paths).start()
     ops = Operations(store, view, load_plugins())
-    return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout)
+    return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout, op_timeout=OP_TIMEOUT)
 
 
 def get_app(config: ApiConfig | None = None) -> falcon.App:

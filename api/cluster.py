@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from pvccore.models import ClusterConfig
 
+from .guards import fresh
 from .inputs import body
 
 
@@ -15,21 +16,25 @@ class Status:
         self.deps = deps
 
     def on_get(self, req, resp):
-        resp.media = status(self.deps.ops)
+        resp.media = status(self.deps.ops, self.deps.guards)
 
     def on_post(self, req, resp):
         """Change cluster-wide settings (any field of :class:`pvccore.models.ClusterConfig`)."""
         changes = body(req, {f.name for f in fields(ClusterConfig)})
-        config = self.deps.ops.set_config(changes)
+        config = self.deps.ops.set_config(changes)  # an empty body is refused there, naming the settings
         resp.media = {"message": "cluster settings updated", "config": config.to_dict()}
 
 
-def status(ops) -> dict:
+def status(ops, guards=None) -> dict:
+    """The cluster at a glance; while ZooKeeper is away (``guards``), from the watched view as last seen."""
     snap = ops.view.snapshot()
+    fencing, primary, config = fresh(guards, lambda: (ops.store.get_fencing(), ops.store.get_primary(),
+                                                      ops.store.get_config()),
+                                     lambda: (ops.view.shown("fencing"), snap.primary, snap.config))
+    stale = guards.stale_for() if guards else None
     nodes, vms = snap.nodes.values(), snap.vms.values()
     problems = [f"node {n.name}: daemon {n.daemon_state}" for n in nodes if n.daemon_state not in ("run", "stop")]
     problems += [f"VM {v.name}: failed: {v.reason}" for v in vms if v.state == "fail"]
-    fencing = ops.store.get_fencing()
     for node, f in sorted(fencing.items()):
         if f.get("state") == "failed":
             problems.append(f"node {node}: fencing failed (attempt {f.get('attempts')}): {f.get('message')}; "
@@ -37,10 +42,13 @@ def status(ops) -> dict:
     h = snap.handover
     if h is not None and h.phase == "failed":
         problems.append(f"last handover from {h.source} to {h.target} failed: {h.reason}")
+    if stale is not None:
+        problems.insert(0, f"ZooKeeper unreachable for {stale:.0f}s: this is the last known state")
     return {
         "healthy": not problems,
+        "stale": stale is not None,
         "problems": problems,
-        "primary": primary.node if (primary := ops.store.get_primary()) else None,  # read: exact across workers
+        "primary": primary.node if primary else None,
         "handover": h.to_dict() if h is not None else None,
         "fencing": fencing,
         "nodes": {"total": len(snap.nodes),
@@ -49,5 +57,5 @@ def status(ops) -> dict:
         "vms": {"total": len(snap.vms), "state": dict(Counter(v.state for v in vms)),
                 "migrating": sum(1 for v in vms if v.migration is not None)},
         # Read, not taken from this worker's view: a setting just changed through another worker shows.
-        "config": ops.store.get_config().to_dict(),
+        "config": config.to_dict(),
     }

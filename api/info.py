@@ -22,11 +22,11 @@ class Info:
         connected = self.deps.ops.store.client.connected
         resp.status = falcon.HTTP_200 if connected else falcon.HTTP_503
         resp.media = {"name": "pvc", "version": self.deps.version,
-                      "zookeeper": "connected" if connected else "disconnected"}
+                      "zookeeper": "connected" if connected else "disconnected", "stale": not connected}
 
     def on_get_openapi(self, req, resp):
         if self._openapi is None:
-            self._openapi = openapi.document(self.deps.version)
+            self._openapi = openapi.document(self.deps.version, tuple(sorted(self.deps.ops.plugins.fencers)))
         resp.media = self._openapi
 
     def on_get_selectors(self, req, resp):
@@ -44,7 +44,7 @@ class Info:
 
 def metrics_text(ops) -> str:
     snap = ops.view.snapshot()
-    stats = ops.store.get_stats()
+    stats = ops.view.shown("stats")  # watched: metrics never wait on ZooKeeper
     lines: list[str] = []
 
     def family(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import falcon
 
-from pvccore.models import check_name
+from pvccore.errors import NotFoundError
 
+from .guards import fresh
 from .inputs import body, field
 
 
@@ -18,9 +19,15 @@ class Nodes:
 
     def on_get_one(self, req, resp, node):
         ops = self.deps.ops
-        check_name(node, "node", "node")
-        data = ops.store.get_node(node).to_dict()
-        data["vms"] = sorted(v.name for v in ops.view.snapshot().vms.values() if v.node == node)
+        snap = ops.view.snapshot()
+
+        def seen():
+            if node not in snap.nodes:
+                raise NotFoundError(f"node {node!r} not found")
+            return snap.nodes[node]
+
+        data = fresh(self.deps.guards, lambda: ops.store.get_node(node), seen).to_dict()
+        data["vms"] = sorted(v.name for v in snap.vms.values() if v.node == node)
         resp.media = data
 
     def on_get_fence(self, req, resp, node):

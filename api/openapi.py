@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pvccore.models import DAEMON_STATES, DOMAIN_STATES, MIGRATION_METHODS, VM_STATES
+from pvccore.models import DAEMON_STATES, DOMAIN_STATES, MIGRATION_METHODS, SECONDS_BOUNDS, VM_STATES
 
+from .guards import MAX_XML
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 
 
@@ -43,11 +44,19 @@ def _query(name: str, schema: dict, description: str) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-def _obj(props: dict, required: tuple[str, ...] = ()) -> dict:
+def _obj(props: dict, required: tuple[str, ...] = (), at_least_one: bool = False) -> dict:
     out = {"type": "object", "properties": props, "additionalProperties": False}
     if required:
         out["required"] = list(required)
+    if at_least_one:
+        out["minProperties"] = 1
     return out
+
+
+def _seconds(name: str) -> dict:
+    low, high = SECONDS_BOUNDS[name]
+    return {"type": "number", "minimum": low, "maximum": high,
+            "description": "Seconds; further bounded by the nodes' keepalive interval and session timeout"}
 
 
 META_PROPS = {
@@ -58,7 +67,11 @@ META_PROPS = {
 }
 
 
-def document(version: str) -> dict:
+XML = {"type": "string", "minLength": 1, "maxLength": MAX_XML, "description": "libvirt domain XML"}
+
+
+def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
+    """The document; ``fencers``: the fencer names this API knows (a fence configuration may name only these)."""
     vm_p, node_p = [_path_param("vm")], [_path_param("node")]
     schemas = {
         "Error": _obj({"message": {"type": "string"}, "field": {"type": ["string", "null"]}}, ("message",)),
@@ -120,10 +133,11 @@ def document(version: str) -> dict:
             "get": _op("Cluster status", "ClusterStatus", codes=(401,)),
             "post": _op("Set cluster-wide settings", "Message", body=_obj({
                 "default_selector": {"type": "string"}, "allow_overcommit": {"type": "boolean"},
-                "keepalive_limit": {"type": "number"}, "fence_grace": {"type": "number"},
+                "keepalive_limit": _seconds("keepalive_limit"), "fence_grace": _seconds("fence_grace"),
                 "successful_fence": {"type": "string", "enum": ["recover", "none"]},
                 "failed_fence": {"type": "string", "enum": ["recover", "none"]},
-                "self_fence_deadline": {"type": "number"}, "fence_retry_max": {"type": "number"}})),
+                "self_fence_deadline": _seconds("self_fence_deadline"),
+                "fence_retry_max": _seconds("fence_retry_max")}, at_least_one=True)),
         },
         "/api/v1/node": {"get": _op("All nodes", "NodeList", codes=(401,))},
         "/api/v1/node/{node}": {"get": _op("One node, with its VMs", "Node", params=node_p, codes=(400, 401, 404))},
@@ -139,25 +153,28 @@ def document(version: str) -> dict:
                        codes=(400, 401, 404)),
             "post": _op("Replace the node's ordered fence configuration", "FenceConfig", params=node_p,
                         codes=(400, 401, 404), body=_obj({"entries": {"type": "array", "maxItems": 8, "items": _obj(
-                            {"fencer": {"type": "string"}, "params": {"type": "object"}}, ("fencer",))}},
+                            {"fencer": {"type": "string", **({"enum": list(fencers)} if fencers else {})},
+                             "params": {"type": "object"}}, ("fencer",))}},
                             ("entries",))),
         },
         "/api/v1/vm": {
             "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
                 _query("node", {"type": "string"}, "Only VMs on this node"),
                 _query("state", {"type": "string"}, "Only VMs in this state"),
-                _query("limit", {"type": "string"}, "Regular expression the name must match")]),
+                _query("limit", {"type": "string", "maxLength": 128},
+                       "A glob the name must match (web*), or else a part of the name")]),
             "post": {**_op("Define a VM from libvirt XML with metadata", codes=(400, 401, 409), body=_obj({
-                "xml": {"type": "string"}, **META_PROPS, "target": NAME,
+                "xml": XML, **META_PROPS, "target": NAME,
                 "start": {"type": "boolean", "description": "Start it once defined (default true)"}}, ("xml",))),
                 "responses": {"201": {"description": "Defined", **_json(_ref("VMResult"))},
                               **{c: r for c, r in _op("", codes=(400, 401, 409))["responses"].items()}}},
         },
         "/api/v1/vm/{vm}": {
             "get": _op("One VM: state, metadata, XML", "VM", params=vm_p, codes=(400, 401, 404)),
-            "post": _op("Set metadata", "VMResult", params=vm_p, codes=(400, 401, 404, 409), body=_obj(META_PROPS)),
+            "post": _op("Set metadata", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
+                        body=_obj(META_PROPS, at_least_one=True)),
             "put": _op("Replace the XML", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
-                       body=_obj({"xml": {"type": "string"}}, ("xml",))),
+                       body=_obj({"xml": XML}, ("xml",))),
             "delete": _op("Undefine (refused while running unless force)", "Message", codes=(400, 401, 404, 409),
                           params=vm_p + [_query("force", {"type": "string", "enum": ["true", "false"]},
                                                 "Stop a running VM first")]),
@@ -165,7 +182,7 @@ def document(version: str) -> dict:
         "/api/v1/vm/{vm}/meta": {
             "get": _op("Metadata only", "Meta", params=vm_p, codes=(400, 401, 404)),
             "post": _op("Set metadata (alias of POST /vm/{vm})", "VMResult", params=vm_p,
-                        codes=(400, 401, 404, 409), body=_obj(META_PROPS)),
+                        codes=(400, 401, 404, 409), body=_obj(META_PROPS, at_least_one=True)),
         },
         "/api/v1/vm/{vm}/state": {"post": _op(
             "Start, shut down, stop, restart or disable", "VMResult", params=vm_p, codes=(400, 401, 404, 409),

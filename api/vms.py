@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
-import re
 import threading
 
 import falcon
 
 from pvccore.errors import NotFoundError
-from pvccore.models import Cluster, VM, check_name
+from pvccore.models import Cluster, VM
+from pvccore.placement import place
 
 from .errors import BadRequest
+from .guards import MAX_XML, fresh
 from .inputs import body, field, flag
 
 META_FIELDS = {"node_limit", "node_selector", "node_autostart", "migration_method"}
@@ -28,6 +30,35 @@ def vm_out(vm: VM, cluster: Cluster) -> dict:
 def _runs(vm: VM, cluster: Cluster) -> bool:
     node = cluster.nodes.get(vm.node)
     return bool(node and vm.name in node.running_vms)
+
+
+MAX_LIMIT = 128  # characters of a name filter
+
+
+def name_filter(limit: str | None):
+    """``limit`` as a test on VM names: a glob when it has ``*``, ``?`` or ``[``, else a substring.
+
+    Never a regular expression: a user's pattern must not cost more than a scan of the names
+    (Python's fnmatch compiles globs without catastrophic backtracking).
+    """
+    if not limit:
+        return lambda name: True
+    if len(limit) > MAX_LIMIT:
+        raise BadRequest(f"limit must be at most {MAX_LIMIT} characters; got {len(limit)}", "limit")
+    if any(c in limit for c in "*?["):
+        return lambda name: fnmatch.fnmatchcase(name, limit)
+    return lambda name: limit in name
+
+
+def xml_field(data: dict) -> str:
+    """The ``xml`` field: a non-empty string no longer than ZooKeeper stores with room to spare."""
+    xml = field(data, "xml", str)
+    size = len(xml.encode())
+    if size > MAX_XML:
+        raise BadRequest(f"xml is {size} bytes; the limit is {MAX_XML} bytes ({MAX_XML // 1024} KiB)", "xml")
+    if not xml.strip():
+        raise BadRequest("xml must not be empty: give the VM's libvirt domain XML", "xml")
+    return xml
 
 
 class EncodedVMs:
@@ -61,23 +92,19 @@ class VMs:
     # -- collection --------------------------------------------------------------------
 
     def on_get(self, req, resp):
-        """Filters: ``node``, ``state``, ``limit`` (a regular expression on the name)."""
+        """Filters: ``node``, ``state``, ``limit`` (a glob such as ``web*``, or else a substring of the name)."""
         snap = self.deps.ops.view.snapshot()
-        node, state, limit = req.get_param("node"), req.get_param("state"), req.get_param("limit")
-        try:
-            pattern = re.compile(limit) if limit else None
-        except re.error as exc:
-            raise BadRequest(f"limit is not a valid regular expression: {exc}", "limit") from None
+        node, state = req.get_param("node"), req.get_param("state")
+        matches = name_filter(req.get_param("limit"))
         chosen = [v for name, v in sorted(snap.vms.items())
-                  if (node is None or v.node == node) and (state is None or v.state == state)
-                  and (pattern is None or pattern.search(name))]
+                  if (node is None or v.node == node) and (state is None or v.state == state) and matches(name)]
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._encoded.listing(chosen, snap)
 
     def on_post(self, req, resp):
         """Define a VM: ``{"xml", metadata fields..., "target", "start"}``."""
         data = body(req, META_FIELDS | {"xml", "target", "start"})
-        xml = field(data, "xml", str)
+        xml = xml_field(data)
         target = field(data, "target", str, None)
         start = field(data, "start", bool, True)
         ops = self.deps.ops
@@ -89,12 +116,19 @@ class VMs:
 
     def on_get_one(self, req, resp, vm):
         ops = self.deps.ops
-        check_name(vm, "VM", "vm")
         snap = ops.view.snapshot()
-        # From the watched view; a VM this worker has not seen yet is read from ZooKeeper.
-        current = snap.vms.get(vm) or ops.store.get_vm(vm)
-        xml = ops.view.vm_xml(vm)
-        if xml is None:
+
+        def seen() -> VM:
+            if vm not in snap.vms:
+                raise NotFoundError(f"VM {vm!r} not found")
+            return snap.vms[vm]
+
+        # From the watched view; a VM this worker has not seen yet is read from ZooKeeper (while it answers).
+        current = snap.vms.get(vm) or fresh(self.deps.guards, lambda: ops.store.get_vm(vm), seen)
+        # The XML as cached by the view, or read; None while ZooKeeper is away and it was never read.
+        xml = fresh(self.deps.guards, lambda: ops.view.vm_xml(vm, timeout=self.deps.op_timeout),
+                    lambda: ops.view.cached_xml(vm))
+        if xml is None and self.deps.guards.stale_for() is None:
             raise NotFoundError(f"VM {vm!r} not found")
         data = vm_out(current, snap)
         data["xml"] = xml
@@ -115,7 +149,7 @@ class VMs:
 
     def on_put_one(self, req, resp, vm):
         """Replace the libvirt XML: ``{"xml": ...}`` (same name and UUID)."""
-        xml = field(body(req, {"xml"}), "xml", str)
+        xml = xml_field(body(req, {"xml"}))
         ops = self.deps.ops
         updated = ops.replace_xml(vm, xml)
         resp.media = {"message": f"VM {vm} XML replaced; it applies at the next start",
@@ -128,8 +162,15 @@ class VMs:
 
     def on_get_meta(self, req, resp, vm):
         """``/vm/{vm}/meta``: just the metadata."""
-        check_name(vm, "VM", "vm")
-        resp.media = self.deps.ops.store.get_vm(vm).to_dict()["meta"]
+        ops = self.deps.ops
+
+        def seen() -> VM:
+            if vm not in ops.view.snapshot().vms:
+                raise NotFoundError(f"VM {vm!r} not found")
+            return ops.view.snapshot().vms[vm]
+
+        current = fresh(self.deps.guards, lambda: ops.store.get_vm(vm), seen)
+        resp.media = current.to_dict()["meta"]
 
     def on_post_meta(self, req, resp, vm):
         """Alias of ``POST /vm/{vm}``."""
@@ -166,7 +207,15 @@ class VMs:
                      succeeded=lambda v: v.node == where and v.state != "fail", field="action")
 
     def on_get_placement(self, req, resp, vm):
-        resp.media = self.deps.ops.placement(vm).to_dict()
+        ops = self.deps.ops
+
+        def from_view():
+            current = ops.view.snapshot().vms.get(vm)
+            if current is None:
+                raise NotFoundError(f"VM {vm!r} not found")
+            return place(current, ops.view.placement_snapshot(), ops.plugins.selectors)
+
+        resp.media = fresh(self.deps.guards, lambda: ops.placement(vm), from_view).to_dict()
 
     def _answer(self, resp, vm: str, wait: bool, reached, requested: str, succeeded, field: str) -> None:
         """200 once the change is observed; 202 while it is not (yet); 409 when it ended and failed."""

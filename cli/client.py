@@ -30,11 +30,17 @@ class Client:
 
     def request(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> tuple[int, Any]:
         """Send one request; return ``(status, decoded body)``. Raises ApiError for 4xx/5xx and network errors."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ApiError(0, f"invalid API URL {self.url.removesuffix('/api/v1')!r}: expected http(s)://HOST:PORT")
         url = self.url + path
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        data = json.dumps(body).encode() if body is not None else None
+        try:
+            data = json.dumps(body, allow_nan=False).encode() if body is not None else None
+        except ValueError:
+            raise ApiError(0, "numbers must be finite (not nan or inf)") from None
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:

@@ -71,7 +71,7 @@ def meta(client, vm, **meta) -> None:
 @format_option
 @click.pass_obj
 def list_(client, pattern, node, state, fmt) -> None:
-    """VMs, optionally those whose name matches PATTERN (a regular expression)."""
+    """VMs, optionally those whose name matches PATTERN: a glob (web*), or else a part of the name."""
     emit(client.vms(node=node, state=state, limit=pattern), fmt, lambda rows: columns(rows, VM_COLUMNS))
 
 

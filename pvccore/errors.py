@@ -31,3 +31,7 @@ class PluginError(PVCError):
 
 class LockTimeout(PVCError):
     """A ZooKeeper lock was not obtained within its timeout."""
+
+
+class Unavailable(PVCError):
+    """ZooKeeper cannot be reached (or did not answer in time): nothing could be read or changed."""

@@ -22,7 +22,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, Roll
 from kazoo.security import make_digest_acl
 
 from . import locks
-from .errors import ConflictError, NotFoundError, ValidationError
+from .errors import ConflictError, NotFoundError, Unavailable, ValidationError
 from .models import VM, ClusterConfig, Handover, Node, PrimaryRecord
 from .schema import DEFAULT_ROOT, Schema
 
@@ -32,11 +32,46 @@ M = TypeVar("M")
 CAS_RETRIES = 20
 
 
+class _Bounded:
+    """The kazoo calls the store makes, each waiting at most ``timeout`` seconds (None: until kazoo gives up).
+
+    kazoo's blocking calls wait until the answer comes or the connection is declared lost,
+    which for a server that went silent is two thirds of the session timeout. A caller that
+    must answer quickly (the API) gives a timeout and gets :class:`Unavailable` instead.
+    """
+
+    def __init__(self, client: KazooClient, timeout: float | None):
+        self.client, self.timeout = client, timeout
+
+    def _wait(self, result, what: str, write: bool = False):
+        try:
+            return result.get(timeout=self.timeout)
+        except self.client.handler.timeout_exception:
+            raise Unavailable(f"ZooKeeper did not answer within {self.timeout:g}s ({what})"
+                              + ("; the change may or may not have been applied" if write else "")) from None
+
+    def get(self, path: str):
+        return self._wait(self.client.get_async(path), f"read {path}")
+
+    def get_children(self, path: str):
+        return self._wait(self.client.get_children_async(path), f"list {path}")
+
+    def set(self, path: str, data: bytes, version: int = -1):
+        return self._wait(self.client.set_async(path, data, version), f"write {path}", write=True)
+
+    def create(self, path: str, data: bytes = b""):
+        return self._wait(self.client.create_async(path, data), f"create {path}", write=True)
+
+    def commit(self, txn):
+        return self._wait(txn.commit_async(), "transaction", write=True)
+
+
 class Transaction:
     """A ZooKeeper multi-op that raises :class:`ConflictError` if any part fails."""
 
-    def __init__(self, client: KazooClient):
-        self._txn = client.transaction()
+    def __init__(self, zk: _Bounded):
+        self._zk = zk
+        self._txn = zk.client.transaction()
         self._ops: list[str] = []
 
     def check(self, path: str, version: int) -> "Transaction":
@@ -60,7 +95,7 @@ class Transaction:
         return self
 
     def commit(self) -> list:
-        results = self._txn.commit()
+        results = self._zk.commit(self._txn)
         for op, result in zip(self._ops, results):
             if isinstance(result, Exception) and not isinstance(result, RolledBackError):
                 raise ConflictError(f"transaction failed at {op}: {type(result).__name__}")
@@ -138,8 +173,9 @@ class _Handler(SequentialThreadingHandler):
 class Store:
     """Typed access to one cluster's data under ``root``."""
 
-    def __init__(self, client: KazooClient, root: str = DEFAULT_ROOT):
+    def __init__(self, client: KazooClient, root: str = DEFAULT_ROOT, op_timeout: float | None = None):
         self.client = client
+        self.zk = _Bounded(client, op_timeout)
         self.paths = Schema(root)
         self._local = threading.local()
 
@@ -150,11 +186,12 @@ class Store:
 
     @classmethod
     def connect(cls, hosts: str, root: str = DEFAULT_ROOT, timeout: float = 10.0, auth: str | None = None,
-                **kwargs) -> "Store":
+                op_timeout: float | None = None, **kwargs) -> "Store":
         """Start a new KazooClient on ``hosts`` and make sure the layout exists.
 
         ``auth`` (``digest:USER:PASSWORD``; None: ``$PVC_ZOOKEEPER_AUTH``) authenticates the
-        session, and every znode it creates carries an ACL for that identity only.
+        session, and every znode it creates carries an ACL for that identity only. ``op_timeout``
+        bounds each read and write (see :class:`_Bounded`).
 
         Reconnection retries every half second at most: kazoo's default back-off grows to a
         minute, and a node still backing off after a ZooKeeper leader election (seconds) would
@@ -166,7 +203,7 @@ class Store:
         kwargs = {**auth_options(auth), **kwargs}
         client = KazooClient(hosts=hosts, timeout=timeout, **kwargs)
         client.start(timeout=timeout)
-        store = cls(client, root)
+        store = cls(client, root, op_timeout)
         store.ensure_layout()
         return store
 
@@ -179,12 +216,12 @@ class Store:
             self.client.ensure_path(path)
         for path, data in ((self.paths.config, ClusterConfig().to_json()), (self.paths.stats, b"{}")):
             try:
-                self.client.create(path, data)
+                self.zk.create(path, data)
             except NodeExistsError:
                 pass
 
     def transaction(self) -> Transaction:
-        return Transaction(self.client)
+        return Transaction(self.zk)
 
     # -- generic compare-and-set ------------------------------------------------
 
@@ -193,7 +230,7 @@ class Store:
 
     def _read_stat(self, path: str, decode: Callable[[bytes], M], what: str):
         try:
-            data, stat = self.client.get(path)
+            data, stat = self.zk.get(path)
         except NoNodeError:
             raise NotFoundError(f"{what} not found") from None
         return decode(data), stat.version, stat.mzxid
@@ -207,7 +244,7 @@ class Store:
                 self._local.write = (path, zxid)  # nothing written: what was read is what to wait for
                 return current
             try:
-                self._local.write = (path, self.client.set(path, new.to_json(), version=version).mzxid)
+                self._local.write = (path, self.zk.set(path, new.to_json(), version=version).mzxid)
                 return new
             except BadVersionError:
                 log.debug("lost a compare-and-set race on %s, retrying", path)
@@ -251,9 +288,9 @@ class Store:
         new = PrimaryRecord(node=node, epoch=(current.epoch + 1) if current else 1, since=time.time())
         try:
             if current is None:
-                self.client.create(self.paths.primary, new.to_json())
+                self.zk.create(self.paths.primary, new.to_json())
             else:
-                self.client.set(self.paths.primary, new.to_json(), version=version)
+                self.zk.set(self.paths.primary, new.to_json(), version=version)
         except (NodeExistsError, BadVersionError):
             return None
         return new
@@ -269,9 +306,9 @@ class Store:
                                 f"({current.phase})", "state")
         try:
             if current is None:
-                self.client.create(self.paths.handover, handover.to_json())
+                self.zk.create(self.paths.handover, handover.to_json())
             else:
-                self.client.set(self.paths.handover, handover.to_json(), version=version)
+                self.zk.set(self.paths.handover, handover.to_json(), version=version)
         except (NodeExistsError, BadVersionError):
             raise ConflictError("another handover was requested at the same time", "state") from None
         return handover
@@ -289,7 +326,7 @@ class Store:
 
     def get_fence_config(self, node: str) -> list[dict]:
         try:
-            data, _ = self.client.get(self.paths.node_fence(node))
+            data, _ = self.zk.get(self.paths.node_fence(node))
         except NoNodeError:
             return []
         entries = json.loads(data or b"[]")
@@ -299,14 +336,14 @@ class Store:
         self.get_node(node)  # NotFoundError for an unknown node
         data = json.dumps(entries, sort_keys=True).encode()
         try:
-            self.client.set(self.paths.node_fence(node), data)
+            self.zk.set(self.paths.node_fence(node), data)
         except NoNodeError:
-            self.client.create(self.paths.node_fence(node), data)
+            self.zk.create(self.paths.node_fence(node), data)
 
     def get_fencing(self) -> dict[str, dict]:
         """The last fence attempt per node (state, attempts, message, times)."""
         try:
-            data, _ = self.client.get(self.paths.fencing)
+            data, _ = self.zk.get(self.paths.fencing)
         except NoNodeError:
             return {}
         raw = json.loads(data or b"{}")
@@ -316,7 +353,7 @@ class Store:
         """Record (or with None, clear) a node's fence status, compare-and-set."""
         for _ in range(CAS_RETRIES):
             try:
-                data, stat = self.client.get(self.paths.fencing)
+                data, stat = self.zk.get(self.paths.fencing)
                 current, version = json.loads(data or b"{}"), stat.version
             except NoNodeError:
                 current, version = {}, None
@@ -327,9 +364,9 @@ class Store:
                 return
             try:
                 if version is None:
-                    self.client.create(self.paths.fencing, json.dumps(new).encode())
+                    self.zk.create(self.paths.fencing, json.dumps(new).encode())
                 else:
-                    self.client.set(self.paths.fencing, json.dumps(new).encode(), version=version)
+                    self.zk.set(self.paths.fencing, json.dumps(new).encode(), version=version)
                 return
             except (BadVersionError, NodeExistsError):
                 continue
@@ -338,7 +375,7 @@ class Store:
     # -- nodes -------------------------------------------------------------------
 
     def node_names(self) -> list[str]:
-        return sorted(self.client.get_children(self.paths.nodes))
+        return sorted(self.zk.get_children(self.paths.nodes))
 
     def get_node(self, name: str) -> Node:
         return self._read(self.paths.node(name), Node.from_json, f"node {name!r}")[0]
@@ -355,7 +392,7 @@ class Store:
 
     def create_node(self, node: Node) -> Node:
         try:
-            self.client.create(self.paths.node(node.name), node.to_json())
+            self.zk.create(self.paths.node(node.name), node.to_json())
         except NodeExistsError:
             raise ConflictError(f"node {node.name!r} already exists", "name") from None
         return node
@@ -366,7 +403,7 @@ class Store:
     # -- VMs -----------------------------------------------------------------------
 
     def vm_names(self) -> list[str]:
-        return sorted(self.client.get_children(self.paths.vms))
+        return sorted(self.zk.get_children(self.paths.vms))
 
     def get_vm(self, name: str) -> VM:
         return self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")[0]

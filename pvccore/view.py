@@ -13,6 +13,7 @@ tests) block until the view satisfies a condition, with a deadline.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import Callback, EventType
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
-from .errors import ValidationError
+from .errors import Unavailable, ValidationError
 from .models import VM, Cluster, ClusterConfig, Handover, Node, PrimaryRecord
 from .placement import current
 from .schema import Schema
@@ -49,6 +50,8 @@ class ClusterView:
         self._kinds_seen: set[str] = set()
         # Single documents: the cluster config, the primary record, the handover record.
         self._single: dict[str, object] = {"config": ClusterConfig(), "primary": None, "handover": None}
+        # Read-only documents the API shows: fence status per node, counters (not part of placement).
+        self._shown: dict[str, dict] = {"fencing": {}, "stats": {}}
         self._single_seen: set[str] = set()
         self._gen = {"node": 0, "vm": 0, "config": 0}
         self._cache: dict[str, tuple[int, object]] = {}
@@ -70,7 +73,9 @@ class ClusterView:
                                    ("primary", self._schema.primary, PrimaryRecord.from_json),
                                    ("handover", self._schema.handover, Handover.from_json)):
             DataWatch(self._client, path, lambda data, stat, event=None, k=kind, d=decode: self._on_single(k, d, data))
-        if not self.wait_until(lambda: len(self._kinds_seen) == 2 and len(self._single_seen) == 3
+        for kind, path in (("fencing", self._schema.fencing), ("stats", self._schema.stats)):
+            DataWatch(self._client, path, lambda data, stat, event=None, k=kind: self._on_shown(k, data))
+        if not self.wait_until(lambda: len(self._kinds_seen) == 2 and len(self._single_seen) == 5
                                and self._pending == 0, timeout):
             raise TimeoutError(f"cluster view not loaded within {timeout:g}s")
         return self
@@ -127,8 +132,11 @@ class ClusterView:
         with self._cond:
             return self._data["vm"].get(name)  # type: ignore[return-value]
 
-    def vm_xml(self, name: str) -> str | None:
-        """A VM's libvirt XML: read once, then kept by a watch until it changes (None: no such VM)."""
+    def vm_xml(self, name: str, timeout: float | None = None) -> str | None:
+        """A VM's libvirt XML: read once, then kept by a watch until it changes (None: no such VM).
+
+        A read waits at most ``timeout`` seconds (:class:`Unavailable` then; None: as long as kazoo does).
+        """
         with self._cond:
             cached = self._xml.get(name)
             if cached is not None:
@@ -138,14 +146,21 @@ class ClusterView:
             if watcher is None:
                 watcher = self._xml_watchers[name] = lambda event, n=name: self.forget_xml(n)
         try:
-            data, _ = self._client.get(self._schema.vm_xml(name), watch=watcher)
+            data, _ = self._client.get_async(self._schema.vm_xml(name), watch=watcher).get(timeout=timeout)
         except NoNodeError:
             return None
+        except self._client.handler.timeout_exception:
+            raise Unavailable(f"ZooKeeper did not answer within {timeout:g}s (read the XML of VM {name})") from None
         xml = data.decode()
         with self._cond:
             if self._xml_gen.get(name, 0) == gen:  # no change event arrived while we read
                 self._xml[name] = xml
         return xml
+
+    def cached_xml(self, name: str) -> str | None:
+        """A VM's XML if the view holds it, without reading ZooKeeper."""
+        with self._cond:
+            return self._xml.get(name)
 
     def forget_xml(self, name: str) -> None:
         """Drop a cached XML (its watch fired, or this process just wrote it)."""
@@ -158,6 +173,11 @@ class ClusterView:
     @property
     def config(self) -> ClusterConfig:
         return self._single["config"]  # type: ignore[return-value]
+
+    def shown(self, kind: str) -> dict:
+        """The watched ``fencing`` (per node) or ``stats`` (counters) document, as last seen."""
+        with self._cond:
+            return self._shown[kind]
 
     @property
     def generation(self) -> int:
@@ -241,6 +261,21 @@ class ClusterView:
             self._single[kind] = value
             self._single_seen.add(kind)
             self._gen["config"] += 1
+            self._changed()
+        return None
+
+    def _on_shown(self, kind: str, data) -> bool | None:
+        if self._stopped:
+            return False
+        try:
+            value = json.loads(data) if data else {}
+        except ValueError:
+            log.error("ignoring unreadable %s document", kind)
+            value = None
+        with self._cond:
+            if isinstance(value, dict):
+                self._shown[kind] = value
+            self._single_seen.add(kind)
             self._changed()
         return None
 

@@ -42,7 +42,7 @@ def test_openapi_lists_exactly_the_routes(api):
     doc = api.simulate_get(P + "/openapi.json", headers=H).json
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert served == documented
-    assert doc == document(doc["info"]["version"])
+    assert doc == document(doc["info"]["version"], ("fence-agent", "ipmi"))
 
 
 def test_cluster_status_and_settings(api):
@@ -90,8 +90,10 @@ def test_define_list_info_meta_xml(api):
     assert [v["name"] for v in listed] == ["db1", "web1"]
     assert [v["name"] for v in api.simulate_get(P + "/vm", headers=H, params={"node": "hv1"}).json] == ["db1"]
     assert [v["name"] for v in api.simulate_get(P + "/vm", headers=H, params={"state": "start"}).json] == ["web1"]
-    assert [v["name"] for v in api.simulate_get(P + "/vm", headers=H, params={"limit": "^w"}).json] == ["web1"]
-    error_shape(api.simulate_get(P + "/vm", headers=H, params={"limit": "("}), 400, "limit")
+    assert [v["name"] for v in api.simulate_get(P + "/vm", headers=H, params={"limit": "w*"}).json] == ["web1"]
+    assert [v["name"] for v in api.simulate_get(P + "/vm", headers=H, params={"limit": "eb"}).json] == ["web1"]
+    assert api.simulate_get(P + "/vm", headers=H, params={"limit": "(a+)+$"}).json == []  # a substring, not a regex
+    error_shape(api.simulate_get(P + "/vm", headers=H, params={"limit": "w" * 129}), 400, "limit")
 
     info = api.simulate_get(P + "/vm/web1", headers=H).json
     assert info["meta"] == {"node_limit": ["hv2", "hv3"], "node_selector": "vcpus", "node_autostart": True,

@@ -87,7 +87,7 @@ def test_vm_define_meta_info_list(pvc, live, tmp_path):
     pvc("vm", "meta", "cweb", "--limit", "hv2,hv3", "--node-selector", "mem", "--no-autostart")
     listed = pvc("vm", "list").output
     assert "cweb" in listed and "hv2,hv3" in listed and "LIMIT" in listed and "SELECTOR" in listed
-    assert json.loads(pvc("vm", "list", "^cw", "--state", "start", "-f", "json").output)[0]["meta"][
+    assert json.loads(pvc("vm", "list", "cw*", "--state", "start", "-f", "json").output)[0]["meta"][
         "node_selector"] == "mem"
     assert json.loads(pvc("vm", "list", "--node", "hv3", "-f", "json").output) == []
     bad = pvc("vm", "meta", "cweb", "--node-selector", "nosuch", ok=False)

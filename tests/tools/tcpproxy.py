@@ -10,6 +10,8 @@ class TcpProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.open = True
+        self.silent = False
+        self._held: list[socket.socket] = []
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -27,6 +29,9 @@ class TcpProxy:
             if not self.open:
                 client.close()  # partitioned: nothing gets through
                 continue
+            if self.silent:
+                self._held.append(client)  # the link is quiet: connected, and nothing ever answers
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -40,7 +45,8 @@ class TcpProxy:
     def _pipe(self, src, dst):
         try:
             while self.open and (data := src.recv(65536)):
-                dst.sendall(data)
+                if not self.silent:
+                    dst.sendall(data)
         except OSError:
             pass
         for s in (src, dst):
@@ -62,6 +68,17 @@ class TcpProxy:
 
     def restore(self):
         self.open = True
+
+    def freeze(self):
+        """A silent partition: connections stay up and nothing passes (no reset for the client to see)."""
+        self.silent = True
+
+    def thaw(self):
+        """End a silent partition: connections held meanwhile are dropped, so clients reconnect."""
+        self.silent = False
+        for s in self._held:
+            s.close()
+        self._held.clear()
 
     def close(self):
         self.cut()

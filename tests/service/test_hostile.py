@@ -1,0 +1,137 @@
+"""The attacks of a careless or hostile client, against a real pvcapid under gunicorn.
+
+Every one is answered with a clear 4xx ``{"message", "field"}`` (never a 5xx, never a hung
+worker), and none of them changes anything in ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.parse
+
+import pytest
+
+from pvccore.localcluster import sample_domain_xml
+
+
+def send(live, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+         key: bool = True) -> tuple[int, dict | str, float]:
+    """One raw request: any bytes, any headers. Returns (status, decoded JSON or text, seconds)."""
+    url = urllib.parse.urlsplit(live.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    sent = {"Content-Type": "application/json", **({"X-Api-Key": live.key} if key else {}), **(headers or {})}
+    t0 = time.monotonic()
+    conn.request(method, "/api/v1" + path, body=body, headers=sent)
+    resp = conn.getresponse()
+    raw = resp.read()
+    took = time.monotonic() - t0
+    conn.close()
+    try:
+        return resp.status, json.loads(raw), took
+    except ValueError:
+        return resp.status, raw.decode(errors="replace"), took
+
+
+def state(live) -> tuple:
+    """What an attack must not change: settings, every VM document and XML, every node's states."""
+    store = live.store
+    vms = tuple((store.get_vm(n), store.get_vm_xml(n)) for n in store.vm_names())
+    nodes = tuple((n.name, n.daemon_state, n.domain_state) for n in store.list_nodes())
+    return store.get_config(), vms, nodes, store.get_fence_config("hv1")
+
+
+@pytest.fixture(scope="module")
+def victim(live):
+    """A VM to aim at, and one whose name makes a backtracking regular expression explode."""
+    for name in ("web1", "a" * 40 + "-"):
+        status, answer, _ = send(live, "POST", "/vm", json.dumps({"xml": sample_domain_xml(name, 256, 1),
+                                                                  "start": False}).encode())
+        assert status == 201, answer
+    return live
+
+
+def deep(n: int) -> bytes:
+    return b'{"node_autostart": ' + b"[" * n + b"]" * n + b"}"
+
+
+ATTACKS = [
+    # (what, method, path, body, status, field, message part)
+    ("NaN setting", "POST", "/cluster/status", b'{"keepalive_limit": NaN}', 400, None, "not valid JSON"),
+    ("Infinity setting", "POST", "/cluster/status", b'{"fence_grace": Infinity}', 400, None, "not valid JSON"),
+    ("huge setting", "POST", "/cluster/status", b'{"keepalive_limit": 1e308}', 400, "keepalive_limit",
+     "from 0.3 to 300"),
+    ("fence loop settings", "POST", "/cluster/status", b'{"keepalive_limit": 0.5, "fence_grace": 0}', 400,
+     "keepalive_limit", "3 keepalive intervals"),
+    ("self-fence loop", "POST", "/cluster/status", b'{"self_fence_deadline": 0.5}', 400, "self_fence_deadline",
+     "from 1 to 3600"),
+    ("short self-fence", "POST", "/cluster/status", b'{"self_fence_deadline": 2}', 400, "self_fence_deadline",
+     "session timeout plus two keepalive intervals"),
+    ("empty settings", "POST", "/cluster/status", b"{}", 400, None, "give at least one setting"),
+    ("deep JSON", "POST", "/vm/web1", deep(5000), 400, None, "nested too deeply"),
+    ("5,000 digits", "POST", "/vm/web1", b'{"node_autostart": ' + b"9" * 5000 + b"}", 400, None,
+     "not valid JSON"),
+    ("not UTF-8", "POST", "/vm/web1", b'{"node_selector": "\xff"}', 400, None, "not valid JSON"),
+    ("empty metadata", "POST", "/vm/web1", b"{}", 400, None, "give at least one of"),
+    ("empty XML", "POST", "/vm", b'{"xml": ""}', 400, "xml", "must not be empty"),
+    ("XML too large", "POST", "/vm", json.dumps({"xml": "<domain>" + " " * 600_000 + "</domain>"}).encode(), 400,
+     "xml", "the limit is 524288 bytes"),
+    ("name with newline", "GET", "/vm/web1%0a", None, 400, "vm", "invalid VM name"),
+    ("name with newline, meta", "POST", "/vm/web1%0a/meta", b'{"node_autostart": true}', 400, "vm",
+     "invalid VM name"),
+    ("name with newline, delete", "DELETE", "/vm/web1%0a?force=true", None, 400, "vm", "invalid VM name"),
+    ("node name with newline", "GET", "/node/hv1%0a", None, 400, "node", "invalid node name"),
+    ("node name, flush", "POST", "/node/hv1%0a/domain-state", b'{"state": "flush"}', 400, "node",
+     "invalid node name"),
+    ("bad name, state", "POST", "/vm/..x/state", b'{"state": "start"}', 400, "vm", "invalid VM name"),
+    ("long filter", "GET", "/vm?limit=" + "a" * 200, None, 400, "limit", "at most 128"),
+]
+
+
+@pytest.mark.parametrize("what, method, path, body, status, field, message", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_attack_is_a_clear_error_and_changes_nothing(victim, what, method, path, body, status, field, message):
+    before = state(victim)
+    got, answer, _ = send(victim, method, path, body)
+    assert got == status, answer
+    assert isinstance(answer, dict) and set(answer) == {"message", "field"}, answer
+    assert answer["field"] == field and message in answer["message"], answer
+    assert state(victim) == before
+
+
+def test_oversized_body_is_refused_before_it_is_read(victim):
+    before = state(victim)
+    url = urllib.parse.urlsplit(victim.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    # Announce 100 MB and send none of it: the answer comes at once, from the headers alone.
+    conn.putrequest("POST", "/api/v1/vm")
+    for k, v in (("X-Api-Key", victim.key), ("Content-Type", "application/json"), ("Content-Length", "100000000")):
+        conn.putheader(k, v)
+    conn.endheaders()
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413 and "the limit is 1048576 bytes" in answer["message"], answer
+    assert state(victim) == before
+
+
+def test_backtracking_pattern_is_a_substring_and_answers_at_once(victim):
+    got, answer, took = send(victim, "GET", "/vm?limit=" + urllib.parse.quote("(a+)+$"))
+    assert got == 200 and answer == []
+    assert took < 2.0, took  # a regular expression would backtrack for minutes on the 'aaa...a-' VM
+    got, answer, _ = send(victim, "GET", "/vm?limit=" + urllib.parse.quote("a*-"))
+    assert got == 200 and [v["name"] for v in answer] == ["a" * 40 + "-"]
+
+
+def test_unauthenticated_attacks_learn_nothing(victim):
+    for method, path, body in (("POST", "/cluster/status", b'{"keepalive_limit": NaN}'),
+                               ("GET", "/vm/web1%0a", None), ("POST", "/vm", b"[" * 5000)):
+        got, answer, _ = send(victim, method, path, body, key=False)
+        assert got == 401 and answer["field"] is None, answer
+
+
+def test_no_answer_is_ever_invalid_json(victim):
+    """NaN never reaches a stored setting, so no answer can carry it (it did: GET /cluster/status)."""
+    got, answer, _ = send(victim, "GET", "/cluster/status")
+    assert got == 200 and isinstance(answer, dict)
+    assert json.dumps(answer, allow_nan=False)
