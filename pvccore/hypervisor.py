@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid as uuidlib
@@ -18,14 +19,20 @@ from dataclasses import dataclass
 import libvirt
 
 from .errors import ValidationError
+from .models import check_name
 
 log = logging.getLogger(__name__)
 
 # libvirt prints every error to stderr by default; we raise them instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
-_UNIT_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024, "m": 1024, "mib": 1024,
-             "mb": 1e6 / 1024, "g": 1024 ** 2, "gib": 1024 ** 2, "gb": 1e9 / 1024}
+#: libvirt's memory units, in bytes (integers: a long number times a unit never overflows)
+_UNIT_BYTES = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000 ** 2, "m": 1024 ** 2,
+               "mib": 1024 ** 2, "gb": 1000 ** 3, "g": 1024 ** 3, "gib": 1024 ** 3, "tb": 1000 ** 4, "t": 1024 ** 4,
+               "tib": 1024 ** 4}
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: str.isdigit() takes '²' and other scripts' digits
+MAX_MEMORY_MIB = 16 * 1024 * 1024  # 16 TiB: more than any hypervisor has
+MAX_VCPUS = 1024  # QEMU's own ceiling for an x86 guest
 
 
 class HypervisorError(Exception):
@@ -46,7 +53,11 @@ class DomainSpec:
 def parse_domain_xml(xml: str) -> DomainSpec:
     """Read name, UUID, memory and vCPUs from libvirt domain XML; add a UUID when there is none.
 
-    :raises ValidationError: not domain XML, or a field is missing or malformed.
+    Strict where libvirt would fail later (the VM would be stored, then end in ``fail``): one
+    ``<name>`` exactly as written, one ``<memory>`` and at most one ``<vcpu>`` of ASCII digits
+    within sane bounds, at most one well-formed ``<uuid>``.
+
+    :raises ValidationError: not domain XML, or a field is missing or malformed (field ``xml``).
     """
     try:
         root = ET.fromstring(xml)
@@ -54,20 +65,15 @@ def parse_domain_xml(xml: str) -> DomainSpec:
         raise ValidationError(f"not valid XML: {exc}", "xml") from exc
     if root.tag != "domain":
         raise ValidationError(f"expected a <domain> document, got <{root.tag}>", "xml")
-    name = (root.findtext("name") or "").strip()
-    if not name:
+    name = _one(root, "name").text or ""
+    if not name.strip():
         raise ValidationError("domain XML has no <name>", "xml")
-    mem = root.find("memory")
-    if mem is None or not (mem.text or "").strip().isdigit():
-        raise ValidationError("domain XML has no <memory> amount", "xml")
-    unit = (mem.get("unit") or "KiB").lower()
-    if unit not in _UNIT_KIB:
-        raise ValidationError(f"unknown memory unit {mem.get('unit')!r}", "xml")
-    memory_mib = int(int(mem.text.strip()) * _UNIT_KIB[unit] // 1024)
-    vcpu_text = (root.findtext("vcpu") or "1").strip()
-    if not vcpu_text.isdigit() or int(vcpu_text) < 1:
-        raise ValidationError(f"bad <vcpu> count {vcpu_text!r}", "xml")
-    uuid_el = root.find("uuid")
+    if name != name.strip():
+        raise ValidationError(f"<name> {name!r} has spaces around it; libvirt would keep them", "xml")
+    check_name(name, "VM", "xml")
+    memory_mib = _memory_mib(_one(root, "memory"))
+    vcpus = _count(_one(root, "vcpu", optional=True), "vcpu", 1, MAX_VCPUS, default=1)
+    uuid_el = _one(root, "uuid", optional=True)
     if uuid_el is None or not (uuid_el.text or "").strip():
         uuid_el = uuid_el if uuid_el is not None else ET.SubElement(root, "uuid")
         uuid_el.text = str(uuidlib.uuid4())
@@ -76,10 +82,40 @@ def parse_domain_xml(xml: str) -> DomainSpec:
         try:
             uuid_el.text = str(uuidlib.UUID(uuid_el.text.strip()))
         except ValueError:
-            raise ValidationError(f"bad <uuid> {uuid_el.text!r}", "xml") from None
-    if memory_mib < 1:
-        raise ValidationError("domain memory must be at least 1 MiB", "xml")
-    return DomainSpec(name=name, uuid=uuid_el.text, memory_mib=memory_mib, vcpus=int(vcpu_text), xml=xml)
+            raise ValidationError(f"bad <uuid> {uuid_el.text[:64]!r}", "xml") from None
+    return DomainSpec(name=name, uuid=uuid_el.text, memory_mib=memory_mib, vcpus=vcpus, xml=xml)
+
+
+def _one(root: ET.Element, tag: str, optional: bool = False) -> ET.Element | None:
+    found = root.findall(tag)
+    if len(found) > 1:
+        raise ValidationError(f"domain XML has {len(found)} <{tag}> elements; give one", "xml")
+    if not found and not optional:
+        raise ValidationError(f"domain XML has no <{tag}>", "xml")
+    return found[0] if found else None
+
+
+def _count(el: ET.Element | None, tag: str, low: int, high: int, default: int) -> int:
+    if el is None:
+        return default
+    text = (el.text or "").strip()
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise ValidationError(f"<{tag}> must be a whole number from {low} to {high}; got {text[:32]!r}", "xml")
+    return int(text)
+
+
+def _memory_mib(mem: ET.Element) -> int:
+    unit = (mem.get("unit") or "KiB").lower()
+    if unit not in _UNIT_BYTES:
+        raise ValidationError(f"unknown memory unit {mem.get('unit')[:16]!r}", "xml")
+    text = (mem.text or "").strip()
+    if not _DIGITS.fullmatch(text):
+        raise ValidationError(f"<memory> must be a whole number (ASCII digits, at most 20); got {text[:32]!r}", "xml")
+    mib = int(text) * _UNIT_BYTES[unit] // 1024 ** 2
+    if not 1 <= mib <= MAX_MEMORY_MIB:
+        raise ValidationError(f"domain memory must be from 1 MiB to {MAX_MEMORY_MIB} MiB (16 TiB); got {mib} MiB",
+                              "xml")
+    return mib
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from .errors import ConflictError, NotFoundError, ValidationError
 from .hypervisor import parse_domain_xml
 from .models import RUNNING_STATES, VM, Cluster, ClusterConfig, Handover, Migration, Node, Timing, VMMeta, check_name
-from .placement import Placement, check_target, place, resolve_selector
+from .placement import Placement, check_size, check_target, check_unique_uuid, place, resolve_selector
 from .placing import placing
 from .plugins import PluginSet
 from .store import Store
@@ -76,8 +76,11 @@ class Operations:
                 state="start" if start else "stop", meta=vm_meta)
         if spec.name in cluster.vms:
             raise ConflictError(f"VM {spec.name!r} already exists", "xml")
+        check_size(vm, cluster)
         with placing(self.store, self.view) as fresh:  # decided and written with no other placement between
-            created = self.store.create_vm(replace(vm, node=self._target(vm, target, fresh())), spec.xml)
+            cluster = fresh()
+            check_unique_uuid(vm, cluster)
+            created = self.store.create_vm(replace(vm, node=self._target(vm, target, cluster)), spec.xml)
         self.view.wait_for(lambda c: spec.name in c.vms, 10)
         return created
 
@@ -98,7 +101,11 @@ class Operations:
         return self._seen("vm", name, self.store.update_vm(name, lambda vm: replace(vm, meta=vm.meta.updated(changes))))
 
     def replace_xml(self, name: str, xml: str) -> VM:
-        """Replace a VM's XML (same name, same UUID); memory and vCPUs follow the new XML."""
+        """Replace a VM's XML (same name, same UUID); memory and vCPUs follow the new XML.
+
+        The VM must still fit a node it may run on; one that runs (or should) must fit its
+        node with the new memory, unless the cluster allows overcommit (409 otherwise).
+        """
         spec = parse_domain_xml(xml)
         if spec.name != name:
             raise ValidationError(f"the XML names VM {spec.name!r}, not {name!r}", "xml")
@@ -110,8 +117,11 @@ class Operations:
             return replace(vm, memory_mib=spec.memory_mib, vcpus=spec.vcpus)
 
         current = self._vm(name)
-        written = self.store.replace_vm_xml(name, spec.xml if given_uuid else _with_uuid(spec.xml, current.uuid),
-                                            update)
+        check_size(update(current), self.view.snapshot())
+        with placing(self.store, self.view) as fresh:  # memory is placement: no other decision in between
+            _check_growth(current, update(current), fresh())
+            written = self.store.replace_vm_xml(name, spec.xml if given_uuid else _with_uuid(spec.xml, current.uuid),
+                                                update)
         self.view.forget_xml(name)  # read your own write; other processes' caches follow their watches
         return self._seen("vm", name, written)
 
@@ -345,6 +355,17 @@ def mask_fence_config(entries: list[dict]) -> list[dict]:
     return [{"fencer": e.get("fencer"),
              "params": {k: ("***" if _SECRET.search(k) else v) for k, v in (e.get("params") or {}).items()}}
             for e in entries]
+
+
+def _check_growth(old: VM, new: VM, cluster: Cluster) -> None:
+    """A VM that runs (or should) on its node takes its new memory there at its next start: it must fit."""
+    node = cluster.nodes.get(old.node)
+    grow = new.memory_mib - old.memory_mib
+    if grow <= 0 or node is None or cluster.config.allow_overcommit or old.state not in RUNNING_STATES:
+        return
+    if node.memory_free_mib < grow:
+        raise ConflictError(f"VM {old.name!r} runs on {node.name}, which has {node.memory_free_mib} MiB free: "
+                            f"{grow} MiB more does not fit (move it first, or allow overcommit)", "xml")
 
 
 def migration_request(vm: VM, kind: str, target: str, force_live: bool = False) -> VM:

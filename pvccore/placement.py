@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
-from .errors import ValidationError
+from .errors import ConflictError, ValidationError
 from .hookspecs import Selector
 from .models import RUNNING_STATES, VM, Cluster, Node
 
@@ -148,6 +148,36 @@ def check_target(vm: VM, target: str, cluster: Cluster, domains: tuple[str, ...]
         why = f"outside the VM's node limit ({', '.join(vm.meta.node_limit)})"
     if why:
         raise ValidationError(f"node {target!r} cannot take VM {vm.name!r}: {why}", "target")
+
+
+def check_size(vm: VM, cluster: Cluster) -> None:
+    """Refuse a VM larger than every node it may run on (its node limit, or any node), in vCPUs or memory.
+
+    Nodes that have not reported their figures yet are not counted; with none reported, nothing is refused.
+    :raises ValidationError: field ``xml``, naming the largest node's figure.
+    """
+    limit = frozenset(vm.meta.node_limit)
+    nodes = [n for n in cluster.nodes.values() if (not limit or n.name in limit) and n.cpu_count > 0]
+    if not nodes:
+        return
+    cpus = max(n.cpu_count for n in nodes)
+    if vm.vcpus > cpus:
+        raise ValidationError(f"VM {vm.name!r} has {vm.vcpus} vCPUs; the largest node it may run on has {cpus} CPUs",
+                              "xml")
+    memory = max(n.memory_total_mib for n in nodes)
+    if vm.memory_mib > memory:
+        raise ValidationError(f"VM {vm.name!r} has {vm.memory_mib} MiB of memory; the largest node it may run on "
+                              f"has {memory} MiB", "xml")
+
+
+def check_unique_uuid(vm: VM, cluster: Cluster) -> None:
+    """Two VMs with one UUID: libvirt refuses the second wherever they meet.
+
+    :raises ConflictError: field ``xml``.
+    """
+    other = next((o.name for o in cluster.vms.values() if o.uuid == vm.uuid and o.name != vm.name), None)
+    if other is not None:
+        raise ConflictError(f"UUID {vm.uuid} is already VM {other!r}'s; remove the <uuid> to get a new one", "xml")
 
 
 def pending_moves(cluster: Cluster) -> dict[str, str]:

@@ -52,6 +52,10 @@ def victim(live):
     return live
 
 
+def define(inner: str) -> bytes:
+    return json.dumps({"xml": f"<domain type='test'>{inner}<os><type>hvm</type></os></domain>"}).encode()
+
+
 def deep(n: int) -> bytes:
     return b'{"node_autostart": ' + b"[" * n + b"]" * n + b"}"
 
@@ -86,6 +90,24 @@ ATTACKS = [
      "invalid node name"),
     ("bad name, state", "POST", "/vm/..x/state", b'{"state": "start"}', 400, "vm", "invalid VM name"),
     ("long filter", "GET", "/vm?limit=" + "a" * 200, None, 400, "limit", "at most 128"),
+    ("superscript memory", "POST", "/vm", define("<name>x1</name><memory>²</memory>"), 400, "xml",
+     "ASCII digits"),
+    ("superscript vcpus", "POST", "/vm", define("<name>x1</name><memory>1024</memory><vcpu>²</vcpu>"), 400, "xml",
+     "<vcpu> must be a whole number"),
+    ("400-digit bytes", "POST", "/vm", define("<name>x1</name><memory unit='b'>" + "9" * 400 + "</memory>"), 400,
+     "xml", "<memory> must be a whole number"),
+    ("name with spaces", "POST", "/vm", define("<name> ws1 </name><memory>1024</memory>"), 400, "xml",
+     "spaces around it"),
+    ("two names", "POST", "/vm", define("<name>ws1</name><name>ws2</name><memory>1024</memory>"), 400, "xml",
+     "2 <name> elements"),
+    ("a million vCPUs", "POST", "/vm", define("<name>x1</name><memory>1024</memory><vcpu>1000000</vcpu>"), 400,
+     "xml", "from 1 to 1024"),
+    ("more vCPUs than any node", "POST", "/vm", define("<name>x1</name><memory>1024</memory><vcpu>16</vcpu>"),
+     400, "xml", "the largest node it may run on has 8 CPUs"),
+    ("more memory than any node", "POST", "/vm", define("<name>x1</name><memory unit='GiB'>64</memory>"),
+     400, "xml", "the largest node it may run on has 16384 MiB"),
+    ("10^9 MiB on a VM", "PUT", "/vm/web1", define("<name>web1</name><memory unit='MiB'>1000000000</memory>"),
+     400, "xml", "domain memory must be from 1 MiB"),
 ]
 
 
@@ -97,6 +119,28 @@ def test_attack_is_a_clear_error_and_changes_nothing(victim, what, method, path,
     assert isinstance(answer, dict) and set(answer) == {"message", "field"}, answer
     assert answer["field"] == field and message in answer["message"], answer
     assert state(victim) == before
+
+
+def test_a_second_vm_with_the_same_uuid_is_refused(victim):
+    uuid = victim.store.get_vm("web1").uuid
+    before = state(victim)
+    got, answer, _ = send(victim, "POST", "/vm", define(f"<name>twin</name><uuid>{uuid}</uuid><memory>1024</memory>"))
+    assert got == 409 and answer["field"] == "xml" and "already VM 'web1'" in answer["message"], answer
+    assert state(victim) == before
+
+
+def test_growing_a_running_vm_past_its_node_is_refused(victim):
+    for name, mib in (("grow1", 4096), ("ballast", 8192)):  # hv2 (16 GiB) left with 4 GiB free
+        got, answer, _ = send(victim, "POST", "/vm", json.dumps({"xml": sample_domain_xml(name, mib, 1),
+                                                                 "target": "hv2"}).encode())
+        assert got == 201, answer
+    assert victim.view.wait_for(lambda c: {"grow1", "ballast"} <= set(c.nodes["hv2"].running_vms), 30)
+    before = state(victim)
+    got, answer, _ = send(victim, "PUT", "/vm/grow1", define("<name>grow1</name><memory unit='MiB'>12000</memory>"))
+    assert got == 409 and answer["field"] == "xml" and "does not fit" in answer["message"], answer
+    assert state(victim) == before
+    for name in ("grow1", "ballast"):
+        send(victim, "DELETE", f"/vm/{name}?force=true")
 
 
 def test_oversized_body_is_refused_before_it_is_read(victim):
