@@ -62,12 +62,21 @@ class Fencer:
     ``fence(node, params)`` receives the node name and the ``params`` dict of one
     entry of that node's fence configuration, and returns a :class:`FenceResult`.
     It must confirm the power state, not merely send a command, and must never
-    put credentials from ``params`` into its message.
+    put credentials from ``params`` into its message. ``secret`` and ``public``
+    name its params: only public ones are ever shown.
     """
 
     name: str
     description: str
     fence: Callable[[str, dict], FenceResult]
+    #: params that hold credentials: masked in every answer, kept when a masked value is posted back
+    secret: frozenset[str] = frozenset()
+    #: params that may be shown; a param in neither set is secret (so a wrapper that passes any
+    #: param through, or a typo, never shows a credential)
+    public: frozenset[str] = frozenset()
+
+    def is_secret(self, param: str) -> bool:
+        return param in self.secret or param not in self.public
 
 
 # --------------------------------------------------------------------------

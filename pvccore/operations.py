@@ -8,6 +8,7 @@ Nothing here talks to libvirt. ``wait_*`` helpers block on watches, not sleeps.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid as uuidlib
@@ -126,8 +127,14 @@ class Operations:
         return self._seen("vm", name, written)
 
     def set_state(self, name: str, state: str) -> VM:
+        """Ask for a VM state. Starting a stopped VM whose node cannot run it now (flushed, or its
+        daemon not running) places it on another node, as a flush would have: its home is kept for
+        the node's next ready; with no node to take it, 409 and nothing changes."""
         if state not in USER_STATES:
             raise ValidationError(f"state must be one of {', '.join(USER_STATES)}; got {state!r}", "state")
+        current = self._vm(name)
+        if state == "start" and not _active(current) and not self._can_run_at_home(current):
+            return self._start_elsewhere(name)
 
         def change(vm: VM) -> VM:
             if vm.migration is not None:
@@ -137,18 +144,27 @@ class Operations:
                 raise ConflictError(f"VM {name!r} is not running (state {vm.state}); start it instead", "state")
             return replace(vm, state=state, reason="")
 
-        self._vm(name)
         return self._seen("vm", name, self.store.update_vm(name, change))
 
     def undefine(self, name: str, force: bool = False, timeout: float = 60.0) -> None:
-        """Remove a VM. A running one is refused, or with ``force`` stopped first (waiting up to ``timeout``)."""
+        """Remove a VM. A running one is refused, or with ``force`` stopped first (waiting up to ``timeout``).
+
+        A VM in the middle of a migration is stopped once the migration has settled (where it
+        ended up), within the same ``timeout``: a migration is never cut off half-way.
+        """
         vm = self._vm(name)
         if _active(vm):
             if not force:
                 raise ConflictError(f"VM {name!r} is running (state {vm.state}); stop it first or force", "state")
-            if vm.migration is None:
+            deadline = time.monotonic() + timeout
+            if vm.migration is not None and not self.wait_vm(
+                    name, lambda v: v is None or v.migration is None, timeout):
+                raise ConflictError(f"VM {name!r} is still migrating after {timeout:g}s; try again", "state")
+            current = self.view.vm(name)
+            if current is not None and _active(current):
                 self.set_state(name, "stop")
-            if not self.wait_vm(name, lambda v: v is None or (not _active(v) and not self._runs(v)), timeout):
+            left = max(0.0, deadline - time.monotonic())
+            if not self.wait_vm(name, lambda v: v is None or (not _active(v) and not self._runs(v)), left):
                 raise ConflictError(f"VM {name!r} did not stop within {timeout:g}s", "state")
 
         def check(v: VM) -> None:
@@ -156,6 +172,29 @@ class Operations:
                 raise ConflictError(f"VM {name!r} was started again meanwhile", "state")
 
         self.store.delete_vm(name, check)
+
+    def _can_run_at_home(self, vm: VM) -> bool:
+        node = self.view.node(vm.node)
+        return node is None or (node.daemon_state == "run" and node.domain_state in ("ready", "unflush"))
+
+    def _start_elsewhere(self, name: str) -> VM:
+        with placing(self.store, self.view) as fresh:
+            vm, cluster = self._vm(name), fresh()
+            node = cluster.nodes[vm.node]
+            why = f"its node {vm.node} is {node.domain_state if node.daemon_state == 'run' else node.daemon_state}"
+            decision = place(vm, cluster, self.plugins.selectors)
+            if decision.target is None:
+                raise ConflictError(f"VM {name!r} cannot start: {why}, and {decision.reason}", "state")
+
+            def start_there(v: VM) -> VM:
+                if _active(v) or v.node != vm.node:
+                    raise ConflictError(f"VM {name!r} changed meanwhile; try again", "state")
+                return replace(v, node=decision.target, state="start", reason=f"started on {decision.target}: {why}",
+                               last_node=_last_node_after(v, "migrate", v.node, decision.target),
+                               meta=replace(v.meta, node_autostart=False))
+
+            written = self.store.update_vm(name, start_there)
+        return self._seen("vm", name, written)
 
     def _runs(self, vm: VM) -> bool:
         """Whether the VM's node last reported it running."""
@@ -271,8 +310,13 @@ class Operations:
     # -- fencing -------------------------------------------------------------------------------
 
     def set_fence_config(self, node: str, entries: Any) -> list[dict]:
-        """Replace a node's ordered fence configuration: ``[{"fencer": name, "params": {...}}, ...]``."""
+        """Replace a node's ordered fence configuration: ``[{"fencer": name, "params": {...}}, ...]``.
+
+        A secret param given as ``***`` (the mask, as in a configuration read back, edited and
+        posted again) keeps the value stored for the same entry (same place, same fencer).
+        """
         self._node(node)
+        stored = self.store.get_fence_config(node)
         if not isinstance(entries, list) or len(entries) > 8:
             raise ValidationError("entries must be a list of at most 8 {fencer, params} objects", "entries")
         clean = []
@@ -284,18 +328,43 @@ class Operations:
                 raise ValidationError(f"entries[{i}]: unknown fencer {entry['fencer']!r}; known fencers: {known}",
                                       "entries")
             params = entry.get("params", {})
-            if not isinstance(params, dict) or not all(
+            if not isinstance(params, dict) or len(params) > 64 or not all(
                     isinstance(k, str) and _PARAM.match(k) and isinstance(v, (str, int, float, bool))
-                    and "\n" not in str(v) for k, v in params.items()):
+                    and (not isinstance(v, float) or math.isfinite(v))
+                    and "\n" not in str(v) and len(str(v)) <= 1024 for k, v in params.items()):
                 raise ValidationError(f"entries[{i}].params must map names to single-line values", "entries")
-            clean.append({"fencer": entry["fencer"], "params": params})
+            before = stored[i] if i < len(stored) and stored[i].get("fencer") == entry["fencer"] else None
+            clean.append({"fencer": entry["fencer"], "params": self._unmasked(i, entry["fencer"], params, before)})
         self.store.set_fence_config(node, clean)
-        return mask_fence_config(clean)
+        return self.mask_fence_config(clean)
+
+    def _unmasked(self, i: int, fencer: str, params: dict, before: dict | None) -> dict:
+        out = dict(params)
+        for key, value in params.items():
+            if value != MASK or not self._secret(fencer, key):
+                continue
+            kept = (before or {}).get("params", {}).get(key)
+            if kept is None:
+                raise ValidationError(f"entries[{i}].params.{key} is {MASK!r}, the mask of a secret, but no value is "
+                                      f"stored for it to keep: give the real value", "entries")
+            out[key] = kept
+        return out
+
+    def _secret(self, fencer: str, param: str) -> bool:
+        known = self.plugins.fencers.get(fencer)
+        return known is None or known.is_secret(param)  # a fencer this process lacks: all secret
+
+    def mask_fence_config(self, entries: list[dict]) -> list[dict]:
+        """Credentials never leave ZooKeeper through the API: every param its fencer does not call public
+        is replaced by the mask."""
+        return [{"fencer": e.get("fencer"),
+                 "params": {k: (MASK if self._secret(str(e.get("fencer")), k) else v)
+                            for k, v in (e.get("params") or {}).items()}} for e in entries]
 
     def fence_config(self, node: str) -> list[dict]:
         """A node's fence configuration with secrets masked."""
         self._node(node)
-        return mask_fence_config(self.store.get_fence_config(node))
+        return self.mask_fence_config(self.store.get_fence_config(node))
 
     def set_config(self, changes: Mapping[str, Any]):
         """Change cluster settings; refused when the result could fence a healthy node (see ClusterConfig)."""
@@ -347,14 +416,7 @@ class Operations:
 
 
 _PARAM = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
-_SECRET = re.compile(r"pass|secret|key|token|community|auth", re.I)
-
-
-def mask_fence_config(entries: list[dict]) -> list[dict]:
-    """Credentials never leave ZooKeeper through the API: every secret-looking value is replaced."""
-    return [{"fencer": e.get("fencer"),
-             "params": {k: ("***" if _SECRET.search(k) else v) for k, v in (e.get("params") or {}).items()}}
-            for e in entries]
+MASK = "***"
 
 
 def _check_growth(old: VM, new: VM, cluster: Cluster) -> None:
@@ -390,8 +452,13 @@ def migration_request(vm: VM, kind: str, target: str, force_live: bool = False) 
 
 
 def _last_node_after(vm: VM, kind: str, source: str, target: str) -> str:
-    """``migrate`` remembers the node it left (for ``unmigrate`` and ready); ``move``/``unmigrate`` forget it."""
-    return source if kind == "migrate" and source != target else ""
+    """``migrate`` remembers the VM's home (for ``unmigrate`` and ready): the node it left, or, when it
+    was already away, the home it had (so chained moves such as a rolling flush still lead home),
+    none once it is home again; ``move`` and ``unmigrate`` forget it."""
+    if kind != "migrate":
+        return ""
+    home = vm.last_node or source
+    return "" if home == target else home
 
 
 def finished(vm: VM) -> VM:

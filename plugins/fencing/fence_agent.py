@@ -17,6 +17,12 @@ from pvccore import hookimpl
 from pvccore.hookspecs import Fencer, FenceResult
 
 _AGENT = re.compile(r"^fence_[A-Za-z0-9_]+$")
+#: fence-agents parameters that carry no credential; any other (the agents take hundreds, among them
+#: passwd, password_script, identity_file, hexadecimal_kg, snmp_priv_passwd) is masked
+PUBLIC = frozenset({"agent", "timeout", "ip", "ipaddr", "ipport", "port", "plug", "username", "login", "lanplus",
+                    "cipher", "method", "ssl", "ssl_insecure", "notls", "inet4_only", "inet6_only", "privlvl",
+                    "auth", "power_timeout", "power_wait", "shell_timeout", "login_timeout", "retry_on",
+                    "delay", "verbose"})
 
 
 def _run(agent: str, params: dict, action: str) -> tuple[int, str]:
@@ -49,4 +55,6 @@ def fence(node: str, params: dict) -> FenceResult:
 
 @hookimpl
 def pvc_register_fencers():
-    return [Fencer("fence-agent", "any fence-agents agent (stdin key=value interface)", fence)]
+    return [Fencer("fence-agent", "any fence-agents agent (stdin key=value interface)", fence,
+                   secret=frozenset({"password", "passwd", "hexadecimal_kg", "kg", "community"}),
+                   public=PUBLIC)]

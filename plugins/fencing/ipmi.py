@@ -55,4 +55,6 @@ def fence(node: str, params: dict) -> FenceResult:
 
 @hookimpl
 def pvc_register_fencers():
-    return [Fencer("ipmi", "power off over IPMI lanplus (ipmitool), then confirm", fence)]
+    return [Fencer("ipmi", "power off over IPMI lanplus (ipmitool), then confirm", fence,
+                   secret=frozenset({"password"}),
+                   public=frozenset({"host", "port", "username", "cipher", "retries", "timeout"}))]

@@ -211,5 +211,33 @@ def test_fence_config_is_validated_and_never_shows_secrets(api):
                                   json={"entries": [{"fencer": "ipmi", "params": {"host": "a\nb"}}]}), 400, "entries")
     error_shape(api.simulate_post(P + "/node/hv9/fence-config", headers=H, json={"entries": []}), 404)
     assert api.ops.store.get_fence_config("hv1")[1]["fencer"] == "fence-agent"  # unchanged by the refusals
+
+
+def test_every_credential_is_masked_by_what_its_fencer_declares(api):
+    entries = [{"fencer": "ipmi", "params": {"host": "10.0.0.1", "password": "p1", "kg": "k1"}},
+               {"fencer": "fence-agent", "params": {"agent": "fence_ipmilan", "ip": "10.0.0.2", "login": "root",
+                                                    "hexadecimal_kg": "k2", "kg": "k3", "pw": "p2", "pwd": "p3",
+                                                    "credential": "c1", "snmp_priv_passwd": "p4"}}]
+    shown = api.simulate_post(P + "/node/hv1/fence-config", headers=H, json={"entries": entries})
+    assert shown.status_code == 200
+    for secret in ("p1", "k1", "k2", "k3", "p2", "p3", "c1", "p4"):
+        assert secret not in shown.text and secret not in api.simulate_get(P + "/node/hv1/fence-config",
+                                                                           headers=H).text
+    assert shown.json["entries"][1]["params"]["login"] == "root"  # declared public: shown
+
+    # Read back, edited (a new host), posted again: the masked secrets keep their stored values.
+    edited = shown.json["entries"]
+    edited[0]["params"]["host"] = "10.0.0.9"
+    r = api.simulate_post(P + "/node/hv1/fence-config", headers=H, json={"entries": edited})
+    assert r.status_code == 200, r.text
+    stored = api.ops.store.get_fence_config("hv1")
+    assert stored[0]["params"] == {"host": "10.0.0.9", "password": "p1", "kg": "k1"}
+    assert stored[1]["params"]["pwd"] == "p3" and stored[1]["params"]["credential"] == "c1"
+
+    # A mask with nothing stored to keep (another fencer in that place now) destroys nothing: 400.
+    swapped = [{"fencer": "fence-agent", "params": {"agent": "fence_apc", "password": "***"}}]
+    error_shape(api.simulate_post(P + "/node/hv1/fence-config", headers=H, json={"entries": swapped}), 400,
+                "entries", "no value is stored for it to keep")
+    assert api.ops.store.get_fence_config("hv1") == stored
     status = api.simulate_get(P + "/cluster/status", headers=H).json
     assert status["fencing"] == {} and status["healthy"]
