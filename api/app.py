@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import falcon
 import falcon.media
@@ -44,6 +46,22 @@ class Deps:
     version: str = __version__
     op_timeout: float | None = None  # longest wait for one ZooKeeper read or write (None: kazoo's own)
     guards: Guards | None = None  # set by create_app: ZooKeeper's state as the API sees it
+    max_waiting: int = 0  # requests of this worker that may wait for a change at once (0: no cap)
+
+    def __post_init__(self):
+        self._waiting = threading.BoundedSemaphore(self.max_waiting) if self.max_waiting else None
+
+    def wait(self, until: Callable[[float], bool]) -> bool | None:
+        """``until(wait_timeout)`` with one of this worker's wait slots, so that requests waiting for a
+        change never take every thread; None (nothing waited for) when every slot is taken."""
+        if self._waiting is None:
+            return until(self.wait_timeout)
+        if not self._waiting.acquire(blocking=False):
+            return None
+        try:
+            return until(self.wait_timeout)
+        finally:
+            self._waiting.release()
 
 
 class ApiKeyAuth:
@@ -97,6 +115,7 @@ def create_app(deps: Deps) -> falcon.App:
     app.add_route(PREFIX + "/node/{node}/domain-state", node, suffix="domain")
     app.add_route(PREFIX + "/node/{node}/coordinator-state", node, suffix="coordinator")
     app.add_route(PREFIX + "/node/{node}/fence-config", node, suffix="fence")
+    app.add_route(PREFIX + "/node/{node}/confirm-off", node, suffix="confirm")
 
     vm = vms.VMs(deps)
     app.add_route(PREFIX + "/vm", vm)
@@ -114,7 +133,8 @@ def build_deps(cfg: ApiConfig) -> Deps:
                           auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT)
     view = ClusterView(store.client, store.paths).start()
     ops = Operations(store, view, load_plugins())
-    return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout, op_timeout=OP_TIMEOUT)
+    return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout, op_timeout=OP_TIMEOUT,
+                max_waiting=max(1, cfg.threads // 2))
 
 
 def get_app(config: ApiConfig | None = None) -> falcon.App:

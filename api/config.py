@@ -17,6 +17,8 @@ class ApiConfig:
     zookeeper_session_timeout: float = 4.0
     listen: str = "127.0.0.1:7370"
     workers: int = 2
+    threads: int = 32
+    request_timeout: float = 10.0
     auth: bool = True
     api_keys: tuple[str, ...] = ()
     tls_cert: str = ""
@@ -40,12 +42,17 @@ API = ConfigSchema("pvcapid", (
     *ZOOKEEPER_OPTIONS,
     Option("listen", str, "127.0.0.1:7370", "Address and port the API listens on (the primary's floating IP).",
            "--listen"),
-    Option("workers", int, 2, "gunicorn worker processes.", "--workers", 1),
+    Option("workers", int, 2, "gunicorn worker processes.", "--workers", 1, 64),
+    Option("threads", int, 32, "Threads per worker: requests answered at once. Half of them at most wait for a "
+           "change (wait=true); a request beyond that answers 202 at once.", "--threads", 4, 256),
+    Option("request_timeout", float, 10.0, "Seconds a client has to send a whole request (headers and body) once "
+           "it has started; a slow or stalled one is answered 408 and closed, and never holds a thread.",
+           "--request-timeout", 1.0, 300.0),
     Option("auth", bool, True, "Require an API key (header X-Api-Key) on every route but GET /api/v1.", "--auth"),
     Option("api_keys", list, (), "Accepted API keys.", "--api-key"),
     Option("tls_cert", str, "", "TLS certificate file (PEM); TLS is off when empty.", "--tls-cert"),
     Option("tls_key", str, "", "TLS private key file (PEM).", "--tls-key"),
     Option("wait_timeout", float, 60.0, "Longest a request with wait=true waits for its change to be observed.",
-           "--wait-timeout", 0.0),
+           "--wait-timeout", 0.0, 3600.0),
     LOG_OPTION,
 ), ApiConfig, _check)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import falcon
 
 from pvccore.errors import NotFoundError
+from pvccore.fencing import confirm_off
 
+from .errors import BadRequest
 from .guards import fresh
 from .inputs import body, field
 
@@ -39,6 +41,15 @@ class Nodes:
         entries = field(body(req, {"entries"}), "entries", list)
         resp.media = {"node": node, "entries": self.deps.ops.set_fence_config(node, entries)}
 
+    def on_post_confirm(self, req, resp, node):
+        """``{"node": NAME}`` (the name again, as a check): an operator's word that dead ``node`` is off."""
+        if field(body(req, {"node"}), "node", str) != node:
+            raise BadRequest(f"node must repeat the node's name ({node!r}) to confirm it is off", "node")
+        confirm_off(self.deps.ops.store, node)
+        resp.status = falcon.HTTP_202
+        resp.media = {"message": f"node {node} confirmed off: the primary takes it as fenced and recovers its VMs",
+                      "node": node}
+
     def on_post_coordinator(self, req, resp, node):
         """``{"state": "primary" | "secondary", "wait": bool}``: a planned primary handover."""
         ops = self.deps.ops
@@ -46,7 +57,7 @@ class Nodes:
         state = field(data, "state", str, choices=("primary", "secondary"))
         wait = field(data, "wait", bool, False)
         h = ops.request_primary(node) if state == "primary" else ops.request_secondary(node)
-        final = ops.wait_handover(h, self.deps.wait_timeout) if wait else None
+        final = self.deps.wait(lambda timeout: ops.wait_handover(h, timeout)) if wait else None
         observed = final is not None
         done = final or h
         if observed and done.phase == "failed":
@@ -67,7 +78,8 @@ class Nodes:
         wait = field(data, "wait", bool, False)
         (ops.flush if state == "flush" else ops.ready)(node)
         done = "flushed" if state == "flush" else "ready"
-        observed = wait and ops.wait_node(node, lambda n: n is None or n.domain_state == done, self.deps.wait_timeout)
+        observed = wait and bool(self.deps.wait(
+            lambda timeout: ops.wait_node(node, lambda n: n is None or n.domain_state == done, timeout)))
         current = ops.view.node(node)
         resp.status = falcon.HTTP_200 if observed else falcon.HTTP_202
         resp.media = {

@@ -157,6 +157,11 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
                              "params": {"type": "object"}}, ("fencer",))}},
                             ("entries",))),
         },
+        "/api/v1/node/{node}/confirm-off": {"post": {**_op(
+            "Confirm a dead node is powered off (when no fencer can): its VMs are recovered", params=node_p,
+            codes=(400, 401, 404, 409), body=_obj({"node": NAME}, ("node",))),
+            "responses": {"202": {"description": "Recorded; the primary acts on it", **_json(_ref("Message"))},
+                          **{c: r for c, r in _op("", codes=(400, 401, 404, 409))["responses"].items()}}}},
         "/api/v1/vm": {
             "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
                 _query("node", {"type": "string"}, "Only VMs on this node"),

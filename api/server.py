@@ -15,6 +15,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from pvccore.errors import ValidationError
 from pvccore.store import Store
 
+from . import worker
 from .config import API, ApiConfig
 
 
@@ -27,10 +28,14 @@ class Server(BaseApplication):
 
     def load_config(self) -> None:
         c = self.cfg_api
-        settings = {"bind": c.listen, "workers": c.workers, "worker_class": "gthread", "threads": 4,
-                    "keepalive": 5, "loglevel": c.log_level, "accesslog": "-",
+        worker.REQUEST_TIMEOUT = c.request_timeout  # inherited by the workers gunicorn forks
+        settings = {"bind": c.listen, "workers": c.workers, "worker_class": "pvcapi.worker.GuardedThreadWorker",
+                    "threads": c.threads, "keepalive": 5, "loglevel": c.log_level, "accesslog": "-",
                     "errorlog": "-", "timeout": max(60, int(c.wait_timeout) + 30), "graceful_timeout": 10,
-                    "proc_name": "pvcapid"}
+                    "proc_name": "pvcapid",
+                    # gunicorn's control socket has one fixed path per user: a second pvcapid on the
+                    # machine would take it over and delete it when it stops. pvcapid needs none.
+                    "control_socket_disable": True}
         if c.tls_cert:
             settings.update(certfile=c.tls_cert, keyfile=c.tls_key)
         if self.lifeline:

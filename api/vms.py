@@ -220,7 +220,8 @@ class VMs:
     def _answer(self, resp, vm: str, wait: bool, reached, requested: str, succeeded, field: str) -> None:
         """200 once the change is observed; 202 while it is not (yet); 409 when it ended and failed."""
         ops = self.deps.ops
-        observed = wait and ops.view.wait_for(reached, self.deps.wait_timeout)
+        observed = wait and self.deps.wait(lambda timeout: ops.view.wait_for(reached, timeout))
+        busy = wait and observed is None
         snap = ops.view.snapshot()
         current = snap.vms.get(vm)
         if observed and current is not None and not succeeded(current):
@@ -229,6 +230,8 @@ class VMs:
             return
         if observed:
             message = f"VM {vm}: done" if current is None or not current.reason else f"VM {vm}: {current.reason}"
+        elif busy:
+            message = f"VM {vm}: {requested}; not waiting for it (too many requests wait already)"
         elif wait:
             message = f"VM {vm}: not finished within {self.deps.wait_timeout:g}s; still in progress"
         else:

@@ -94,6 +94,9 @@ class Client:
     def set_fence_config(self, name: str, entries: list) -> dict:
         return self.post(f"/node/{_q(name)}/fence-config", {"entries": entries})[1]
 
+    def confirm_off(self, name: str) -> dict:
+        return self.post(f"/node/{_q(name)}/confirm-off", {"node": name})[1]
+
     def vms(self, node: str | None = None, state: str | None = None, limit: str | None = None) -> list[dict]:
         return self.get("/vm", node=node, state=state, limit=limit)
 

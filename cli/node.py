@@ -164,3 +164,18 @@ def fence_config(client, node: str, source, fmt: str) -> None:
         ("#", lambda e: a["entries"].index(e) + 1), ("FENCER", lambda e: e["fencer"]),
         ("PARAMS", lambda e: " ".join(f"{k}={v}" for k, v in sorted(e["params"].items())))))
          if a["entries"] else f"node {node}: no fence configuration")
+
+
+@group.command("confirm-off")
+@click.argument("node")
+@click.option("--yes", is_flag=True, help="Do not ask: the node is off, checked with my own eyes.")
+@click.pass_obj
+def confirm_off(client, node: str, yes: bool) -> None:
+    """Tell the cluster that dead NODE is powered off, when no fencer can confirm it.
+
+    Its VMs are then recovered elsewhere. Use it only when you have seen the node off (pulled
+    power, a dead chassis): a node that is in fact running would run its VMs twice.
+    """
+    if not yes:
+        click.confirm(f"Is {node} powered off? Its VMs will be started elsewhere", abort=True)
+    emit(client.confirm_off(node), "table", lambda d: d["message"])

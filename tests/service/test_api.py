@@ -241,3 +241,12 @@ def test_every_credential_is_masked_by_what_its_fencer_declares(api):
     assert api.ops.store.get_fence_config("hv1") == stored
     status = api.simulate_get(P + "/cluster/status", headers=H).json
     assert status["fencing"] == {} and status["healthy"]
+
+
+def test_confirm_off_only_for_a_dead_node_named_twice(api):
+    error_shape(api.simulate_post(P + "/node/hv1/confirm-off", headers=H, json={"node": "hv2"}), 400, "node",
+                "repeat the node's name")
+    error_shape(api.simulate_post(P + "/node/hv1/confirm-off", headers=H, json={"node": "hv1"}), 409, "node",
+                "node hv1 is run, not dead")
+    error_shape(api.simulate_post(P + "/node/hv9/confirm-off", headers=H, json={"node": "hv9"}), 404)
+    assert "confirmed_off" not in api.ops.store.get_fencing().get("hv1", {})
