@@ -41,6 +41,8 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
+from kazoo.exceptions import KazooException
+
 from . import locks, network
 from .errors import PVCError
 from .models import Cluster, Handover, PrimaryRecord
@@ -150,6 +152,8 @@ class Coordinator:
                 handover = self.d.ops.request_primary(others[0])
             except PVCError as exc:
                 log.warning("no handover on stop: %s", exc.message)
+            except KazooException as exc:  # our session ended meanwhile (frozen past it, say): let go below
+                log.warning("no handover on stop: ZooKeeper %s", type(exc).__name__)
             else:
                 self._handled.add(handover.id)
                 self._relinquish(handover)  # in this thread: the stop waits for it

@@ -169,11 +169,14 @@ class FenceMonitor:
             if fencer is None:
                 messages.append(f"#{i} {entry.get('fencer')}: no such fencer")
                 continue
+            params = dict(entry.get("params") or {})
             try:
-                result = fencer.fence(name, dict(entry.get("params") or {}))
+                result = fencer.fence(name, params)
             except Exception as exc:  # a fencer bug must not stop the next one
                 log.exception("fencer %s raised", fencer.name)
                 result = FenceResult(False, f"raised {type(exc).__name__}")
+            # A third party's message may echo a credential: never into a log, a status or a hook.
+            result = FenceResult(result.off, fencer.scrub(result.message, params))
             log.warning("node %s: fencer #%d %s: %s (%s)", name, i, fencer.name,
                         "power off confirmed" if result.off else "failed", result.message)
             if result.off:

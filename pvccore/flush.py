@@ -3,8 +3,9 @@
 Flush: every running VM of the node is sent away by placement (its selector and
 node limit), at most ``flush_parallel`` migrations at a time; a VM with no valid
 target is shut down and gets ``node_autostart``; then the node is ``flushed``.
-Ready: the VMs whose last node is this one come back, the VMs at home here with
-``node_autostart`` start (the flag is cleared as it is used); then ``ready``.
+Ready: the VMs whose last node is this one come back (those still in flight elsewhere
+once they land), the VMs at home here with ``node_autostart`` start (the flag is cleared
+as it is used); then ``ready``.
 A change of the node's domain state (an operator asking the opposite) ends the
 worker at its next step. Progress waits on the view, never on fixed sleeps.
 """
@@ -12,6 +13,7 @@ worker at its next step. Progress waits on the view, never on fixed sleeps.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -104,25 +106,53 @@ def _park(d: "NodeDaemon", vm: VM, reason: str) -> None:
 
 
 def run_unflush(d: "NodeDaemon") -> None:
+    """Bring home the VMs whose home this is, start the ones parked here, then say ``ready``.
+
+    A VM still in flight elsewhere (a flush of another node moving it on) is waited for and
+    brought home once it lands, so a rolling maintenance that readies this node meanwhile still
+    ends with the VM here. Bounded: each request extends the wait by one migration timeout.
+    """
     me = d.name
-    asked: set[str] = set()
-    snap = d.view.snapshot()
-    for vm in sorted(snap.vms.values(), key=lambda v: v.name):
-        if vm.last_node == me and vm.node != me and vm.migration is None:
-            try:
-                d.ops.unmigrate(vm.name)
+    asked: set[str] = set()  # unmigrations requested (or refused: they are not asked again)
+    in_flight: set[str] = set()  # VMs of this home that were moving elsewhere when seen
+    deadline = time.monotonic() + d.cfg.migration_timeout
+    gen = d.view.generation
+    while _still(d, "unflush"):
+        snap = d.view.snapshot()
+        for vm in sorted(snap.vms.values(), key=lambda v: v.name):
+            if vm.name in asked:
+                continue
+            if vm.last_node == me and vm.node != me and vm.migration is None:
                 asked.add(vm.name)
-            except PVCError as exc:
-                log.warning("ready of %s: VM %s stays on %s: %s", me, vm.name, vm.node, exc.message)
-        elif vm.node == me and vm.meta.node_autostart and vm.state == "stop":
-            d.set_vm(vm.name, lambda v: v.meta.node_autostart and v.state == "stop", state="start",
-                     meta=replace(vm.meta, node_autostart=False), reason="")
-            log.info("ready of %s: VM %s autostarted", me, vm.name)
-
-    def back(c) -> bool:
-        return all((v := c.vms.get(n)) is None or v.migration is None for n in asked)
-
-    d.view.wait_for(lambda c: back(c) or not _still(d, "unflush"), d.cfg.migration_timeout * max(1, len(asked)))
+                deadline = max(deadline, time.monotonic() + d.cfg.migration_timeout)
+                _bring_home(d, vm)
+            elif vm.node == me and vm.meta.node_autostart and vm.state == "stop":
+                d.set_vm(vm.name, lambda v: v.meta.node_autostart and v.state == "stop", state="start",
+                         meta=replace(vm.meta, node_autostart=False), reason="")
+                log.info("ready of %s: VM %s autostarted", me, vm.name)
+        snap = d.view.snapshot()  # with the requests just made
+        moving = [v for v in snap.vms.values() if v.migration is not None
+                  and (v.name in asked or (v.last_node == me and v.node != me))]
+        for vm in moving:
+            if vm.name not in asked and vm.name not in in_flight:
+                in_flight.add(vm.name)
+                log.info("ready of %s: VM %s is on its way to %s; it comes home once it lands", me, vm.name,
+                         vm.migration.target)
+        if not moving:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("ready of %s: still waiting for %s; ready without them", me,
+                        ", ".join(sorted(v.name for v in moving)))
+            break
+        gen = d.view.wait_changed(gen, min(left, d.cfg.keepalive_interval))
     if _still(d, "unflush"):
         d.set_node(lambda n: n.domain_state == "unflush", domain_state="ready")
-        log.info("node %s ready (%d VMs brought back)", me, len(asked))
+        log.info("node %s ready (%d VMs asked home)", me, len(asked))
+
+
+def _bring_home(d: "NodeDaemon", vm: VM) -> None:
+    try:
+        d.ops.unmigrate(vm.name)
+    except PVCError as exc:
+        log.warning("ready of %s: VM %s stays on %s: %s", d.name, vm.name, vm.node, exc.message)

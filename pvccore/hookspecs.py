@@ -62,21 +62,41 @@ class Fencer:
     ``fence(node, params)`` receives the node name and the ``params`` dict of one
     entry of that node's fence configuration, and returns a :class:`FenceResult`.
     It must confirm the power state, not merely send a command, and must never
-    put credentials from ``params`` into its message. ``secret`` and ``public``
-    name its params: only public ones are ever shown.
+    put credentials from ``params`` into its message.
+
+    Which params are credentials, masked as ``***`` in every answer (and kept when a
+    configuration read back is posted again with ``***``), the fencer declares:
+
+    - ``secret`` names them, and every other param may be shown; or
+    - ``public`` names the params that may be shown, and every other one is secret:
+      for a wrapper that passes any param through (a typo never shows a credential);
+    - a param named in ``secret`` is secret whatever ``public`` says, and a fencer that
+      declares neither has every param secret.
     """
 
     name: str
     description: str
     fence: Callable[[str, dict], FenceResult]
-    #: params that hold credentials: masked in every answer, kept when a masked value is posted back
+    #: params that hold credentials
     secret: frozenset[str] = frozenset()
-    #: params that may be shown; a param in neither set is secret (so a wrapper that passes any
-    #: param through, or a typo, never shows a credential)
+    #: params that may be shown; when given, every param not named here is secret
     public: frozenset[str] = frozenset()
 
     def is_secret(self, param: str) -> bool:
-        return param in self.secret or param not in self.public
+        """Whether ``param`` is masked, by the rules above."""
+        if param in self.secret:
+            return True
+        if self.public:
+            return param not in self.public
+        return not self.secret
+
+    def scrub(self, text: str, params: dict) -> str:
+        """``text`` with the value of every secret param (of 3 characters or more) replaced by ``***``:
+        for messages built from a tool's output, which may echo what it was given."""
+        values = {str(v) for k, v in params.items() if self.is_secret(k) and len(str(v)) >= 3}
+        for value in sorted(values, key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
 
 
 # --------------------------------------------------------------------------

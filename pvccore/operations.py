@@ -96,45 +96,59 @@ class Operations:
         return decision.target
 
     def set_meta(self, name: str, changes: Mapping[str, Any]) -> VM:
+        """Change a VM's metadata; a node limit must leave it a node large enough (400, field ``node_limit``)."""
         current = self._vm(name)
         new_meta = current.meta.updated(changes)
-        self.validate_meta(new_meta, self.view.snapshot())
+        snapshot = self.view.snapshot()
+        self.validate_meta(new_meta, snapshot)
+        try:
+            check_size(replace(current, meta=new_meta), snapshot)
+        except ValidationError as exc:
+            raise ValidationError(exc.message, "node_limit") from None
         return self._seen("vm", name, self.store.update_vm(name, lambda vm: replace(vm, meta=vm.meta.updated(changes))))
 
     def replace_xml(self, name: str, xml: str) -> VM:
         """Replace a VM's XML (same name, same UUID); memory and vCPUs follow the new XML.
 
-        The VM must still fit a node it may run on; one that runs (or should) must fit its
-        node with the new memory, unless the cluster allows overcommit (409 otherwise).
+        The VM must still fit a node it may run on (400). One that runs (or should) takes its new
+        memory on its node at its next start: the growth must fit that node's free memory unless the
+        cluster allows overcommit (409), decided under the placement lock like every other claim on
+        that memory. A stopped VM's size is checked where it starts (:meth:`set_state`). Refused
+        during a migration (409): its target was chosen for the old size.
         """
         spec = parse_domain_xml(xml)
         if spec.name != name:
             raise ValidationError(f"the XML names VM {spec.name!r}, not {name!r}", "xml")
-        given_uuid = "<uuid" in xml
 
-        def update(vm: VM) -> VM:
-            if given_uuid and spec.uuid != vm.uuid:
+        def resized(vm: VM) -> VM:
+            if not spec.generated_uuid and spec.uuid != vm.uuid:
                 raise ValidationError(f"the XML's UUID {spec.uuid} differs from the VM's {vm.uuid}", "xml")
             return replace(vm, memory_mib=spec.memory_mib, vcpus=spec.vcpus)
 
         current = self._vm(name)
-        check_size(update(current), self.view.snapshot())
+        check_size(resized(current), self.view.snapshot())
         with placing(self.store, self.view) as fresh:  # memory is placement: no other decision in between
-            _check_growth(current, update(current), fresh())
-            written = self.store.replace_vm_xml(name, spec.xml if given_uuid else _with_uuid(spec.xml, current.uuid),
-                                                update)
+            cluster = fresh()
+
+            def update(vm: VM) -> VM:
+                if vm.migration is not None:
+                    raise ConflictError(f"VM {name!r} is migrating to {vm.migration.target}; replace its XML once "
+                                        "that is done", "xml")
+                new = resized(vm)
+                _check_growth(vm, new, cluster)
+                return new
+
+            new_xml = _with_uuid(spec.xml, current.uuid) if spec.generated_uuid else spec.xml
+            written = self.store.replace_vm_xml(name, new_xml, update)
         self.view.forget_xml(name)  # read your own write; other processes' caches follow their watches
         return self._seen("vm", name, written)
 
     def set_state(self, name: str, state: str) -> VM:
-        """Ask for a VM state. Starting a stopped VM whose node cannot run it now (flushed, or its
-        daemon not running) places it on another node, as a flush would have: its home is kept for
-        the node's next ready; with no node to take it, 409 and nothing changes."""
+        """Ask for a VM state. Starting a VM that is not running goes through :meth:`_start`."""
         if state not in USER_STATES:
             raise ValidationError(f"state must be one of {', '.join(USER_STATES)}; got {state!r}", "state")
-        current = self._vm(name)
-        if state == "start" and not _active(current) and not self._can_run_at_home(current):
-            return self._start_elsewhere(name)
+        if state == "start" and not _active(self._vm(name)):
+            return self._start(name)
 
         def change(vm: VM) -> VM:
             if vm.migration is not None:
@@ -146,23 +160,57 @@ class Operations:
 
         return self._seen("vm", name, self.store.update_vm(name, change))
 
+    def _start(self, name: str) -> VM:
+        """Start a VM that is not running where it can run now.
+
+        At home when its node's daemon runs, the node accepts VMs (``ready``, or ``unflush``
+        coming back) and has room for it (unless the cluster allows overcommit). Otherwise (the
+        node is flushed, being flushed or fence-flushed, its daemon is down, or it is full) the
+        VM is placed like a flushed VM: on the node its selector picks inside its node limit,
+        keeping its home as ``last_node`` so the home's next ready brings it back, with
+        ``node_autostart`` cleared (it is running). With no node to take it: 409, nothing changed.
+        Decided and written under the placement lock: a start claims memory as a placement does.
+        """
+        with placing(self.store, self.view) as fresh:
+            vm, cluster = self._vm(name), fresh()
+            why = _home_refuses(vm, cluster)
+            target = vm.node
+            if why:
+                decision = place(vm, cluster, self.plugins.selectors)
+                if decision.target is None:
+                    raise ConflictError(f"VM {name!r} cannot start: {why}, and {decision.reason}", "state")
+                target = decision.target
+
+            def start(v: VM) -> VM:
+                if v.migration is not None:
+                    raise ConflictError(f"VM {name!r} is migrating to {v.migration.target}; try again when it is "
+                                        "done", "state")
+                if v.node != vm.node or v.memory_mib != vm.memory_mib:
+                    raise ConflictError(f"VM {name!r} changed meanwhile; try again", "state")
+                if target == v.node:
+                    return replace(v, state="start", reason="")
+                if _active(v):
+                    raise ConflictError(f"VM {name!r} was started on {v.node} meanwhile", "state")
+                return replace(v, node=target, state="start", reason=f"started on {target}: {why}",
+                               last_node=_last_node_after(v, "migrate", v.node, target),
+                               meta=replace(v.meta, node_autostart=False))
+
+            written = self.store.update_vm(name, start)
+        return self._seen("vm", name, written)
+
     def undefine(self, name: str, force: bool = False, timeout: float = 60.0) -> None:
         """Remove a VM. A running one is refused, or with ``force`` stopped first (waiting up to ``timeout``).
 
         A VM in the middle of a migration is stopped once the migration has settled (where it
-        ended up), within the same ``timeout``: a migration is never cut off half-way.
+        ended up), within the same ``timeout``: a migration is never cut off half-way, and the
+        operator who forced the removal gets it without asking again.
         """
         vm = self._vm(name)
         if _active(vm):
             if not force:
                 raise ConflictError(f"VM {name!r} is running (state {vm.state}); stop it first or force", "state")
             deadline = time.monotonic() + timeout
-            if vm.migration is not None and not self.wait_vm(
-                    name, lambda v: v is None or v.migration is None, timeout):
-                raise ConflictError(f"VM {name!r} is still migrating after {timeout:g}s; try again", "state")
-            current = self.view.vm(name)
-            if current is not None and _active(current):
-                self.set_state(name, "stop")
+            self._stop_when_settled(name, deadline, timeout)
             left = max(0.0, deadline - time.monotonic())
             if not self.wait_vm(name, lambda v: v is None or (not _active(v) and not self._runs(v)), left):
                 raise ConflictError(f"VM {name!r} did not stop within {timeout:g}s", "state")
@@ -173,28 +221,25 @@ class Operations:
 
         self.store.delete_vm(name, check)
 
-    def _can_run_at_home(self, vm: VM) -> bool:
-        node = self.view.node(vm.node)
-        return node is None or (node.daemon_state == "run" and node.domain_state in ("ready", "unflush"))
+    def _stop_when_settled(self, name: str, deadline: float, timeout: float) -> None:
+        """Ask for ``stop`` as soon as no migration is in progress; a new one (a flush) is waited out too."""
 
-    def _start_elsewhere(self, name: str) -> VM:
-        with placing(self.store, self.view) as fresh:
-            vm, cluster = self._vm(name), fresh()
-            node = cluster.nodes[vm.node]
-            why = f"its node {vm.node} is {node.domain_state if node.daemon_state == 'run' else node.daemon_state}"
-            decision = place(vm, cluster, self.plugins.selectors)
-            if decision.target is None:
-                raise ConflictError(f"VM {name!r} cannot start: {why}, and {decision.reason}", "state")
+        def stop(v: VM) -> VM:
+            if v.migration is not None:
+                raise _Migrating()
+            return replace(v, state="stop", reason="") if _active(v) else v
 
-            def start_there(v: VM) -> VM:
-                if _active(v) or v.node != vm.node:
-                    raise ConflictError(f"VM {name!r} changed meanwhile; try again", "state")
-                return replace(v, node=decision.target, state="start", reason=f"started on {decision.target}: {why}",
-                               last_node=_last_node_after(v, "migrate", v.node, decision.target),
-                               meta=replace(v.meta, node_autostart=False))
-
-            written = self.store.update_vm(name, start_there)
-        return self._seen("vm", name, written)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.wait_vm(name, lambda v: v is None or v.migration is None, left):
+                raise ConflictError(f"VM {name!r} is still migrating after {timeout:g}s; try again", "state")
+            try:
+                self._seen("vm", name, self.store.update_vm(name, stop))
+                return
+            except _Migrating:  # the view had not shown it yet: let it catch up, then wait for it
+                self.view.barrier(max(0.1, deadline - time.monotonic()))
+            except NotFoundError:
+                return
 
     def _runs(self, vm: VM) -> bool:
         """Whether the VM's node last reported it running."""
@@ -417,6 +462,25 @@ class Operations:
 
 _PARAM = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 MASK = "***"
+
+
+class _Migrating(Exception):
+    """A compare-and-set found a migration in progress (internal: the caller waits and tries again)."""
+
+
+def _home_refuses(vm: VM, cluster: Cluster) -> str:
+    """Why the VM's own node cannot start it now, as ``its node ... is ...`` (empty when it can)."""
+    node = cluster.nodes.get(vm.node)
+    if node is None:
+        return f"its node {vm.node or '(none)'} is not in the cluster"
+    if node.daemon_state != "run":
+        return f"its node {node.name} is {node.daemon_state}"
+    if node.domain_state not in ("ready", "unflush"):
+        return f"its node {node.name} is {node.domain_state}"
+    need = 0 if cluster.config.allow_overcommit or vm.name in node.running_vms else vm.memory_mib
+    if node.memory_free_mib < need:
+        return f"its node {node.name} has {node.memory_free_mib} MiB free, {need} MiB needed"
+    return ""
 
 
 def _check_growth(old: VM, new: VM, cluster: Cluster) -> None:

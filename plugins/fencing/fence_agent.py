@@ -3,8 +3,11 @@
 Params: ``agent`` (the agent's name, e.g. ``fence_ipmilan``, found on PATH) and
 every other key passed to the agent on stdin as ``key=value`` lines, the
 standard interface of fence-agents; ``action`` is set by this fencer (``off``,
-then ``status`` to confirm). ``timeout`` (seconds, 60) bounds each call. Values
-are never logged or returned.
+then ``status`` to confirm). ``timeout`` (seconds, 60) bounds each call.
+
+The agents take hundreds of params, so this fencer declares the ones that carry no
+credential (:data:`PUBLIC`) and every other param is secret: masked in every answer,
+and scrubbed from the agent's output before it becomes a result message.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ def _run(agent: str, params: dict, action: str) -> tuple[int, str]:
 
 
 def fence(node: str, params: dict) -> FenceResult:
+    result = _fence(params)
+    return FenceResult(result.off, FENCER.scrub(result.message, params))
+
+
+def _fence(params: dict) -> FenceResult:
     name = str(params.get("agent", ""))
     if not _AGENT.match(name):
         return FenceResult(False, f"fence-agent: 'agent' must name a fence agent like fence_ipmilan, got {name!r}")
@@ -53,8 +61,10 @@ def fence(node: str, params: dict) -> FenceResult:
     return FenceResult(False, f"{name}: not confirmed off (exit {rc}): {msg}")
 
 
+FENCER = Fencer("fence-agent", "any fence-agents agent (stdin key=value interface)", fence,
+                secret=frozenset({"password", "passwd", "hexadecimal_kg", "kg", "community"}), public=PUBLIC)
+
+
 @hookimpl
 def pvc_register_fencers():
-    return [Fencer("fence-agent", "any fence-agents agent (stdin key=value interface)", fence,
-                   secret=frozenset({"password", "passwd", "hexadecimal_kg", "kg", "community"}),
-                   public=PUBLIC)]
+    return [FENCER]

@@ -38,6 +38,11 @@ def _ipmitool(params: dict, *command: str) -> tuple[int, str]:
 
 
 def fence(node: str, params: dict) -> FenceResult:
+    result = _fence(params)
+    return FenceResult(result.off, FENCER.scrub(result.message, params))
+
+
+def _fence(params: dict) -> FenceResult:
     if not params.get("host"):
         return FenceResult(False, "ipmi: no host in params")
     rc, msg = _ipmitool(params, "chassis", "power", "off")
@@ -53,8 +58,11 @@ def fence(node: str, params: dict) -> FenceResult:
         time.sleep(0.2)  # polling the BMC for the power state, under the deadline above
 
 
+FENCER = Fencer("ipmi", "power off over IPMI lanplus (ipmitool), then confirm", fence,
+                secret=frozenset({"password"}),
+                public=frozenset({"host", "port", "username", "cipher", "retries", "timeout"}))
+
+
 @hookimpl
 def pvc_register_fencers():
-    return [Fencer("ipmi", "power off over IPMI lanplus (ipmitool), then confirm", fence,
-                   secret=frozenset({"password"}),
-                   public=frozenset({"host", "port", "username", "cipher", "retries", "timeout"}))]
+    return [FENCER]

@@ -1,10 +1,12 @@
 """What operators do in maintenance windows, on three daemons: homes survive chained moves, a start
-never lands on a flushed node, a forced undefine waits out a migration and then stops the VM."""
+never lands on a flushed, stopped or full node, a forced undefine waits out a migration and then stops
+the VM."""
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import pytest
 
@@ -75,6 +77,8 @@ def test_forced_undefine_during_a_migration_stops_the_vm_once_it_settles(cluster
         worker.start()
         assert cluster.view.wait_for(lambda c: c.vms["mover"].migration is not None, T)
         assert worker.is_alive()  # waiting for the migration, not refused at once, not cutting it off
+        with pytest.raises(ConflictError, match="is migrating to hv2; replace its XML once that is done"):
+            cluster.replace_xml("mover", sample_domain_xml("mover", 1024, 1))  # hv2 was chosen for 512 MiB
     finally:
         cluster.local.signal("hv2", signal.SIGCONT)
     worker.join(T)
@@ -89,3 +93,52 @@ def _undefine(ops, name) -> str:
         return "undefined"
     except ConflictError as exc:
         return exc.message
+
+
+def test_a_home_readied_while_its_vm_is_in_flight_elsewhere_still_gets_it_back(cluster):
+    cluster.define_vm(sample_domain_xml("roamer", 512, 1), target="hv1")
+    assert settled_on(cluster, "roamer", "hv1")
+    cluster.flush("hv1")
+    assert domain_state(cluster, "hv1", "flushed")
+    first = cluster.view.snapshot().vms["roamer"].node
+    other = "hv3" if first == "hv2" else "hv2"
+    cluster.local.signal(other, signal.SIGSTOP)  # the next hop cannot answer yet: the VM stays in flight
+    try:
+        cluster.flush(first)
+        assert cluster.wait_vm("roamer", lambda v: v.migration is not None and v.migration.target == other, T)
+        cluster.ready("hv1")  # the operator readies the home while the VM is still moving on
+        assert _logged(cluster, "hv1", f"VM roamer is on its way to {other}; it comes home once it lands")
+    finally:
+        cluster.local.signal(other, signal.SIGCONT)
+    assert settled_on(cluster, "roamer", "hv1") and cluster.view.snapshot().vms["roamer"].last_node == ""
+    assert domain_state(cluster, "hv1", "ready")
+    cluster.ready(first)
+    assert domain_state(cluster, first, "ready") and cluster.view.snapshot().vms["roamer"].node == "hv1"
+
+
+def test_start_of_a_stopped_vm_whose_node_is_full_or_down_places_it_and_keeps_its_home(cluster):
+    cluster.define_vm(sample_domain_xml("big", 12288, 1), target="hv1", start=False)
+    cluster.define_vm(sample_domain_xml("filler", 8192, 1), target="hv1")  # fits: big is stopped
+    assert settled_on(cluster, "filler", "hv1")
+    started = cluster.set_state("big", "start")  # hv1 has 8192 MiB free: big would overcommit it
+    assert (started.node, started.last_node) == ("hv2", "hv1")
+    assert "its node hv1 has 8192 MiB free, 12288 MiB needed" in started.reason
+    assert settled_on(cluster, "big", "hv2")
+
+    cluster.set_state("big", "shutdown")
+    assert cluster.wait_vm("big", lambda v: v.state == "stop", T)
+    cluster.local.signal("hv2", signal.SIGTERM)
+    assert cluster.wait_node("hv2", lambda n: n.daemon_state == "stop", T)
+    started = cluster.set_state("big", "start")  # its node's daemon is stopped; hv1 is still full
+    assert (started.node, started.last_node) == ("hv3", "hv1") and "its node hv2 is stop" in started.reason
+    assert settled_on(cluster, "big", "hv3")
+
+
+def _logged(ops, node: str, line: str) -> bool:
+    """Poll a daemon's log file (written by another process) for ``line``, under the test's deadline."""
+    deadline = time.monotonic() + T
+    while line not in ops.local.log(node):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
