@@ -46,8 +46,9 @@ API = ConfigSchema("pvcapid", (
     Option("threads", int, 32, "Threads per worker: requests answered at once. Half of them at most wait for a "
            "change (wait=true); a request beyond that answers 202 at once.", "--threads", 4, 256),
     Option("request_timeout", float, 10.0, "Seconds a client has to send a whole request (headers and body) once "
-           "it has started; a slow or stalled one is answered 408 and closed, and never holds a thread.",
-           "--request-timeout", 1.0, 300.0),
+           "it has connected or started its next one; a slow or stalled one is answered 408 and closed, and never "
+           "holds a thread. Also how long a client may take to accept each part of its answer (raise it for very "
+           "large answers over slow links).", "--request-timeout", 1.0, 300.0),
     Option("auth", bool, True, "Require an API key (header X-Api-Key) on every route but GET /api/v1.", "--auth"),
     Option("api_keys", list, (), "Accepted API keys.", "--api-key"),
     Option("tls_cert", str, "", "TLS certificate file (PEM); TLS is off when empty.", "--tls-cert"),

@@ -33,6 +33,8 @@ class Server(BaseApplication):
                     "threads": c.threads, "keepalive": 5, "loglevel": c.log_level, "accesslog": "-",
                     "errorlog": "-", "timeout": max(60, int(c.wait_timeout) + 30), "graceful_timeout": 10,
                     "proc_name": "pvcapid",
+                    # HTTP/1.1 only (gunicorn's default, pinned): the worker reads HTTP/1 requests itself
+                    "http_protocols": "h1", "http2_cleartext": "off",
                     # gunicorn's control socket has one fixed path per user: a second pvcapid on the
                     # machine would take it over and delete it when it stops. pvcapid needs none.
                     "control_socket_disable": True}
