@@ -15,6 +15,7 @@ from typing import Callable
 import falcon
 import falcon.media
 from kazoo.exceptions import KazooException
+from kazoo.handlers.threading import KazooTimeoutError
 
 from pvccore import __version__
 from pvccore.errors import PVCError, Unavailable
@@ -97,6 +98,7 @@ def create_app(deps: Deps) -> falcon.App:
 
     app.add_error_handler(Unavailable, unavailable)
     app.add_error_handler(KazooException, unavailable)
+    app.add_error_handler(KazooTimeoutError, unavailable)  # a kazoo wait that timed out (not a KazooException)
     app.set_error_serializer(serialize_http_error)
     deps.guards = guards
 

@@ -18,11 +18,15 @@ class Info:
         self._openapi = None
 
     def on_get(self, req, resp):
-        """Health and version; answers without an API key."""
+        """Health and version; answers without an API key. 503 while the ZooKeeper session is down;
+        ``stale`` also while ZooKeeper is connected but did not answer in time (the API then answers
+        from the watched view for a moment)."""
         connected = self.deps.ops.store.client.connected
+        guards = self.deps.guards
         resp.status = falcon.HTTP_200 if connected else falcon.HTTP_503
         resp.media = {"name": "pvc", "version": self.deps.version,
-                      "zookeeper": "connected" if connected else "disconnected", "stale": not connected}
+                      "zookeeper": "connected" if connected else "disconnected",
+                      "stale": not connected or (guards is not None and guards.stale_for() is not None)}
 
     def on_get_openapi(self, req, resp):
         if self._openapi is None:

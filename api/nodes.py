@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import falcon
 
-from pvccore.errors import NotFoundError
+from pvccore.errors import NotFoundError, Unavailable
 from pvccore.fencing import confirm_off
+from pvccore.store import decode_fence_config
 
 from .errors import BadRequest
 from .guards import fresh
@@ -33,13 +34,33 @@ class Nodes:
         resp.media = data
 
     def on_get_fence(self, req, resp, node):
-        """The node's fence configuration, secrets masked."""
-        resp.media = {"node": node, "entries": self.deps.ops.fence_config(node)}
+        """The node's fence configuration, secrets masked: read from ZooKeeper, and kept by the view
+        (with a watch) so that it can still be shown while ZooKeeper is away."""
+        ops = self.deps.ops
+        path = ops.store.paths.node_fence(node)
+
+        def read() -> list:
+            ops.store.get_node(node)  # NotFoundError for an unknown node
+            return decode_fence_config(ops.view.document(path, self.deps.op_timeout, reread=True, keep_absent=True))
+
+        def seen() -> list:
+            if node not in ops.view.snapshot().nodes:
+                raise NotFoundError(f"node {node!r} not found")
+            if not ops.view.holds(path):
+                raise Unavailable(f"ZooKeeper is unreachable, and node {node}'s fence configuration was not read "
+                                  "before it went away: try again once it is back")
+            return decode_fence_config(ops.view.cached(path))
+
+        resp.media = {"node": node, "entries": ops.mask_fence_config(fresh(self.deps.guards, read, seen))}
 
     def on_post_fence(self, req, resp, node):
         """Replace it: ``{"entries": [{"fencer": name, "params": {...}}, ...]}``, tried in order."""
         entries = field(body(req, {"entries"}), "entries", list)
-        resp.media = {"node": node, "entries": self.deps.ops.set_fence_config(node, entries)}
+        ops = self.deps.ops
+        try:
+            resp.media = {"node": node, "entries": ops.set_fence_config(node, entries)}
+        finally:  # what the view kept is no longer known to be current (its watch follows, but not at once)
+            ops.view.forget(ops.store.paths.node_fence(node))
 
     def on_post_confirm(self, req, resp, node):
         """``{"node": NAME}`` (the name again, as a check): an operator's word that dead ``node`` is off."""

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pvccore.models import DAEMON_STATES, DOMAIN_STATES, MIGRATION_METHODS, SECONDS_BOUNDS, VM_STATES
 
-from .guards import MAX_XML
+from .guards import MAX_BODY, MAX_DEPTH, MAX_XML, STALE_HEADER
+from .vms import MAX_LIMIT
+
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+ERRORS = {400: "Bad input", 401: "No or unknown API key", 404: "Not found", 409: "Conflict with the current state",
+          413: f"Request body over {MAX_BODY} bytes (1 MiB), refused before it is read",
+          415: "Request body not application/json",
+          503: "ZooKeeper unreachable, or silent for 0.8 s: nothing was changed"}
+#: on every answer given while ZooKeeper is unreachable: reads then come from the last known state
+STALE = {STALE_HEADER: {"description": "Seconds since ZooKeeper became unreachable; the answer is the last known "
+                                       "state. Absent while ZooKeeper is reachable.",
+                        "schema": {"type": "number", "minimum": 0}}}
 
 
 def _ref(name: str) -> dict:
@@ -20,13 +30,11 @@ def _op(summary: str, ok: str | None = None, body: dict | None = None, params: l
         codes: tuple[int, ...] = (400, 401), secure: bool = True, accepted: bool = False) -> dict:
     op: dict = {"summary": summary, "responses": {}}
     if ok:
-        op["responses"]["200"] = {"description": "OK", **_json(_ref(ok))}
+        op["responses"]["200"] = {"description": "OK", "headers": STALE, **_json(_ref(ok))}
     if accepted:
-        op["responses"]["202"] = {"description": "Accepted, not (yet) observed", **_json(_ref(ok or "Message"))}
-    for code in codes:
-        op["responses"][str(code)] = {"description": {400: "Bad input", 401: "No or unknown API key",
-                                                      404: "Not found", 409: "Conflict with the current state",
-                                                      503: "ZooKeeper unreachable"}[code], **_json(_ref("Error"))}
+        op["responses"]["202"] = {"description": "Accepted, not (yet) observed", "headers": STALE,
+                                  **_json(_ref(ok or "Message"))}
+    op["responses"].update(_errors(codes, body is not None))
     if body:
         op["requestBody"] = {"required": True, **_json(body)}
     if params:
@@ -34,6 +42,14 @@ def _op(summary: str, ok: str | None = None, body: dict | None = None, params: l
     if not secure:
         op["security"] = []
     return op
+
+
+def _errors(codes: tuple[int, ...], body: bool = False) -> dict:
+    """The error answers of an operation: ``codes``, plus for one with a body (a write) 413, 415 and 503
+    (refused while ZooKeeper is away; reads answer from the last known state then)."""
+    every = (*codes, *((413, 415, 503) if body else ()))
+    return {str(code): {"description": ERRORS[code], "headers": STALE, **_json(_ref("Error"))}
+            for code in sorted(set(every))}
 
 
 def _path_param(name: str) -> dict:
@@ -77,7 +93,9 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
         "Error": _obj({"message": {"type": "string"}, "field": {"type": ["string", "null"]}}, ("message",)),
         "Message": {"type": "object", "properties": {"message": {"type": "string"}}},
         "Health": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"},
-                                                    "zookeeper": {"type": "string"}}},
+                                                    "zookeeper": {"type": "string",
+                                                                  "enum": ["connected", "disconnected"]},
+                                                    "stale": {"type": "boolean"}}},
         "Meta": {"type": "object", "properties": META_PROPS},
         "VM": {"type": "object", "properties": {
             "name": {"type": "string"}, "uuid": {"type": "string"}, "memory_mib": {"type": "integer"},
@@ -105,6 +123,7 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
                                                          "entries": {"type": "array", "items": {"type": "object"}}}},
         "ClusterStatus": {"type": "object", "properties": {
             "healthy": {"type": "boolean"}, "problems": {"type": "array", "items": {"type": "string"}},
+            "stale": {"type": "boolean", "description": "ZooKeeper is unreachable: this is the last known state"},
             "primary": {"type": ["string", "null"]}, "handover": {"type": ["object", "null"]},
             "fencing": {"type": "object"},
             "nodes": {"type": "object"}, "vms": {"type": "object"},
@@ -150,29 +169,31 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
             body=_obj({"state": {"type": "string", "enum": ["primary", "secondary"]}, "wait": wait}, ("state",)))},
         "/api/v1/node/{node}/fence-config": {
             "get": _op("The node's fence configuration (secrets masked)", "FenceConfig", params=node_p,
-                       codes=(400, 401, 404)),
+                       codes=(400, 401, 404, 503)),
             "post": _op("Replace the node's ordered fence configuration", "FenceConfig", params=node_p,
                         codes=(400, 401, 404), body=_obj({"entries": {"type": "array", "maxItems": 8, "items": _obj(
                             {"fencer": {"type": "string", **({"enum": list(fencers)} if fencers else {})},
-                             "params": {"type": "object"}}, ("fencer",))}},
+                             "params": {"type": "object", "maxProperties": 64, "additionalProperties": {
+                                 "type": ["string", "number", "boolean"], "maxLength": 1024}}}, ("fencer",))}},
                             ("entries",))),
         },
         "/api/v1/node/{node}/confirm-off": {"post": {**_op(
             "Confirm a dead node is powered off (when no fencer can): its VMs are recovered", params=node_p,
             codes=(400, 401, 404, 409), body=_obj({"node": NAME}, ("node",))),
             "responses": {"202": {"description": "Recorded; the primary acts on it", **_json(_ref("Message"))},
-                          **{c: r for c, r in _op("", codes=(400, 401, 404, 409))["responses"].items()}}}},
+                          **_errors((400, 401, 404, 409), body=True)}}},
         "/api/v1/vm": {
             "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
                 _query("node", {"type": "string"}, "Only VMs on this node"),
                 _query("state", {"type": "string"}, "Only VMs in this state"),
-                _query("limit", {"type": "string", "maxLength": 128},
-                       "A glob the name must match (web*), or else a part of the name")]),
+                _query("limit", {"type": "string", "maxLength": MAX_LIMIT},
+                       "A glob the name must match (web*, with * ? [...]), or else a part of the name "
+                       "(case-sensitive); never a regular expression")]),
             "post": {**_op("Define a VM from libvirt XML with metadata", codes=(400, 401, 409), body=_obj({
                 "xml": XML, **META_PROPS, "target": NAME,
                 "start": {"type": "boolean", "description": "Start it once defined (default true)"}}, ("xml",))),
                 "responses": {"201": {"description": "Defined", **_json(_ref("VMResult"))},
-                              **{c: r for c, r in _op("", codes=(400, 401, 409))["responses"].items()}}},
+                              **_errors((400, 401, 409), body=True)}},
         },
         "/api/v1/vm/{vm}": {
             "get": _op("One VM: state, metadata, XML", "VM", params=vm_p, codes=(400, 401, 404)),
@@ -180,7 +201,8 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
                         body=_obj(META_PROPS, at_least_one=True)),
             "put": _op("Replace the XML", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
                        body=_obj({"xml": XML}, ("xml",))),
-            "delete": _op("Undefine (refused while running unless force)", "Message", codes=(400, 401, 404, 409),
+            "delete": _op("Undefine (refused while running unless force)", "Message",
+                          codes=(400, 401, 404, 409, 503),
                           params=vm_p + [_query("force", {"type": "string", "enum": ["true", "false"]},
                                                 "Stop a running VM first")]),
         },
@@ -203,7 +225,12 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "pvc API", "version": version,
-                 "description": "Cluster manager for KVM virtual machines. Errors: {message, field}."},
+                 "description": "Cluster manager for KVM virtual machines. Errors: {message, field}. Request "
+                               f"bodies: JSON objects of at most {MAX_BODY} bytes with a Content-Length (not "
+                               f"chunked), nested at most {MAX_DEPTH} "
+                               "deep, finite numbers (integers of at most 19 digits), valid Unicode. While "
+                               f"ZooKeeper is unreachable every answer carries {STALE_HEADER}, reads come from "
+                               "the last known state and writes answer 503."},
         "paths": paths,
         "components": {"schemas": schemas,
                        "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -30,9 +31,11 @@ class Client:
 
     def request(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> tuple[int, Any]:
         """Send one request; return ``(status, decoded body)``. Raises ApiError for 4xx/5xx and network errors."""
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ApiError(0, f"invalid API URL {self.url.removesuffix('/api/v1')!r}: expected http(s)://HOST:PORT")
+        problem = url_problem(self.url)
+        if problem:
+            raise ApiError(0, f"invalid API URL {self.url.removesuffix('/api/v1')!r}: {problem}")
+        if self.key and not _sendable(self.key):  # and never repeat the key in the message
+            raise ApiError(0, "invalid API key: it contains spaces or control characters")
         url = self.url + path
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if query:
@@ -49,7 +52,11 @@ class Client:
             req.add_header("X-Api-Key", self.key)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
-                return resp.status, _decode(resp.read(), resp.headers.get_content_type())
+                answer = _decode(resp.read(), resp.headers.get_content_type())
+                if isinstance(answer, str):  # every route the client uses answers JSON
+                    raise ApiError(0, f"the answer from {self.url} is not the pvc API's "
+                                      f"({resp.headers.get_content_type()}, not JSON)")
+                return resp.status, answer
         except urllib.error.HTTPError as exc:
             payload = _decode(exc.read(), exc.headers.get_content_type() if exc.headers else "")
             if isinstance(payload, dict) and "message" in payload:
@@ -58,6 +65,10 @@ class Client:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiError(0, f"cannot reach the API at {self.url}: {reason}") from None
+        except http.client.HTTPException as exc:  # something answered, not in HTTP
+            raise ApiError(0, _line(f"no HTTP answer from {self.url}: {type(exc).__name__}: {exc}")) from None
+        except ValueError as exc:  # a host name that cannot be sent
+            raise ApiError(0, _line(f"cannot send the request to {self.url}: {exc}")) from None
 
     def get(self, path: str, **params) -> Any:
         return self.request("GET", path, params=params)[1]
@@ -133,6 +144,29 @@ class Client:
 
     def plugins(self) -> list[dict]:
         return self.get("/plugins")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the API's address, in a few words (None: it can)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # a port that is not a number from 0 to 65535 raises
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected http(s)://HOST:PORT"
+    if not _sendable(url):
+        return "it contains spaces or control characters"
+    return None
+
+
+def _line(text: str) -> str:
+    """One short line, whatever bytes a peer sent."""
+    return " ".join(text.split())[:300]
+
+
+def _sendable(text: str) -> bool:
+    return not any(c.isspace() or not c.isprintable() for c in text)
 
 
 def _q(name: str) -> str:

@@ -71,7 +71,8 @@ def meta(client, vm, **meta) -> None:
 @format_option
 @click.pass_obj
 def list_(client, pattern, node, state, fmt) -> None:
-    """VMs, optionally those whose name matches PATTERN: a glob (web*), or else a part of the name."""
+    """VMs, optionally those whose name matches PATTERN: a glob (web*, db-[0-9]?) when it has * ? or [,
+    or else a part of the name. Case-sensitive, at most 128 characters, never a regular expression."""
     emit(client.vms(node=node, state=state, limit=pattern), fmt, lambda rows: columns(rows, VM_COLUMNS))
 
 

@@ -470,8 +470,11 @@ class ClusterConfig(_JSONModel):
 
 def check_seconds(value: Any, name: str, low: float, high: float) -> float:
     """A finite number of seconds within ``[low, high]`` (never NaN, infinity or a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
+    try:
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite or not low <= value <= high:
         raise ValidationError(f"{name} must be a number of seconds from {low:g} to {high:g}; got {value!r}", name)
     return float(value)
 

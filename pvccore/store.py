@@ -56,6 +56,9 @@ class _Bounded:
     def get_children(self, path: str):
         return self._wait(self.client.get_children_async(path), f"list {path}")
 
+    def exists(self, path: str):
+        return self._wait(self.client.exists_async(path), f"read {path}")
+
     def set(self, path: str, data: bytes, version: int = -1):
         return self._wait(self.client.set_async(path, data, version), f"write {path}", write=True)
 
@@ -329,8 +332,7 @@ class Store:
             data, _ = self.zk.get(self.paths.node_fence(node))
         except NoNodeError:
             return []
-        entries = json.loads(data or b"[]")
-        return entries if isinstance(entries, list) else []
+        return decode_fence_config(data)
 
     def set_fence_config(self, node: str, entries: list[dict]) -> None:
         self.get_node(node)  # NotFoundError for an unknown node
@@ -458,8 +460,16 @@ class Store:
 
     def lock(self, name: str, *, kind: str = "exclusive", timeout: float = 30.0,
              identifier: str | None = None) -> AbstractContextManager:
-        """``with store.lock("fence", timeout=5): ...``; raises LockTimeout."""
-        return locks.hold(self.client, self.paths.lock(name), kind=kind, timeout=timeout, identifier=identifier)
+        """``with store.lock("fence", timeout=5): ...``; raises LockTimeout.
+
+        With an operation timeout (the API), ZooKeeper must first answer a read within it
+        (:class:`Unavailable` otherwise): kazoo's lock recipe waits on a silent server without
+        a bound, and retries through a whole outage.
+        """
+        path = self.paths.lock(name)
+        if self.zk.timeout is not None:
+            self.zk.exists(path)
+        return locks.hold(self.client, path, kind=kind, timeout=timeout, identifier=identifier)
 
     def read_lock(self, name: str, **kwargs) -> AbstractContextManager:
         return self.lock(name, kind="read", **kwargs)
@@ -469,6 +479,12 @@ class Store:
 
     def lock_contenders(self, name: str, kind: str = "exclusive") -> list[str]:
         return locks.holders(self.client, self.paths.lock(name), kind)
+
+
+def decode_fence_config(data: bytes | None) -> list[dict]:
+    """A node's stored fence configuration (a JSON list of entries; none when absent or not a list)."""
+    entries = json.loads(data or b"[]")
+    return entries if isinstance(entries, list) else []
 
 
 def delete_tree(client: KazooClient, path: str) -> None:

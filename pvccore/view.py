@@ -58,9 +58,10 @@ class ClusterView:
         self._session_lost = False
         self._stopped = False
         self._listeners: list[Callable[[], None]] = []
-        self._xml: dict[str, str] = {}
-        self._xml_gen: dict[str, int] = {}
-        self._xml_watchers: dict[str, Callable] = {}
+        # Documents read on demand and kept by a watch (a VM's XML, a node's fence configuration), by path.
+        self._docs: dict[str, bytes | None] = {}  # None: known absent (kept only when asked to)
+        self._doc_gen: dict[str, int] = {}
+        self._doc_watchers: dict[str, Callable] = {}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -137,37 +138,70 @@ class ClusterView:
 
         A read waits at most ``timeout`` seconds (:class:`Unavailable` then; None: as long as kazoo does).
         """
-        with self._cond:
-            cached = self._xml.get(name)
-            if cached is not None:
-                return cached
-            gen = self._xml_gen.get(name, 0)
-            watcher = self._xml_watchers.get(name)
-            if watcher is None:
-                watcher = self._xml_watchers[name] = lambda event, n=name: self.forget_xml(n)
-        try:
-            data, _ = self._client.get_async(self._schema.vm_xml(name), watch=watcher).get(timeout=timeout)
-        except NoNodeError:
-            return None
-        except self._client.handler.timeout_exception:
-            raise Unavailable(f"ZooKeeper did not answer within {timeout:g}s (read the XML of VM {name})") from None
-        xml = data.decode()
-        with self._cond:
-            if self._xml_gen.get(name, 0) == gen:  # no change event arrived while we read
-                self._xml[name] = xml
-        return xml
+        data = self.document(self._schema.vm_xml(name), timeout)
+        return None if data is None else data.decode()
 
     def cached_xml(self, name: str) -> str | None:
         """A VM's XML if the view holds it, without reading ZooKeeper."""
-        with self._cond:
-            return self._xml.get(name)
+        data = self.cached(self._schema.vm_xml(name))
+        return None if data is None else data.decode()
 
     def forget_xml(self, name: str) -> None:
         """Drop a cached XML (its watch fired, or this process just wrote it)."""
+        self.forget(self._schema.vm_xml(name))
+
+    def document(self, path: str, timeout: float | None = None, reread: bool = False,
+                 keep_absent: bool = False) -> bytes | None:
+        """A znode's data, kept by a watch until it changes (None: no such znode).
+
+        For documents the API shows but the view does not follow, so that they too can be
+        answered from memory while ZooKeeper is away (:meth:`cached`). ``reread`` reads
+        ZooKeeper even when the document is held (exact across processes, and refreshes what is
+        held); ``keep_absent`` keeps a missing znode's absence too, with a watch on its creation
+        (for paths whose number is bounded: each costs a watch). A read waits at most ``timeout``
+        seconds (:class:`Unavailable` then; None: as long as kazoo does).
+        """
         with self._cond:
-            self._xml.pop(name, None)
-            self._xml_watchers.pop(name, None)
-            self._xml_gen[name] = self._xml_gen.get(name, 0) + 1
+            if not reread and path in self._docs:
+                return self._docs[path]
+            gen = self._doc_gen.get(path, 0)
+            watcher = self._doc_watchers.get(path)
+            if watcher is None:
+                watcher = self._doc_watchers[path] = lambda event, p=path: self.forget(p)
+        try:
+            data = self._bounded(self._client.get_async(path, watch=watcher), timeout, path)[0]
+        except NoNodeError:
+            # A failed read sets no watch: watch for the creation, or the absence cannot be kept.
+            if not keep_absent or self._bounded(self._client.exists_async(path, watch=watcher), timeout, path):
+                return None
+            data = None
+        with self._cond:
+            if self._doc_gen.get(path, 0) == gen:  # no change event arrived while we read
+                self._docs[path] = data
+        return data
+
+    def _bounded(self, result, timeout: float | None, path: str):
+        try:
+            return result.get(timeout=timeout)
+        except self._client.handler.timeout_exception:
+            raise Unavailable(f"ZooKeeper did not answer within {timeout:g}s (read {path})") from None
+
+    def cached(self, path: str) -> bytes | None:
+        """A document as :meth:`document` last kept it, without reading ZooKeeper (None: absent or not held)."""
+        with self._cond:
+            return self._docs.get(path)
+
+    def holds(self, path: str) -> bool:
+        """Whether :meth:`cached` knows the document (its data, or that it is absent)."""
+        with self._cond:
+            return path in self._docs
+
+    def forget(self, path: str) -> None:
+        """Drop a held document (its watch fired, or this process just wrote it)."""
+        with self._cond:
+            self._docs.pop(path, None)
+            self._doc_watchers.pop(path, None)
+            self._doc_gen[path] = self._doc_gen.get(path, 0) + 1
             self._cond.notify_all()
 
     @property
