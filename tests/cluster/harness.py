@@ -203,6 +203,11 @@ class BoxNode:
             # source has stopped, so "running on two nodes" never holds for a correct migration.
             return {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)}
         except libvirt.libvirtError:
+            # It may be losing power while we ask: the power-off kills libvirtd a moment before the
+            # node's init, so look again for a few seconds before taking the error for real.
+            deadline = time.monotonic() + 5
+            while self.powered() and time.monotonic() < deadline:
+                time.sleep(0.05)
             if not self.powered():  # it lost power while we asked: it runs nothing
                 return set()
             raise
