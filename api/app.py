@@ -21,15 +21,14 @@ from pvccore import __version__
 from pvccore.errors import PVCError, Unavailable
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.store import Store
-from pvccore.view import ClusterView
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 from . import cluster, info, nodes, vms
 from .config import API, ApiConfig
 from .errors import domain_error, serialize_http_error, zookeeper_error
 from .guards import Guards, StrictJSON
-
-PREFIX = "/api/v1"
+from .routes import PREFIX, ROUTES
 CONFIG_ENV = "PVC_API_CONFIG"
 #: seconds one ZooKeeper read or write may take before the request answers 503: a server that went
 #: silent is noticed by kazoo only after two thirds of the session timeout, and no answer may wait that long
@@ -102,30 +101,10 @@ def create_app(deps: Deps) -> falcon.App:
     app.set_error_serializer(serialize_http_error)
     deps.guards = guards
 
-    root = info.Info(deps, app)
-    app.add_route(PREFIX, root)
-    app.add_route(PREFIX + "/openapi.json", root, suffix="openapi")
-    app.add_route(PREFIX + "/metrics", root, suffix="metrics")
-    app.add_route(PREFIX + "/selectors", root, suffix="selectors")
-    app.add_route(PREFIX + "/plugins", root, suffix="plugins")
-
-    app.add_route(PREFIX + "/cluster/status", cluster.Status(deps))
-
-    node = nodes.Nodes(deps)
-    app.add_route(PREFIX + "/node", node)
-    app.add_route(PREFIX + "/node/{node}", node, suffix="one")
-    app.add_route(PREFIX + "/node/{node}/domain-state", node, suffix="domain")
-    app.add_route(PREFIX + "/node/{node}/coordinator-state", node, suffix="coordinator")
-    app.add_route(PREFIX + "/node/{node}/fence-config", node, suffix="fence")
-    app.add_route(PREFIX + "/node/{node}/confirm-off", node, suffix="confirm")
-
-    vm = vms.VMs(deps)
-    app.add_route(PREFIX + "/vm", vm)
-    app.add_route(PREFIX + "/vm/{vm}", vm, suffix="one")
-    app.add_route(PREFIX + "/vm/{vm}/meta", vm, suffix="meta")
-    app.add_route(PREFIX + "/vm/{vm}/state", vm, suffix="state")
-    app.add_route(PREFIX + "/vm/{vm}/node", vm, suffix="node")
-    app.add_route(PREFIX + "/vm/{vm}/placement", vm, suffix="placement")
+    resources = {"info": info.Info(deps, app), "cluster": cluster.Status(deps), "node": nodes.Nodes(deps),
+                 "vm": vms.VMs(deps)}
+    for route in ROUTES:
+        app.add_route(route.template, resources[route.resource], **({"suffix": route.suffix} if route.suffix else {}))
     return app
 
 
@@ -133,7 +112,7 @@ def build_deps(cfg: ApiConfig) -> Deps:
     """Connect to ZooKeeper, start the watched view, load plugins."""
     store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
                           auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT)
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     ops = Operations(store, view, load_plugins())
     return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout, op_timeout=OP_TIMEOUT,
                 max_waiting=max(1, cfg.threads // 2))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import fields
 
-from pvccore.models import ClusterConfig
+from pvccore.domain.fields import CLUSTER_SETTINGS
+from pvccore.domain.states import FenceOutcome
 
 from .guards import fresh
 from .inputs import body
@@ -19,8 +19,8 @@ class Status:
         resp.media = status(self.deps.ops, self.deps.guards)
 
     def on_post(self, req, resp):
-        """Change cluster-wide settings (any field of :class:`pvccore.models.ClusterConfig`)."""
-        changes = body(req, {f.name for f in fields(ClusterConfig)})
+        """Change cluster-wide settings (any of :data:`pvccore.domain.fields.CLUSTER_SETTINGS`)."""
+        changes = body(req, set(CLUSTER_SETTINGS))
         config = self.deps.ops.set_config(changes)  # an empty body is refused there, naming the settings
         resp.media = {"message": "cluster settings updated", "config": config.to_dict()}
 
@@ -36,9 +36,9 @@ def status(ops, guards=None) -> dict:
     problems = [f"node {n.name}: daemon {n.daemon_state}" for n in nodes if n.daemon_state not in ("run", "stop")]
     problems += [f"VM {v.name}: failed: {v.reason}" for v in vms if v.state == "fail"]
     for node, f in sorted(fencing.items()):
-        if f.get("state") == "failed":
-            problems.append(f"node {node}: fencing failed (attempt {f.get('attempts')}): {f.get('message')}; "
-                            f"its VMs are not recovered; retrying every {f.get('retry_in', 0):g}s at most")
+        if f.state == FenceOutcome.FAILED:
+            problems.append(f"node {node}: fencing failed (attempt {f.attempts}): {f.message}; "
+                            f"its VMs are not recovered; retrying every {f.retry_in:g}s at most")
     h = snap.handover
     if h is not None and h.phase == "failed":
         problems.append(f"last handover from {h.source} to {h.target} failed: {h.reason}")
@@ -50,7 +50,7 @@ def status(ops, guards=None) -> dict:
         "problems": problems,
         "primary": primary.node if primary else None,
         "handover": h.to_dict() if h is not None else None,
-        "fencing": fencing,
+        "fencing": {node: f.to_dict() for node, f in sorted(fencing.items())},
         "nodes": {"total": len(snap.nodes),
                   "daemon_state": dict(Counter(n.daemon_state for n in nodes)),
                   "domain_state": dict(Counter(n.domain_state for n in nodes))},

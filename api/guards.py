@@ -27,7 +27,7 @@ from kazoo.client import KazooState
 from kazoo.exceptions import KazooException
 
 from pvccore.errors import Unavailable
-from pvccore.models import check_name
+from pvccore.domain.models import check_name
 
 from .errors import BadRequest
 

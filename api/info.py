@@ -6,7 +6,7 @@ from collections import Counter
 
 import falcon
 
-from pvccore.models import DAEMON_STATES, DOMAIN_STATES, VM_STATES
+from pvccore.domain.states import DaemonState, DomainState, VMState
 
 from . import openapi
 
@@ -59,10 +59,10 @@ def metrics_text(ops) -> str:
     daemon = Counter(n.daemon_state for n in snap.nodes.values())
     domain = Counter(n.domain_state for n in snap.nodes.values())
     states = Counter(v.state for v in snap.vms.values())
-    family("pvc_nodes", "gauge", "Nodes by daemon state.", [(f'{{state="{s}"}}', daemon[s]) for s in DAEMON_STATES])
+    family("pvc_nodes", "gauge", "Nodes by daemon state.", [(f'{{state="{s}"}}', daemon[s]) for s in DaemonState])
     family("pvc_nodes_domain", "gauge", "Nodes by domain state.",
-           [(f'{{state="{s}"}}', domain[s]) for s in DOMAIN_STATES])
-    family("pvc_vms", "gauge", "VMs by state.", [(f'{{state="{s}"}}', states[s]) for s in VM_STATES])
+           [(f'{{state="{s}"}}', domain[s]) for s in DomainState])
+    family("pvc_vms", "gauge", "VMs by state.", [(f'{{state="{s}"}}', states[s]) for s in VMState])
     family("pvc_vms_migrating", "gauge", "VMs with a migration in progress.",
            [("", sum(1 for v in snap.vms.values() if v.migration is not None))])
     for counter, help_ in (("migrations", "Migrations finished."), ("migrations_failed", "Migrations that failed."),

@@ -6,6 +6,9 @@ from typing import Any
 
 import falcon
 
+from pvccore.domain.fields import Field, Kind, check
+from pvccore.errors import ValidationError
+
 from .errors import BadRequest
 
 _MISSING = object()
@@ -23,18 +26,18 @@ def body(req: falcon.Request, allowed: set[str]) -> dict[str, Any]:
 
 
 def field(data: dict, name: str, kind: type, default: Any = _MISSING, choices: tuple = ()) -> Any:
+    """``data[name]`` checked by :func:`pvccore.domain.fields.check` as a ``kind`` (bool, str, int, float or
+    list), one of ``choices`` when given; ``default`` when absent (required when no default is given)."""
     value = data.get(name, _MISSING)
     if value is _MISSING:
         if default is _MISSING:
             raise BadRequest(f"{name} is required", name)
         return default
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise BadRequest(f"{name} must be {_kind_name(kind)}", name)
-    if choices and value not in choices:
-        raise BadRequest(f"{name} must be one of {', '.join(choices)}; got {value!r}", name)
-    return value
+    spec = Field(name, Kind.ENUM if choices else _KINDS[kind], choices=tuple(choices))
+    try:
+        return check(spec, value)
+    except ValidationError as exc:
+        raise BadRequest(exc.message, exc.field) from None
 
 
 def flag(req: falcon.Request, name: str) -> bool:
@@ -49,6 +52,4 @@ def flag(req: falcon.Request, name: str) -> bool:
     raise BadRequest(f"{name} must be true or false", name)
 
 
-def _kind_name(kind: type) -> str:
-    return {str: "a string", bool: "true or false", int: "an integer", float: "a number", list: "a list",
-            dict: "an object"}.get(kind, kind.__name__)
+_KINDS = {bool: Kind.BOOL, str: Kind.STR, int: Kind.INT, float: Kind.FLOAT, list: Kind.LIST}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import falcon
 
 from pvccore.errors import NotFoundError, Unavailable
-from pvccore.fencing import confirm_off
-from pvccore.store import decode_fence_config
+from pvccore.zk.store import decode_fence_config
 
 from .errors import BadRequest
 from .guards import fresh
@@ -66,7 +65,7 @@ class Nodes:
         """``{"node": NAME}`` (the name again, as a check): an operator's word that dead ``node`` is off."""
         if field(body(req, {"node"}), "node", str) != node:
             raise BadRequest(f"node must repeat the node's name ({node!r}) to confirm it is off", "node")
-        confirm_off(self.deps.ops.store, node)
+        self.deps.ops.confirm_off(node)
         resp.status = falcon.HTTP_202
         resp.media = {"message": f"node {node} confirmed off: the primary takes it as fenced and recovers its VMs",
                       "node": node}

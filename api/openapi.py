@@ -1,8 +1,15 @@
-"""The OpenAPI 3 document of the API. A test checks it lists exactly the routes the app serves."""
+"""The OpenAPI 3 document of the API. A test checks it lists exactly the routes of :mod:`pvcapi.routes`.
+
+The bodies of the cluster settings and of VM metadata are built from the tables of
+:mod:`pvccore.domain.fields`, as their checks are.
+"""
 
 from __future__ import annotations
 
-from pvccore.models import DAEMON_STATES, DOMAIN_STATES, MIGRATION_METHODS, SECONDS_BOUNDS, VM_STATES
+from typing import Mapping
+
+from pvccore.domain.fields import CLUSTER_SETTINGS, VM_META_FIELDS, Field, Kind
+from pvccore.domain.states import DaemonState, DomainState, VMState
 
 from .guards import MAX_BODY, MAX_DEPTH, MAX_XML, STALE_HEADER
 from .vms import MAX_LIMIT
@@ -69,25 +76,39 @@ def _obj(props: dict, required: tuple[str, ...] = (), at_least_one: bool = False
     return out
 
 
-def _seconds(name: str) -> dict:
-    low, high = SECONDS_BOUNDS[name]
-    return {"type": "number", "minimum": low, "maximum": high,
-            "description": "Seconds; further bounded by the nodes' keepalive interval and session timeout"}
+def field_schema(f: Field) -> dict:
+    """The JSON schema of one :class:`~pvccore.domain.fields.Field`: its type, bounds or choices, and meaning.
+
+    No ``default``: in a change of settings or metadata, a field left out keeps its value."""
+    schema: dict = {
+        Kind.BOOL: {"type": "boolean"}, Kind.STR: {"type": "string"}, Kind.INT: {"type": "integer"},
+        Kind.FLOAT: {"type": "number"}, Kind.ENUM: {"type": "string", "enum": list(f.choice_values)},
+        Kind.NAMES: {"type": "array", "items": NAME},
+        Kind.STRINGS: {"type": "array", "items": {"type": "string", "minLength": 1}}, Kind.LIST: {"type": "array"},
+    }[f.kind]
+    if f.low is not None:
+        schema["minimum"] = f.low
+    if f.high is not None:
+        schema["maximum"] = f.high
+    if f.text:
+        schema["description"] = f.text
+    return schema
 
 
-META_PROPS = {
-    "node_limit": {"type": "array", "items": NAME, "description": "Nodes the VM may run on; empty: any"},
-    "node_selector": {"type": "string", "description": "Selector name, or 'default'"},
-    "node_autostart": {"type": "boolean"},
-    "migration_method": {"type": "string", "enum": list(MIGRATION_METHODS)},
-}
+def properties(table: Mapping[str, Field]) -> dict:
+    return {name: field_schema(f) for name, f in table.items()}
 
 
 XML = {"type": "string", "minLength": 1, "maxLength": MAX_XML, "description": "libvirt domain XML"}
 
 
-def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
-    """The document; ``fencers``: the fencer names this API knows (a fence configuration may name only these)."""
+def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str, Field] = CLUSTER_SETTINGS,
+             meta: Mapping[str, Field] = VM_META_FIELDS) -> dict:
+    """The document; ``fencers``: the fencer names this API knows (a fence configuration may name only these).
+
+    ``settings`` and ``meta``: the tables the bodies are built from (a test passes others).
+    """
+    meta_props = properties(meta)
     vm_p, node_p = [_path_param("vm")], [_path_param("node")]
     schemas = {
         "Error": _obj({"message": {"type": "string"}, "field": {"type": ["string", "null"]}}, ("message",)),
@@ -96,10 +117,10 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
                                                     "zookeeper": {"type": "string",
                                                                   "enum": ["connected", "disconnected"]},
                                                     "stale": {"type": "boolean"}}},
-        "Meta": {"type": "object", "properties": META_PROPS},
+        "Meta": {"type": "object", "properties": meta_props},
         "VM": {"type": "object", "properties": {
             "name": {"type": "string"}, "uuid": {"type": "string"}, "memory_mib": {"type": "integer"},
-            "vcpus": {"type": "integer"}, "state": {"type": "string", "enum": list(VM_STATES)},
+            "vcpus": {"type": "integer"}, "state": {"type": "string", "enum": [s.value for s in VMState]},
             "reason": {"type": "string"}, "node": {"type": "string"}, "last_node": {"type": "string"},
             "running": {"type": "boolean"}, "migration": {"type": ["object", "null"]}, "meta": _ref("Meta"),
             "xml": {"type": "string"}}},
@@ -107,8 +128,8 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
         "VMResult": {"type": "object", "properties": {"message": {"type": "string"},
                                                       "vm": {"oneOf": [_ref("VM"), {"type": "null"}]}}},
         "Node": {"type": "object", "properties": {
-            "name": {"type": "string"}, "daemon_state": {"type": "string", "enum": list(DAEMON_STATES)},
-            "coordinator_state": {"type": "string"}, "domain_state": {"type": "string", "enum": list(DOMAIN_STATES)},
+            "name": {"type": "string"}, "daemon_state": {"type": "string", "enum": [s.value for s in DaemonState]},
+            "coordinator_state": {"type": "string"}, "domain_state": {"type": "string", "enum": [s.value for s in DomainState]},
             "memory_total_mib": {"type": "integer"}, "memory_free_mib": {"type": "integer"},
             "memory_used_mib": {"type": "integer"}, "memory_provisioned_mib": {"type": "integer"},
             "cpu_count": {"type": "integer"}, "load_1m": {"type": "number"}, "vcpus_allocated": {"type": "integer"},
@@ -150,13 +171,7 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
         "/api/v1/plugins": {"get": _op("Loaded plugins", "Plugins", codes=(401,))},
         "/api/v1/cluster/status": {
             "get": _op("Cluster status", "ClusterStatus", codes=(401,)),
-            "post": _op("Set cluster-wide settings", "Message", body=_obj({
-                "default_selector": {"type": "string"}, "allow_overcommit": {"type": "boolean"},
-                "keepalive_limit": _seconds("keepalive_limit"), "fence_grace": _seconds("fence_grace"),
-                "successful_fence": {"type": "string", "enum": ["recover", "none"]},
-                "failed_fence": {"type": "string", "enum": ["recover", "none"]},
-                "self_fence_deadline": _seconds("self_fence_deadline"),
-                "fence_retry_max": _seconds("fence_retry_max")}, at_least_one=True)),
+            "post": _op("Set cluster-wide settings", "Message", body=_obj(properties(settings), at_least_one=True)),
         },
         "/api/v1/node": {"get": _op("All nodes", "NodeList", codes=(401,))},
         "/api/v1/node/{node}": {"get": _op("One node, with its VMs", "Node", params=node_p, codes=(400, 401, 404))},
@@ -190,7 +205,7 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
                        "A glob the name must match (web*, with * ? [...]), or else a part of the name "
                        "(case-sensitive); never a regular expression")]),
             "post": {**_op("Define a VM from libvirt XML with metadata", codes=(400, 401, 409), body=_obj({
-                "xml": XML, **META_PROPS, "target": NAME,
+                "xml": XML, **meta_props, "target": NAME,
                 "start": {"type": "boolean", "description": "Start it once defined (default true)"}}, ("xml",))),
                 "responses": {"201": {"description": "Defined", **_json(_ref("VMResult"))},
                               **_errors((400, 401, 409), body=True)}},
@@ -198,7 +213,7 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
         "/api/v1/vm/{vm}": {
             "get": _op("One VM: state, metadata, XML", "VM", params=vm_p, codes=(400, 401, 404)),
             "post": _op("Set metadata", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
-                        body=_obj(META_PROPS, at_least_one=True)),
+                        body=_obj(meta_props, at_least_one=True)),
             "put": _op("Replace the XML", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
                        body=_obj({"xml": XML}, ("xml",))),
             "delete": _op("Undefine (refused while running unless force)", "Message",
@@ -209,7 +224,7 @@ def document(version: str, fencers: tuple[str, ...] = ()) -> dict:
         "/api/v1/vm/{vm}/meta": {
             "get": _op("Metadata only", "Meta", params=vm_p, codes=(400, 401, 404)),
             "post": _op("Set metadata (alias of POST /vm/{vm})", "VMResult", params=vm_p,
-                        codes=(400, 401, 404, 409), body=_obj(META_PROPS, at_least_one=True)),
+                        codes=(400, 401, 404, 409), body=_obj(meta_props, at_least_one=True)),
         },
         "/api/v1/vm/{vm}/state": {"post": _op(
             "Start, shut down, stop, restart or disable", "VMResult", params=vm_p, codes=(400, 401, 404, 409),

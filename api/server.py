@@ -13,7 +13,7 @@ from gunicorn.app.base import BaseApplication
 from kazoo.handlers.threading import KazooTimeoutError
 
 from pvccore.errors import ValidationError
-from pvccore.store import Store
+from pvccore.zk.store import Store
 
 from . import worker
 from .config import API, ApiConfig

@@ -9,14 +9,15 @@ import threading
 import falcon
 
 from pvccore.errors import NotFoundError
-from pvccore.models import Cluster, VM
-from pvccore.placement import place
+from pvccore.domain.fields import VM_META_FIELDS
+from pvccore.domain.models import Cluster, VM
+from pvccore.domain.placement import place
 
 from .errors import BadRequest
 from .guards import MAX_XML, fresh
 from .inputs import body, field, flag
 
-META_FIELDS = {"node_limit", "node_selector", "node_autostart", "migration_method"}
+META_FIELDS = frozenset(VM_META_FIELDS)
 STATES = ("start", "shutdown", "stop", "restart", "disable")
 ACTIONS = ("migrate", "unmigrate", "move")
 
@@ -135,7 +136,7 @@ class VMs:
         resp.media = data
 
     def on_post_one(self, req, resp, vm):
-        """Set metadata (any of ``node_limit``, ``node_selector``, ``node_autostart``, ``migration_method``)."""
+        """Set metadata (any of :data:`pvccore.domain.fields.VM_META_FIELDS`)."""
         changes = body(req, META_FIELDS)
         if not changes:
             raise BadRequest(f"give at least one of: {', '.join(sorted(META_FIELDS))}")

@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import emit, table  # noqa: E402
 
 from pvccli.client import ApiError, Client  # noqa: E402
-from pvccore.localzk import LocalZooKeeper, free_port  # noqa: E402
-from pvccore.models import VM, Node, VMMeta  # noqa: E402
-from pvccore.store import Store  # noqa: E402
+from pvccore.demo.zookeeper import LocalZooKeeper, free_port  # noqa: E402
+from pvccore.domain.models import VM, Node, VMMeta  # noqa: E402
+from pvccore.zk.store import Store  # noqa: E402
 
 VMS = 10_000
 NODES = 50

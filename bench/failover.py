@@ -20,12 +20,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import emit, table  # noqa: E402
 
-from pvccore.localcluster import LocalCluster, sample_domain_xml  # noqa: E402
-from pvccore.localzk import LocalZooKeeper, free_port  # noqa: E402
+from pvccore.demo.cluster import LocalCluster, sample_domain_xml  # noqa: E402
+from pvccore.demo.zookeeper import LocalZooKeeper, free_port  # noqa: E402
 from pvccore.operations import Operations  # noqa: E402
 from pvccore.plugins import load_plugins  # noqa: E402
-from pvccore.store import Store  # noqa: E402
-from pvccore.view import ClusterView  # noqa: E402
+from pvccore.zk.store import Store  # noqa: E402
+from pvccore.zk.view import ClusterView  # noqa: E402
 
 RUNS = 5
 VMS = ("web1", "web2", "db1")
@@ -43,7 +43,7 @@ def main() -> None:
                                   str(work / f"{n}.pgid")]) for n in local.nodes]
         local.start()
         store = Store.connect(zk.hosts, "/failover")
-        view = ClusterView(store.client, store.paths).start()
+        view = ClusterView(store.connection, store.paths).start()
         ops = Operations(store, view, load_plugins())
         try:
             for n in local.nodes:

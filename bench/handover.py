@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import emit, handovers, table  # noqa: E402
 
-from pvccore.localcluster import coordinator_lab  # noqa: E402
-from pvccore.netlab import NetLab, Pinger  # noqa: E402
+from pvccore.demo.cluster import coordinator_lab  # noqa: E402
+from pvccore.demo.netlab import NetLab, Pinger  # noqa: E402
 
 FIP = "198.18.0.100"
 RUNS = 10

@@ -16,12 +16,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from common import emit, median_seconds, table  # noqa: E402
 
-from pvccore.localzk import LocalZooKeeper  # noqa: E402
-from pvccore.models import VM, Cluster, Node, VMMeta  # noqa: E402
-from pvccore.placement import place  # noqa: E402
+from pvccore.demo.zookeeper import LocalZooKeeper  # noqa: E402
+from pvccore.domain.models import VM, Cluster, Node, VMMeta  # noqa: E402
+from pvccore.domain.placement import place  # noqa: E402
 from pvccore.plugins import load_plugins  # noqa: E402
-from pvccore.store import Store, delete_tree  # noqa: E402
-from pvccore.view import ClusterView  # noqa: E402
+from pvccore.zk.store import Store, delete_tree  # noqa: E402
+from pvccore.zk.view import ClusterView  # noqa: E402
 
 VMS_PER_NODE = 20
 
@@ -64,7 +64,7 @@ def main() -> None:
             populate(store, nodes)
             probe = VM(name="probe", uuid="p", memory_mib=4096, vcpus=4, meta=VMMeta(node_selector="mem"))
             store.create_vm(probe, "<domain/>")
-            view = ClusterView(store.client, store.paths).start(timeout=120)
+            view = ClusterView(store.connection, store.paths).start(timeout=120)
 
             def from_view():
                 return place(probe, view.snapshot(), selectors).target

@@ -10,6 +10,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from pvcapi.routes import PREFIX, url as route
+
 
 class ApiError(Exception):
     """The API refused (``status`` 4xx/5xx with its message), or could not be reached (``status`` 0)."""
@@ -24,8 +26,8 @@ class Client:
         """``ca``: a PEM file of the CA (or self-signed certificate) to trust for an HTTPS API."""
         self._tls = ssl.create_default_context(cafile=ca) if ca else None
         self.url = url.rstrip("/")
-        if not self.url.endswith("/api/v1"):
-            self.url += "/api/v1"
+        if not self.url.endswith(PREFIX):
+            self.url += PREFIX
         self.key = key
         self.timeout = timeout
 
@@ -33,7 +35,7 @@ class Client:
         """Send one request; return ``(status, decoded body)``. Raises ApiError for 4xx/5xx and network errors."""
         problem = url_problem(self.url)
         if problem:
-            raise ApiError(0, f"invalid API URL {self.url.removesuffix('/api/v1')!r}: {problem}")
+            raise ApiError(0, f"invalid API URL {self.url.removesuffix(PREFIX)!r}: {problem}")
         if self.key and not _sendable(self.key):  # and never repeat the key in the message
             raise ApiError(0, "invalid API key: it contains spaces or control characters")
         url = self.url + path
@@ -76,74 +78,74 @@ class Client:
     def post(self, path: str, body: dict) -> tuple[int, Any]:
         return self.request("POST", path, body)
 
-    # -- the API, one method per route -------------------------------------------------
+    # -- the API, one method per route (paths from pvcapi.routes) -------------------------
 
     def health(self) -> dict:
-        return self.get("")
+        return self.get(route("health"))
 
     def cluster_status(self) -> dict:
-        return self.get("/cluster/status")
+        return self.get(route("cluster_status"))
 
     def set_cluster(self, **settings) -> dict:
-        return self.post("/cluster/status", settings)[1]
+        return self.post(route("cluster_status"), settings)[1]
 
     def nodes(self) -> list[dict]:
-        return self.get("/node")
+        return self.get(route("nodes"))
 
     def node(self, name: str) -> dict:
-        return self.get(f"/node/{_q(name)}")
+        return self.get(route("node", node=name))
 
     def node_domain_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
-        return self.post(f"/node/{_q(name)}/domain-state", {"state": state, "wait": wait})
+        return self.post(route("node_domain_state", node=name), {"state": state, "wait": wait})
 
     def node_coordinator_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
-        return self.post(f"/node/{_q(name)}/coordinator-state", {"state": state, "wait": wait})
+        return self.post(route("node_coordinator_state", node=name), {"state": state, "wait": wait})
 
     def fence_config(self, name: str) -> dict:
-        return self.get(f"/node/{_q(name)}/fence-config")
+        return self.get(route("node_fence_config", node=name))
 
     def set_fence_config(self, name: str, entries: list) -> dict:
-        return self.post(f"/node/{_q(name)}/fence-config", {"entries": entries})[1]
+        return self.post(route("node_fence_config", node=name), {"entries": entries})[1]
 
     def confirm_off(self, name: str) -> dict:
-        return self.post(f"/node/{_q(name)}/confirm-off", {"node": name})[1]
+        return self.post(route("node_confirm_off", node=name), {"node": name})[1]
 
     def vms(self, node: str | None = None, state: str | None = None, limit: str | None = None) -> list[dict]:
-        return self.get("/vm", node=node, state=state, limit=limit)
+        return self.get(route("vms"), node=node, state=state, limit=limit)
 
     def vm(self, name: str) -> dict:
-        return self.get(f"/vm/{_q(name)}")
+        return self.get(route("vm", vm=name))
 
     def define_vm(self, xml: str, **fields) -> dict:
-        return self.post("/vm", {"xml": xml, **{k: v for k, v in fields.items() if v is not None}})[1]
+        return self.post(route("vms"), {"xml": xml, **{k: v for k, v in fields.items() if v is not None}})[1]
 
     def set_meta(self, name: str, **meta) -> dict:
-        return self.post(f"/vm/{_q(name)}", {k: v for k, v in meta.items() if v is not None})[1]
+        return self.post(route("vm", vm=name), {k: v for k, v in meta.items() if v is not None})[1]
 
     def replace_xml(self, name: str, xml: str) -> dict:
-        return self.request("PUT", f"/vm/{_q(name)}", {"xml": xml})[1]
+        return self.request("PUT", route("vm", vm=name), {"xml": xml})[1]
 
     def undefine(self, name: str, force: bool = False) -> dict:
-        return self.request("DELETE", f"/vm/{_q(name)}", params={"force": "true" if force else None})[1]
+        return self.request("DELETE", route("vm", vm=name), params={"force": "true" if force else None})[1]
 
     def vm_state(self, name: str, state: str, wait: bool = False) -> tuple[int, dict]:
-        return self.post(f"/vm/{_q(name)}/state", {"state": state, "wait": wait})
+        return self.post(route("vm_state", vm=name), {"state": state, "wait": wait})
 
     def vm_node(self, name: str, action: str, target: str | None = None, force_live: bool = False,
                 wait: bool = False) -> tuple[int, dict]:
         body = {"action": action, "force_live": force_live, "wait": wait}
         if target:
             body["target"] = target
-        return self.post(f"/vm/{_q(name)}/node", body)
+        return self.post(route("vm_node", vm=name), body)
 
     def placement(self, name: str) -> dict:
-        return self.get(f"/vm/{_q(name)}/placement")
+        return self.get(route("vm_placement", vm=name))
 
     def selectors(self) -> list[dict]:
-        return self.get("/selectors")
+        return self.get(route("selectors"))
 
     def plugins(self) -> list[dict]:
-        return self.get("/plugins")
+        return self.get(route("plugins"))
 
 
 def url_problem(url: str) -> str | None:
@@ -167,10 +169,6 @@ def _line(text: str) -> str:
 
 def _sendable(text: str) -> bool:
     return not any(c.isspace() or not c.isprintable() for c in text)
-
-
-def _q(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
 
 
 def _decode(raw: bytes, content_type: str) -> Any:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from pvccore.domain.fields import CLUSTER_SETTINGS
+
+from .options import field_options, given
 from .output import emit, format_option, pairs
 
 
@@ -21,19 +24,11 @@ def status(client, fmt: str) -> None:
 
 
 @group.command("set")
-@click.option("--default-selector", help="Selector for VMs whose node_selector is 'default'.")
-@click.option("--allow-overcommit/--no-allow-overcommit", default=None, help="Place VMs beyond free memory.")
-@click.option("--keepalive-limit", type=float, help="Seconds without keepalive before a node is suspect.")
-@click.option("--fence-grace", type=float, help="Seconds a suspect node has to come back before it is fenced.")
-@click.option("--successful-fence", type=click.Choice(("recover", "none")), help="After a confirmed fence.")
-@click.option("--failed-fence", type=click.Choice(("recover", "none")),
-              help="After every fencer failed (recover only once the self-fence deadline has passed).")
-@click.option("--self-fence-deadline", type=float, help="Seconds without ZooKeeper before a node stops its VMs.")
-@click.option("--fence-retry-max", type=float, help="Longest back-off between fence attempts, seconds.")
+@field_options(CLUSTER_SETTINGS)
 @click.pass_obj
 def set_(client, **options) -> None:
     """Change cluster-wide settings."""
-    settings = {k: v for k, v in options.items() if v is not None}
+    settings = given(CLUSTER_SETTINGS, options)
     if not settings:
         raise click.UsageError("give at least one setting")
     click.echo(client.set_cluster(**settings)["message"])

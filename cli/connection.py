@@ -17,6 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
+import tomli_w
+
 DEFAULT_URL = "http://127.0.0.1:7370"
 
 
@@ -64,12 +66,9 @@ def save_connection(name: str, api: str, key: str | None, make_default: bool = F
     cfg.setdefault("connections", {})[name] = {"api": api, **({"key": key} if key else {})}
     if make_default or "default" not in cfg:
         cfg["default"] = name
-    lines = [f'default = "{cfg["default"]}"', ""]
-    for cname, entry in cfg["connections"].items():
-        lines.append(f"[connections.{cname}]")
-        lines.extend(f'{k} = "{v}"' for k, v in entry.items())
-        lines.append("")
+    text = tomli_w.dumps(cfg)  # quoted and escaped: any name, URL or key reads back as written
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.touch(mode=0o600)  # a new file is never readable by others, not even for a moment
     path.chmod(0o600)
+    path.write_text(text)
     return path

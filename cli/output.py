@@ -20,7 +20,7 @@ class Failure(click.ClickException):
         click.echo(f"pvc: error: {self.message}", err=True, file=file or sys.stderr)
 
 
-def finish(status: int, answer: dict, wait: bool) -> None:
+def report_action(status: int, answer: dict, wait: bool) -> None:
     """Print an action's answer; a wait that timed out is a failure."""
     if wait and status == 202:
         raise Failure(answer.get("message", "not finished in time"))

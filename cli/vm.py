@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from .output import columns, emit, finish, format_option, pairs
+from pvccore.domain.fields import VM_META_FIELDS
+
+from .options import field_options, given, option_name
+from .output import columns, emit, format_option, pairs, report_action
 
 VM_COLUMNS = (
     ("VM", lambda v: v["name"]), ("STATE", lambda v: v["state"]), ("RUNNING", lambda v: v["running"]),
@@ -15,24 +18,8 @@ VM_COLUMNS = (
 )
 
 
-def meta_options(f):
-    """The metadata options shared by ``define`` and ``meta``."""
-    for option in reversed((
-        click.option("--limit", "node_limit", help="Nodes the VM may run on, comma-separated ('' for any)."),
-        click.option("--node-selector", help="Selector for this VM, or 'default'."),
-        click.option("--autostart/--no-autostart", "node_autostart", default=None,
-                     help="Start on its home node's next ready."),
-        click.option("--method", "migration_method", type=click.Choice(("live", "shutdown", "default")),
-                     help="Migration method."),
-    )):
-        f = option(f)
-    return f
-
-
-def _meta(node_limit, node_selector, node_autostart, migration_method) -> dict:
-    limit = None if node_limit is None else [n.strip() for n in node_limit.split(",") if n.strip()]
-    return {"node_limit": limit, "node_selector": node_selector, "node_autostart": node_autostart,
-            "migration_method": migration_method}
+#: the metadata options shared by ``define`` and ``meta``
+meta_options = field_options(VM_META_FIELDS)
 
 
 @click.group("vm")
@@ -48,7 +35,7 @@ def group() -> None:
 @click.pass_obj
 def define(client, xml_file, target, start, **meta) -> None:
     """Define a VM from a libvirt domain XML file (- for stdin)."""
-    answer = client.define_vm(xml_file.read(), target=target, start=start, **_meta(**meta))
+    answer = client.define_vm(xml_file.read(), target=target, start=start, **given(VM_META_FIELDS, meta))
     click.echo(answer["message"])
 
 
@@ -58,9 +45,9 @@ def define(client, xml_file, target, start, **meta) -> None:
 @click.pass_obj
 def meta(client, vm, **meta) -> None:
     """Change a VM's metadata (only the options given)."""
-    changes = _meta(**meta)
-    if all(v is None for v in changes.values()):
-        raise click.UsageError("give at least one of --limit, --node-selector, --autostart/--no-autostart, --method")
+    changes = given(VM_META_FIELDS, meta)
+    if not changes:
+        raise click.UsageError("give at least one of " + ", ".join(option_name(f) for f in VM_META_FIELDS.values()))
     click.echo(client.set_meta(vm, **changes)["message"])
 
 
@@ -99,7 +86,7 @@ def _state_command(state: str, doc: str):
     @click.option("--wait/--no-wait", default=False, help="Return once the change is observed.")
     @click.pass_obj
     def command(client, vm, wait) -> None:
-        finish(*client.vm_state(vm, state, wait), wait)
+        report_action(*client.vm_state(vm, state, wait), wait)
 
     command.__doc__ = doc
     return group.command(state)(command)
@@ -119,7 +106,7 @@ for _state, _doc in (("start", "Start a VM."), ("shutdown", "Shut a VM down grac
 @click.pass_obj
 def migrate(client, vm, target, force_live, wait) -> None:
     """Move a VM for now; unmigrate brings it back."""
-    finish(*client.vm_node(vm, "migrate", target, force_live, wait), wait)
+    report_action(*client.vm_node(vm, "migrate", target, force_live, wait), wait)
 
 
 @group.command("unmigrate")
@@ -129,7 +116,7 @@ def migrate(client, vm, target, force_live, wait) -> None:
 @click.pass_obj
 def unmigrate(client, vm, force_live, wait) -> None:
     """Send a migrated VM back to its last node."""
-    finish(*client.vm_node(vm, "unmigrate", None, force_live, wait), wait)
+    report_action(*client.vm_node(vm, "unmigrate", None, force_live, wait), wait)
 
 
 @group.command("move")
@@ -140,7 +127,7 @@ def unmigrate(client, vm, force_live, wait) -> None:
 @click.pass_obj
 def move(client, vm, target, force_live, wait) -> None:
     """Move a VM for good (it forgets its last node)."""
-    finish(*client.vm_node(vm, "move", target, force_live, wait), wait)
+    report_action(*client.vm_node(vm, "move", target, force_live, wait), wait)
 
 
 @group.command("undefine")

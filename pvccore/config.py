@@ -9,15 +9,15 @@ line, raised as :class:`ValidationError` (the programs exit 2).
 from __future__ import annotations
 
 import argparse
-import math
 import tomllib
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from .errors import ValidationError
-from .models import check_name
-from .schema import Schema
-from .store import parse_auth
+from pvccore.errors import ValidationError
+from pvccore.domain.fields import Field, Kind, check
+from pvccore.domain.models import Timing, check_name
+from pvccore.zk.schema import Schema
+from pvccore.zk.auth import parse_auth
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,16 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+
+    @property
+    def field(self) -> Field:
+        """The option as a :class:`~pvccore.domain.fields.Field`, for the one value checker."""
+        kind = Kind.ENUM if self.choices else _KINDS[self.type]
+        return Field(self.key, kind, self.default, self.help, low=self.minimum, high=self.maximum,
+                     choices=self.choices)
+
+
+_KINDS = {bool: Kind.BOOL, str: Kind.STR, int: Kind.INT, float: Kind.FLOAT, list: Kind.STRINGS}
 
 
 class ConfigSchema:
@@ -80,23 +90,7 @@ class ConfigSchema:
 
 
 def _coerce(opt: Option, value: Any) -> Any:
-    if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, opt.type) or (opt.type is not bool and isinstance(value, bool)):
-        raise ValidationError(f"{opt.key}: expected {opt.type.__name__}, got {value!r}", opt.key)
-    if opt.type is list:
-        if not all(isinstance(v, str) and v for v in value):
-            raise ValidationError(f"{opt.key}: expected a list of non-empty strings", opt.key)
-        value = tuple(value)
-    if opt.type is float and not math.isfinite(value):
-        raise ValidationError(f"{opt.key}: must be a finite number, got {value!r}", opt.key)
-    if opt.minimum is not None and value < opt.minimum:
-        raise ValidationError(f"{opt.key}: must be at least {opt.minimum:g}, got {value!r}", opt.key)
-    if opt.maximum is not None and value > opt.maximum:
-        raise ValidationError(f"{opt.key}: must be at most {opt.maximum:g}, got {value!r}", opt.key)
-    if opt.choices and value not in opt.choices:
-        raise ValidationError(f"{opt.key}: one of {', '.join(opt.choices)}", opt.key)
-    return value
+    return check(opt.field, value)
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -167,6 +161,11 @@ class DaemonConfig:
     log_format: str = "text"
 
     @property
+    def timing(self) -> Timing:
+        """What this node publishes of its timing, for the cluster's failure detection."""
+        return Timing(self.keepalive_interval, self.zookeeper_session_timeout)
+
+    @property
     def migration_uri(self) -> str:
         """The URI other nodes use to live-migrate VMs here (empty: no live migration in)."""
         if not self.migration_address:
@@ -179,7 +178,7 @@ def _check_daemon(values: dict[str, Any]) -> None:
     check_root(values)
     if "{address}" not in values["migration_uri_template"]:
         raise ValidationError("migration_uri_template: must contain {address}", "migration_uri_template")
-    from .network import FloatingIP
+    from pvccore.node.network import FloatingIP
 
     for text in values["floating_ips"]:
         FloatingIP.parse(text)

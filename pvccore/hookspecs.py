@@ -36,8 +36,8 @@ class Selector:
     when ``node`` cannot host ``vm``. It only sees nodes that already passed the
     core's filters (daemon ``run``, domain ``ready``, inside the VM's node limit,
     not the VM's current node, room for its memory). ``vm`` is a
-    :class:`pvccore.models.VM`, ``node`` a :class:`pvccore.models.Node` and
-    ``cluster`` a read-only :class:`pvccore.models.Cluster`. Ties go to the node
+    :class:`pvccore.domain.models.VM`, ``node`` a :class:`pvccore.domain.models.Node` and
+    ``cluster`` a read-only :class:`pvccore.domain.models.Cluster`. Ties go to the node
     name that sorts first. ``score`` must not block: it runs inside every
     placement decision.
     """
@@ -125,6 +125,20 @@ def pvc_register_fencers():
 # --------------------------------------------------------------------------
 # Lifecycle notifications
 # --------------------------------------------------------------------------
+
+
+@hookspec
+def pvc_node_started(node, config):
+    """The node daemon of ``node`` is up (registered, its first keepalive written).
+
+    :param config: the daemon's settings (a :class:`pvccore.config.DaemonConfig`); a plugin that runs a
+        service reads what it needs from it here (the ``api`` plugin: ``api_config``).
+    """
+
+
+@hookspec
+def pvc_node_stopped(node):
+    """The node daemon of ``node`` stopped (its primary role, if any, handed over or given up)."""
 
 
 @hookspec

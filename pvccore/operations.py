@@ -11,21 +11,22 @@ from __future__ import annotations
 import math
 import re
 import time
-import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from dataclasses import fields, replace
 from typing import Any, Callable, Mapping
 
-from .errors import ConflictError, NotFoundError, ValidationError
-from .hypervisor import parse_domain_xml
-from .models import RUNNING_STATES, VM, Cluster, ClusterConfig, Handover, Migration, Node, Timing, VMMeta, check_name
-from .placement import Placement, check_size, check_target, check_unique_uuid, place, resolve_selector
-from .placing import placing
-from .plugins import PluginSet
-from .store import Store
-from .view import ClusterView
-
-USER_STATES = ("start", "shutdown", "stop", "restart", "disable")
+from pvccore.domain.domainxml import parse_domain_xml, with_uuid
+from pvccore.domain.models import (VM, Cluster, ClusterConfig, ConfirmedOff, FenceStatus, Handover, Node, Timing,
+                                   VMMeta, check_name)
+from pvccore.domain.placement import (Placement, check_size, check_target, check_unique_uuid, place,
+                                      resolve_selector)
+from pvccore.domain.states import (ACCEPTING, RESTING_STATES, RUNNING_STATES, USER_VM_STATES, CoordinatorState, DaemonState,
+                                   DomainState, HandoverPhase, MigrationKind, VMState)
+from pvccore.domain.transitions import is_active, started_elsewhere
+from pvccore.errors import ConflictError, NotFoundError, ValidationError
+from pvccore.plugins import PluginSet
+from pvccore.zk.placing import placing, request_migration
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 
 class Operations:
@@ -74,7 +75,7 @@ class Operations:
         cluster = self.view.placement_snapshot()
         self.validate_meta(vm_meta, cluster)
         vm = VM(name=spec.name, uuid=spec.uuid, memory_mib=spec.memory_mib, vcpus=spec.vcpus,
-                state="start" if start else "stop", meta=vm_meta)
+                state=VMState.START if start else VMState.STOP, meta=vm_meta)
         if spec.name in cluster.vms:
             raise ConflictError(f"VM {spec.name!r} already exists", "xml")
         check_size(vm, cluster)
@@ -85,7 +86,8 @@ class Operations:
         self.view.wait_for(lambda c: spec.name in c.vms, 10)
         return created
 
-    def _target(self, vm: VM, target: str | None, cluster: Cluster, domains: tuple[str, ...] = ("ready",)) -> str:
+    def _target(self, vm: VM, target: str | None, cluster: Cluster,
+                domains: tuple[DomainState, ...] = (DomainState.READY,)) -> str:
         """``target`` if it may take ``vm`` (else ValidationError), or the placed node (else ConflictError)."""
         if target:
             check_target(vm, target, cluster, domains)
@@ -138,23 +140,24 @@ class Operations:
                 _check_growth(vm, new, cluster)
                 return new
 
-            new_xml = _with_uuid(spec.xml, current.uuid) if spec.generated_uuid else spec.xml
+            new_xml = with_uuid(spec.xml, current.uuid) if spec.generated_uuid else spec.xml
             written = self.store.replace_vm_xml(name, new_xml, update)
         self.view.forget_xml(name)  # read your own write; other processes' caches follow their watches
         return self._seen("vm", name, written)
 
     def set_state(self, name: str, state: str) -> VM:
         """Ask for a VM state. Starting a VM that is not running goes through :meth:`_start`."""
-        if state not in USER_STATES:
-            raise ValidationError(f"state must be one of {', '.join(USER_STATES)}; got {state!r}", "state")
-        if state == "start" and not _active(self._vm(name)):
+        if state not in USER_VM_STATES:
+            raise ValidationError(f"state must be one of {', '.join(USER_VM_STATES)}; got {state!r}", "state")
+        state = VMState(state)
+        if state == VMState.START and not is_active(self._vm(name)):
             return self._start(name)
 
         def change(vm: VM) -> VM:
             if vm.migration is not None:
                 raise ConflictError(f"VM {name!r} is migrating to {vm.migration.target}; try again when it is done",
                                     "state")
-            if state == "restart" and vm.state != "start":
+            if state == VMState.RESTART and vm.state != VMState.START:
                 raise ConflictError(f"VM {name!r} is not running (state {vm.state}); start it instead", "state")
             return replace(vm, state=state, reason="")
 
@@ -188,12 +191,10 @@ class Operations:
                 if v.node != vm.node or v.memory_mib != vm.memory_mib:
                     raise ConflictError(f"VM {name!r} changed meanwhile; try again", "state")
                 if target == v.node:
-                    return replace(v, state="start", reason="")
-                if _active(v):
+                    return replace(v, state=VMState.START, reason="")
+                if is_active(v):
                     raise ConflictError(f"VM {name!r} was started on {v.node} meanwhile", "state")
-                return replace(v, node=target, state="start", reason=f"started on {target}: {why}",
-                               last_node=_last_node_after(v, "migrate", v.node, target),
-                               meta=replace(v.meta, node_autostart=False))
+                return started_elsewhere(v, target, why)
 
             written = self.store.update_vm(name, start)
         return self._seen("vm", name, written)
@@ -206,17 +207,17 @@ class Operations:
         operator who forced the removal gets it without asking again.
         """
         vm = self._vm(name)
-        if _active(vm):
+        if is_active(vm):
             if not force:
                 raise ConflictError(f"VM {name!r} is running (state {vm.state}); stop it first or force", "state")
             deadline = time.monotonic() + timeout
             self._stop_when_settled(name, deadline, timeout)
             left = max(0.0, deadline - time.monotonic())
-            if not self.wait_vm(name, lambda v: v is None or (not _active(v) and not self._runs(v)), left):
+            if not self.wait_vm(name, lambda v: v is None or (not is_active(v) and not self._runs(v)), left):
                 raise ConflictError(f"VM {name!r} did not stop within {timeout:g}s", "state")
 
         def check(v: VM) -> None:
-            if _active(v):
+            if is_active(v):
                 raise ConflictError(f"VM {name!r} was started again meanwhile", "state")
 
         self.store.delete_vm(name, check)
@@ -227,7 +228,7 @@ class Operations:
         def stop(v: VM) -> VM:
             if v.migration is not None:
                 raise _Migrating()
-            return replace(v, state="stop", reason="") if _active(v) else v
+            return replace(v, state=VMState.STOP, reason="") if is_active(v) else v
 
         while True:
             left = deadline - time.monotonic()
@@ -250,25 +251,25 @@ class Operations:
 
     def migrate(self, name: str, target: str | None = None, force_live: bool = False) -> VM:
         """Send a VM to ``target`` (or the placed node) for now; ``unmigrate`` brings it back."""
-        return self._request_migration(name, "migrate", target, force_live)
+        return self._request_migration(name, MigrationKind.MIGRATE, target, force_live)
 
     def move(self, name: str, target: str | None = None, force_live: bool = False) -> VM:
         """Send a VM to ``target`` (or the placed node) for good: it forgets its last node."""
-        return self._request_migration(name, "move", target, force_live)
+        return self._request_migration(name, MigrationKind.MOVE, target, force_live)
 
     def unmigrate(self, name: str, force_live: bool = False) -> VM:
         vm = self._vm(name)
         if not vm.last_node:
             raise ConflictError(f"VM {name!r} has no last node to return to", "action")
-        return self._request_migration(name, "unmigrate", vm.last_node, force_live, domains=("ready", "unflush"))
+        return self._request_migration(name, MigrationKind.UNMIGRATE, vm.last_node, force_live, domains=ACCEPTING)
 
-    def _request_migration(self, name: str, kind: str, target: str | None, force_live: bool,
-                           domains: tuple[str, ...] = ("ready",)) -> VM:
+    def _request_migration(self, name: str, kind: MigrationKind, target: str | None, force_live: bool,
+                           domains: tuple[DomainState, ...] = (DomainState.READY,)) -> VM:
         self._vm(name)
-        with placing(self.store, self.view) as fresh:  # decided and written with no other placement between
-            vm = self._vm(name)
-            target = self._target(vm, target, fresh(), domains)
-            written = self.store.update_vm(name, lambda current: migration_request(current, kind, target, force_live))
+        written, why = request_migration(self.store, self.view, self.plugins.selectors, name, kind, target,
+                                         domains=domains, force_live=force_live)
+        if written is None:
+            raise ConflictError(why, "target")
         return self._seen("vm", name, written)
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -278,16 +279,19 @@ class Operations:
 
         :raises ConflictError: the node is being recovered after a fence.
         """
-        return self._domain_request(node, "flush", ("ready", "unflush"), ("flush", "flushed"))
+        return self._domain_request(node, DomainState.FLUSH, (DomainState.READY, DomainState.UNFLUSH),
+                                    (DomainState.FLUSH, DomainState.FLUSHED))
 
     def ready(self, node: str) -> Node:
         """Ask ``node`` to take its VMs back; its daemon ends in domain state ``ready``.
 
         :raises ConflictError: the node is being recovered after a fence.
         """
-        return self._domain_request(node, "unflush", ("flush", "flushed"), ("unflush", "ready"))
+        return self._domain_request(node, DomainState.UNFLUSH, (DomainState.FLUSH, DomainState.FLUSHED),
+                                    (DomainState.UNFLUSH, DomainState.READY))
 
-    def _domain_request(self, node: str, new: str, from_: tuple[str, ...], already: tuple[str, ...]) -> Node:
+    def _domain_request(self, node: str, new: DomainState, from_: tuple[DomainState, ...],
+                        already: tuple[DomainState, ...]) -> Node:
         self._node(node)
 
         def update(n: Node) -> Node:
@@ -306,17 +310,16 @@ class Operations:
         target = snap.nodes.get(check_name(node, "node"))
         if target is None:
             raise NotFoundError(f"node {node!r} not found")
-        if target.coordinator_state == "client":
+        if target.coordinator_state == CoordinatorState.CLIENT:
             raise ConflictError(f"node {node!r} is not a coordinator", "state")
-        if target.daemon_state != "run":
+        if target.daemon_state != DaemonState.RUN:
             raise ConflictError(f"node {node!r} is not running (daemon {target.daemon_state})", "state")
         record = self.store.get_primary()
         if record is None:
             raise ConflictError("there is no primary yet: one is elected when a coordinator starts", "state")
         if record.node == node:
             raise ConflictError(f"node {node!r} is already primary", "state")
-        handover = self.store.start_handover(
-            Handover(id=uuidlib.uuid4().hex[:12], source=record.node, target=node, started=time.time()))
+        handover = self.store.start_handover(Handover.new(record.node, node))
         self.view.wait_for(lambda c: c.handover is not None and c.handover.id == handover.id, 10)
         return handover
 
@@ -333,8 +336,9 @@ class Operations:
             if h is None or h.id != handover.id or h.active:
                 return False
             target = c.nodes.get(h.target)
-            return h.phase == "failed" or (c.primary is not None and c.primary.node == h.target
-                                           and target is not None and target.coordinator_state == "primary")
+            return h.phase == HandoverPhase.FAILED or (c.primary is not None and c.primary.node == h.target
+                                                       and target is not None
+                                                       and target.coordinator_state == CoordinatorState.PRIMARY)
 
         if not self.view.wait_for(over, timeout):
             return None
@@ -347,7 +351,7 @@ class Operations:
         if record is None or record.node != node:
             raise ConflictError(f"node {node!r} is not primary", "state")
         others = [n.name for n in self.view.snapshot().nodes.values()
-                  if n.name != node and n.coordinator_state == "secondary" and n.daemon_state == "run"]
+                  if n.name != node and n.takes_primary]
         if not others:
             raise ConflictError("no other running coordinator can take over", "state")
         return self.request_primary(others[0])
@@ -411,6 +415,23 @@ class Operations:
         self._node(node)
         return self.mask_fence_config(self.store.get_fence_config(node))
 
+    def confirm_off(self, node: str) -> Node:
+        """Record an operator's word that dead ``node`` is powered off, for when no fencer can say so.
+
+        Taken as a confirmed fence by the primary at its next look (its VMs are recovered), and
+        only while the node is ``dead``: a running or stopped node is refused, and the word is
+        for this death only (the node's last keepalive): a node that writes again is no longer
+        covered by it. With the self-fence disarmed (``failed_fence = none``, the default) this is the
+        way on when a node's BMC is gone with its power.
+        """
+        current = self._node(node)
+        if current.daemon_state != DaemonState.DEAD:
+            raise ConflictError(f"node {node} is {current.daemon_state}, not dead: only a node the cluster could "
+                                "not fence can be confirmed off", "node")
+        confirmed = ConfirmedOff(at=time.time(), keepalive=current.keepalive)
+        self.store.update_fencing(node, lambda status: replace(status or FenceStatus(), confirmed_off=confirmed))
+        return current
+
     def set_config(self, changes: Mapping[str, Any]):
         """Change cluster settings; refused when the result could fence a healthy node (see ClusterConfig)."""
         if not changes:
@@ -437,23 +458,22 @@ class Operations:
 
     def state_reached(self, name: str, state: str) -> Callable[[Cluster], bool]:
         """A predicate on the cluster: the VM's ``state`` request has been carried out (or has failed)."""
-        running = state in ("start", "restart")
+        running = state in (VMState.START, VMState.RESTART)
 
         def reached(c: Cluster) -> bool:
             vm = c.vms.get(name)
-            if vm is None or vm.state == "fail":
+            if vm is None or vm.state == VMState.FAIL:
                 return True
             node = c.nodes.get(vm.node)
             runs = bool(node and name in node.running_vms)
-            want = "start" if running else ("disable" if state == "disable" else "stop")
+            want = VMState.START if running else (VMState.DISABLE if state == VMState.DISABLE else VMState.STOP)
             return vm.migration is None and vm.state == want and runs == running
 
         return reached
 
     def wait_settled(self, name: str, timeout: float = 60.0) -> bool:
         """Wait until the VM has no migration in progress and is in a resting state."""
-        return self.wait_vm(name, lambda v: v is None or (v.migration is None and v.state in ("start", "stop",
-                                                                                            "disable", "fail")),
+        return self.wait_vm(name, lambda v: v is None or (v.migration is None and v.state in RESTING_STATES),
                             timeout)
 
     def wait_node(self, name: str, predicate: Callable[[Node | None], bool], timeout: float) -> bool:
@@ -473,9 +493,9 @@ def _home_refuses(vm: VM, cluster: Cluster) -> str:
     node = cluster.nodes.get(vm.node)
     if node is None:
         return f"its node {vm.node or '(none)'} is not in the cluster"
-    if node.daemon_state != "run":
+    if node.daemon_state != DaemonState.RUN:
         return f"its node {node.name} is {node.daemon_state}"
-    if node.domain_state not in ("ready", "unflush"):
+    if node.domain_state not in ACCEPTING:
         return f"its node {node.name} is {node.domain_state}"
     need = 0 if cluster.config.allow_overcommit or vm.name in node.running_vms else vm.memory_mib
     if node.memory_free_mib < need:
@@ -492,55 +512,3 @@ def _check_growth(old: VM, new: VM, cluster: Cluster) -> None:
     if node.memory_free_mib < grow:
         raise ConflictError(f"VM {old.name!r} runs on {node.name}, which has {node.memory_free_mib} MiB free: "
                             f"{grow} MiB more does not fit (move it first, or allow overcommit)", "xml")
-
-
-def migration_request(vm: VM, kind: str, target: str, force_live: bool = False) -> VM:
-    """The VM document with a migration of ``kind`` to ``target`` requested.
-
-    A stopped VM needs no hypervisor work: it is re-homed at once.
-    :raises ConflictError: already migrating, or in a state that cannot move.
-    """
-    if vm.migration is not None:
-        raise ConflictError(f"VM {vm.name!r} is already migrating to {vm.migration.target}", "action")
-    if vm.node == target:
-        raise ConflictError(f"VM {vm.name!r} is already on {target}", "target")
-    last = _last_node_after(vm, kind, vm.node, target)
-    if vm.state not in ("start",):
-        if vm.state in RUNNING_STATES:
-            raise ConflictError(f"VM {vm.name!r} is busy (state {vm.state})", "action")
-        return replace(vm, node=target, last_node=last)
-    state = "migrate-live" if force_live else ("unmigrate" if kind == "unmigrate" else "migrate")
-    mig = Migration(kind=kind, source=vm.node, target=target, started=time.time(),
-                    live_only=force_live or vm.meta.migration_method == "live")
-    return replace(vm, state=state, migration=mig, reason="")
-
-
-def _last_node_after(vm: VM, kind: str, source: str, target: str) -> str:
-    """``migrate`` remembers the VM's home (for ``unmigrate`` and ready): the node it left, or, when it
-    was already away, the home it had (so chained moves such as a rolling flush still lead home),
-    none once it is home again; ``move`` and ``unmigrate`` forget it."""
-    if kind != "migrate":
-        return ""
-    home = vm.last_node or source
-    return "" if home == target else home
-
-
-def finished(vm: VM) -> VM:
-    """The VM document once its migration's target runs it."""
-    mig = vm.migration
-    assert mig is not None
-    return replace(vm, node=mig.target, last_node=_last_node_after(vm, mig.kind, mig.source, mig.target),
-                   state="start", migration=None, reason="")
-
-
-def _active(vm: VM) -> bool:
-    return vm.state in RUNNING_STATES or vm.migration is not None
-
-
-def _with_uuid(xml: str, uuid: str) -> str:
-    root = ET.fromstring(xml)
-    el = root.find("uuid")
-    if el is None:
-        el = ET.SubElement(root, "uuid")
-    el.text = uuid
-    return ET.tostring(root, encoding="unicode")

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from pvccore.errors import PluginError
 
 ENTRY_POINT_GROUP = "pvc.plugins"
 DISABLE_ENV = "PVC_DISABLE_PLUGINS"

@@ -22,12 +22,13 @@ from pathlib import Path
 from pvccli.client import ApiError, Client
 from pvccli.connection import save_connection
 
-from pvccore.localcluster import LocalCluster, sample_domain_xml
-from pvccore.localzk import LocalZooKeeper
+from pvccore.demo.cluster import LocalCluster, sample_domain_xml
+from pvccore.demo.zookeeper import LocalZooKeeper
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.store import AUTH_ENV, Store
-from pvccore.view import ClusterView
+from pvccore.zk.auth import AUTH_ENV
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 HERE = Path(__file__).resolve().parent.parent
 DEMO = HERE / ".demo"
@@ -71,7 +72,7 @@ def _zk_auth() -> str:
 
 def _connect(hosts: str):
     store = Store.connect(hosts, ROOT, auth=_zk_auth())
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     return store, view, Operations(store, view, load_plugins())
 
 

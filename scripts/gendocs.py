@@ -6,17 +6,18 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
+from typing import Mapping
 
 import click
 
 from pvcapi.config import API
 from pvcapi.openapi import document
 from pvccli.main import cli
+from pvccli.options import option_name
 from pvccore import __version__
 from pvccore.config import DAEMON, ConfigSchema
-from pvccore.models import SECONDS_BOUNDS, ClusterConfig
+from pvccore.domain.fields import CLUSTER_SETTINGS, VM_META_FIELDS, Field, Kind
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "reference"
 
@@ -41,22 +42,27 @@ def _schema_table(schema: ConfigSchema) -> list[str]:
     return lines
 
 
-def config_md() -> str:
-    cluster_help = {
-        "default_selector": "Selector for VMs whose `node_selector` is `default`.",
-        "allow_overcommit": "Place VMs even where free memory is short.",
-        "keepalive_limit": "Seconds without a keepalive before a node is suspect. At least 3 keepalive intervals "
-                           "of the slowest node.",
-        "fence_grace": "Seconds a suspect node has to come back before it is declared dead and fenced. "
-                       "`keepalive_limit + fence_grace` is at least the nodes' ZooKeeper session timeout plus one "
-                       "keepalive interval.",
-        "successful_fence": "After a confirmed fence: `recover` the node's VMs elsewhere, or `none`.",
-        "failed_fence": "After every fencer failed: `recover` once the self-fence deadline has passed, or `none`.",
-        "self_fence_deadline": "With `failed_fence = recover` only: seconds without a written keepalive (cut off "
-                               "from ZooKeeper, say) after which a node stops its own VMs. At least the nodes' "
-                               "ZooKeeper session timeout plus two keepalive intervals.",
-        "fence_retry_max": "Longest back-off between fence attempts, seconds.",
-    }
+def _values(f: Field) -> str:
+    """A field's range or choices, for the tables below."""
+    if f.low is not None and f.high is not None:
+        return f"{f.low:g}–{f.high:g}" + (" s" if f.unit == "seconds" else f" {f.unit}" if f.unit else "")
+    if f.kind is Kind.ENUM:
+        return ", ".join(f"`{c}`" for c in f.choice_values)
+    if f.kind is Kind.NAMES:
+        return "node names"
+    return "-"
+
+
+def fields_table(table: Mapping[str, Field]) -> list[str]:
+    """The reference table of a field table (pvccore.domain.fields): one row a field."""
+    lines = ["| field | default | values | `pvc` option | meaning |", "|---|---|---|---|---|"]
+    for f in table.values():
+        lines.append(f"| `{f.name}` | `{_default(f.default)}` | {_values(f)} | `{option_name(f)}` | {f.text} |")
+    return lines
+
+
+def config_md(settings: Mapping[str, Field] = CLUSTER_SETTINGS, meta: Mapping[str, Field] = VM_META_FIELDS) -> str:
+    """``settings``, ``meta``: the tables documented (a test passes others)."""
     lines = [
         "# Configuration reference", "",
         "Generated from the code (`make docs`); a test fails when it drifts.", "",
@@ -70,12 +76,12 @@ def config_md() -> str:
         "## Cluster settings", "",
         "Stored in ZooKeeper; set with `pvc cluster set` or `POST /api/v1/cluster/status`.", "",
         "Why each bound is what it is: [operator guide](../operator.md#reliability-settings-and-their-bounds).", "",
-        "| setting | default | range | meaning |", "|---|---|---|---|",
+        *fields_table(settings), "",
+        "## VM metadata", "",
+        "Stored with each VM; set with `pvc vm define` or `pvc vm meta`, `POST /api/v1/vm` or "
+        "`POST /api/v1/vm/{vm}`.", "",
+        *fields_table(meta),
     ]
-    for f in fields(ClusterConfig):
-        bounds = SECONDS_BOUNDS.get(f.name)
-        span = f"{bounds[0]:g}–{bounds[1]:g} s" if bounds else "-"
-        lines.append(f"| `{f.name}` | `{_default(f.default)}` | {span} | {cluster_help[f.name]} |")
     return "\n".join(lines) + "\n"
 
 

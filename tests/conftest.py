@@ -8,10 +8,11 @@ import uuid
 
 import pytest
 
-from pvccore.localzk import LocalZooKeeper
-from pvccore.models import Node
+from pvccore.demo.zookeeper import LocalZooKeeper
+from pvccore.domain.models import Node
 from pvccore.plugins import load_plugins
-from pvccore.store import AUTH_ENV, Store, delete_tree
+from pvccore.zk.auth import AUTH_ENV
+from pvccore.zk.store import Store, delete_tree
 
 # Every test runs as a cluster in production should: ZooKeeper authentication on, every znode
 # readable by this identity only. Set before any client or subprocess starts, so all inherit it.
@@ -94,9 +95,9 @@ class Events:
 @pytest.fixture
 def cluster(zk_server, zk_root, recorder_site, tmp_path):
     """Three pvcnoded processes (hv1..hv3) on private test:/// hypervisors, and Operations to drive them."""
-    from pvccore.localcluster import LocalCluster
+    from pvccore.demo.cluster import LocalCluster
     from pvccore.operations import Operations
-    from pvccore.view import ClusterView
+    from pvccore.zk.view import ClusterView
 
     events = tmp_path / "events.jsonl"
     env = {"PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(events)}
@@ -105,7 +106,7 @@ def cluster(zk_server, zk_root, recorder_site, tmp_path):
     (tmp_path / "cluster").mkdir()
     store = Store.connect(zk_server.hosts, zk_root)
     local.start()
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     ops = Operations(store, view, load_plugins(disabled=()))
     ops.local = local
     ops.events = Events(events)
@@ -129,9 +130,9 @@ def live(zk_server, recorder_site, tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from pvccore.localcluster import LocalCluster
-    from pvccore.localzk import free_port
-    from pvccore.view import ClusterView
+    from pvccore.demo.cluster import LocalCluster
+    from pvccore.demo.zookeeper import free_port
+    from pvccore.zk.view import ClusterView
 
     work = tmp_path_factory.mktemp("live")
     root = f"/pvc-live/{uuid.uuid4().hex[:12]}"
@@ -147,7 +148,7 @@ def live(zk_server, recorder_site, tmp_path_factory):
     api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     store = Store.connect(zk_server.hosts, root)
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     url = f"http://127.0.0.1:{port}"
     try:
         from pvccli.client import ApiError, Client

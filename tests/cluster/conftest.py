@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from pvccore.netlab import NetLab
+from pvccore.demo.netlab import NetLab
 from tests.conftest import Events
 
 from .harness import ClusterBox, missing_tools

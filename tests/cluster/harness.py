@@ -38,12 +38,13 @@ from pathlib import Path
 
 import libvirt
 
-from pvccore.localzk import LocalZooKeeper
-from pvccore.netlab import NetLab, Pinger
+from pvccore.demo.zookeeper import LocalZooKeeper
+from pvccore.demo.netlab import NetLab, Pinger
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.store import AUTH_ENV, Store
-from pvccore.view import ClusterView
+from pvccore.zk.auth import AUTH_ENV
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 from tests.tools.bmcsim import kill_members, pidns_members
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,7 +176,7 @@ class BoxNode:
     def start_daemon(self) -> None:
         box = self.box
         cmd = ["nsenter", "-t", str(self.init_pid), "--net", "--mount", "--uts", "--pid", f"--wd={REPO}",
-               sys.executable, "-m", "pvccore.daemon", "--node", self.name, "--zookeeper", box.zk_hosts,
+               sys.executable, "-m", "pvccore.node.daemon", "--node", self.name, "--zookeeper", box.zk_hosts,
                "--root", ROOT, "--libvirt", "qemu:///system", "--migration-address", self.address,
                "--coordinator", "--floating-ip", f"{FLOATING_IP}/24@eth0", "--api-config", str(box.api_config),
                *DAEMON_FLAGS, *box.daemon_flags]
@@ -299,7 +300,7 @@ class ClusterBox:
                      str(node.dir / "pidns")], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         for node in self.nodes.values():
             node.power_on(timeout)
-        self.view = ClusterView(self.store.client, self.store.paths).start()
+        self.view = ClusterView(self.store.connection, self.store.paths).start()
         self.ops = Operations(self.store, self.view, load_plugins())
         self.wait_running(self.nodes, timeout)
         for node in self.nodes.values():

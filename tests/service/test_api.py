@@ -6,7 +6,7 @@ import pytest
 
 from pvcapi.app import Deps, create_app
 from pvcapi.openapi import document
-from pvccore.localcluster import sample_domain_xml as domain
+from pvccore.demo.cluster import sample_domain_xml as domain
 
 KEY = "k-123"
 H = {"X-Api-Key": KEY}
@@ -249,4 +249,4 @@ def test_confirm_off_only_for_a_dead_node_named_twice(api):
     error_shape(api.simulate_post(P + "/node/hv1/confirm-off", headers=H, json={"node": "hv1"}), 409, "node",
                 "node hv1 is run, not dead")
     error_shape(api.simulate_post(P + "/node/hv9/confirm-off", headers=H, json={"node": "hv9"}), 404)
-    assert "confirmed_off" not in api.ops.store.get_fencing().get("hv1", {})
+    assert api.ops.store.get_fencing().get("hv1") is None

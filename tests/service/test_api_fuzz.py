@@ -10,9 +10,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from pvcapi.app import Deps, create_app
-from pvccore.localcluster import sample_domain_xml
+from pvccore.demo.cluster import sample_domain_xml
 from pvccore.operations import Operations
-from pvccore.view import ClusterView
+from pvccore.zk.view import ClusterView
 from tests.conftest import make_node
 
 KEY = "fuzz-key"
@@ -22,13 +22,13 @@ KEY = "fuzz-key"
 def fuzz_app(zk_server, plugins):
     import uuid
 
-    from pvccore.store import Store, delete_tree
+    from pvccore.zk.store import Store, delete_tree
 
     root = f"/pvc-fuzz/{uuid.uuid4().hex[:8]}"
     store = Store.connect(zk_server.hosts, root)
     for name in ("hv1", "hv2", "a"):
         store.create_node(make_node(name))
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     ops = Operations(store, view, plugins)
     for name in ("a", "vm1", "0"):
         ops.define_vm(sample_domain_xml(name), {"node_limit": ["hv1", "hv2"]})

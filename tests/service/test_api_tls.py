@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pvccore.localzk import free_port
+from pvccore.demo.zookeeper import free_port
 from pvccli.main import cli
 
 

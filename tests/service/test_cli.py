@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from pvccli.main import cli
-from pvccore.localcluster import sample_domain_xml as domain
+from pvccore.demo.cluster import sample_domain_xml as domain
 
 T = 20
 

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from pvccore.errors import ConflictError, ValidationError
-from pvccore.localcluster import sample_domain_xml as domain
+from pvccore.demo.cluster import sample_domain_xml as domain
 
 T = 20  # seconds: every wait below is a watch with this deadline, not a sleep
 
@@ -256,3 +256,18 @@ def test_a_flush_that_sends_a_vm_home_ends_its_trip(cluster):
     cluster.ready("hv1")
     assert cluster.wait_node("hv1", lambda n: n.domain_state == "ready", T)
     assert settled(cluster, "tour", node="hv2", last_node="") and runs_on(cluster, "tour", "hv2")  # and stays
+
+
+def test_hook_pvc_node_started(cluster):
+    """Each daemon announces itself once registered, with its own settings."""
+    started = cluster.events.wait(3, "node_started")
+    assert sorted(e["node"] for e in started) == ["hv1", "hv2", "hv3"] and all(e["coordinator"] for e in started)
+    assert all(cluster.view.node(e["node"]).daemon_state == "run" for e in started)
+
+
+def test_hook_pvc_node_stopped(cluster):
+    assert cluster.events.all("node_stopped") == []
+    cluster.local.signal("hv3", signal.SIGTERM)
+    assert cluster.local.procs["hv3"].wait(T) == 0
+    assert [e["node"] for e in cluster.events.wait(1, "node_stopped")] == ["hv3"]
+    assert cluster.view.node("hv3").daemon_state == "stop"

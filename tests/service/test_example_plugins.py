@@ -6,18 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pvccore.store import AUTH_ENV
+from pvccore.zk.auth import AUTH_ENV
 from tests.conftest import make_node
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pvc-example-plugins"
 
 PROBE = """
 import json, logging, sys
-from pvccore.models import VM, VMMeta
-from pvccore.placement import place
+from pvccore.domain.models import VM, VMMeta
+from pvccore.domain.placement import place
 from pvccore.plugins import load_plugins
-from pvccore.store import Store
-from pvccore.view import ClusterView
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 records = []
 logging.getLogger("pvc.example.handover").addHandler(type("H", (logging.Handler,), {"emit": lambda s, r:
@@ -25,7 +25,7 @@ logging.getLogger("pvc.example.handover").addHandler(type("H", (logging.Handler,
 logging.getLogger("pvc.example.handover").setLevel(logging.INFO)
 store = Store.connect(sys.argv[1], sys.argv[2])
 plugins = load_plugins()
-view = ClusterView(store.client, store.paths).start()
+view = ClusterView(store.connection, store.paths).start()
 vm = VM(name="x", uuid="u", memory_mib=256, vcpus=1, meta=VMMeta(node_selector="mem-per-vcpu"))
 result = place(vm, view.snapshot(), plugins.selectors)
 plugins.notify("pvc_handover_phase", phase="stop-services", node="a", role="relinquish", old_primary="a",

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from pvccore.errors import ConflictError
-from pvccore.fencing import confirm_off, invariant_violations
-from pvccore.localcluster import LocalCluster, sample_domain_xml as domain
-from pvccore.localzk import free_port
+from pvccore.domain.transitions import invariant_violations
+from pvccore.demo.cluster import LocalCluster, sample_domain_xml as domain
+from pvccore.demo.zookeeper import free_port
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.store import Store, delete_tree
-from pvccore.view import ClusterView
+from pvccore.zk.store import Store, delete_tree
+from pvccore.zk.view import ClusterView
 from tests.conftest import Events
 from tests.tools.tcpproxy import TcpProxy
 
@@ -53,7 +53,7 @@ class Box:
         self.local.start()
         for node in NODES:
             self.pgid(node)
-        self.view = ClusterView(self.store.client, self.store.paths).start()
+        self.view = ClusterView(self.store.connection, self.store.paths).start()
         self.ops = Operations(self.store, self.view, load_plugins(disabled=()))
         for node in NODES:
             self.ops.set_fence_config(node, [self.ipmi(node)])
@@ -126,7 +126,7 @@ def test_killed_daemon_is_fenced_over_ipmi_and_its_vms_recover(box):
     assert "secret" not in fenced["message"]
     recovered = b.events.wait(1, "recovered", node="hv3")[0]
     assert recovered["moved"]["pair1"] == "hv2" and recovered["parked"] == ["only3"]
-    assert b.store.get_fencing()["hv3"]["state"] == "fenced"
+    assert b.store.get_fencing()["hv3"].state == "fenced"
     assert b.store.get_stats().get("fences") == 1
 
     b.restart("hv3")  # it comes back flushed; ready brings its VMs home
@@ -160,9 +160,9 @@ def test_bmc_refusing_recovers_nothing_and_retries(box):
     place_vms(b)
     b.local.kill("hv3")
     assert b.state("hv3", "dead")
-    assert b.view.wait_until(lambda: b.store.get_fencing().get("hv3", {}).get("attempts", 0) >= 2, T)
+    assert b.view.wait_until(lambda: getattr(b.store.get_fencing().get("hv3"), "attempts", 0) >= 2, T)
     status = b.store.get_fencing()["hv3"]
-    assert status["state"] == "failed" and "refused" in status["message"]
+    assert status.state == "failed" and "refused" in status.message
     assert all(b.store.get_vm(v).node == "hv3" for v in ("free1", "pair1", "only3"))  # nothing recovered
     from pvcapi.cluster import status as cluster_status
 
@@ -174,12 +174,12 @@ def test_operator_confirms_a_dead_node_off_when_no_fencer_can(box):
     b = box(refuse=("hv3",))
     place_vms(b)
     with pytest.raises(ConflictError, match="node hv3 is run, not dead"):
-        confirm_off(b.store, "hv3")  # a healthy node is never taken as off
+        b.ops.confirm_off("hv3")  # a healthy node is never taken as off
     b.local.kill("hv3")
     assert b.state("hv3", "dead")
-    assert b.view.wait_until(lambda: b.store.get_fencing().get("hv3", {}).get("state") == "failed", T)
+    assert b.view.wait_until(lambda: getattr(b.store.get_fencing().get("hv3"), "state", None) == "failed", T)
     assert all(b.store.get_vm(v).node == "hv3" for v in ("free1", "pair1", "only3"))  # nothing without a word
-    confirm_off(b.store, "hv3")
+    b.ops.confirm_off("hv3")
     assert b.state("hv3", "fenced")
     assert b.view.wait_for(lambda c: c.vms["free1"].node != "hv3" and c.vms["pair1"].node == "hv2", T)
     assert b.events.wait(1, "fenced", node="hv3")[-1]["message"].startswith("power-off confirmed by the operator")
@@ -229,7 +229,7 @@ def test_partitioned_node_self_fences_then_cluster_recovers_without_a_fencer(box
     recovered_at = b.events.all("recovered", node="hv3")[0]["at"]
     log = b.local.log("hv3")
     assert "self-fence: no keepalive written" in log and "stopped 3 VM(s)" in log
-    assert b.state("hv3", "fenced") and b.ops.store.get_fencing()["hv3"]["state"] == "self-fenced"
+    assert b.state("hv3", "fenced") and b.ops.store.get_fencing()["hv3"].state == "self-fenced"
     # recovery waited for the deadline: not before cut + self_fence_deadline + keepalive_limit
     assert recovered_at - cut >= 4.0 + 1.5
     assert b.view.wait_for(lambda c: all(c.vms[v].node != "hv3" for v in ("free1", "pair1")), T)

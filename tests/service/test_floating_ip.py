@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from pvccore.localcluster import coordinator_lab
-from pvccore.netlab import NetLab, Pinger
+from pvccore.demo.cluster import coordinator_lab
+from pvccore.demo.netlab import NetLab, Pinger
 
 FIP = "198.18.0.100"
 T = 30

@@ -14,7 +14,7 @@ import urllib.parse
 
 import pytest
 
-from pvccore.localcluster import sample_domain_xml
+from pvccore.demo.cluster import sample_domain_xml
 
 
 def send(live, method: str, path: str, body: bytes | None = None, headers: dict | None = None,

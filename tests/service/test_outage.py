@@ -24,10 +24,10 @@ from falcon import testing
 
 from pvcapi.app import build_deps, create_app
 from pvcapi.config import ApiConfig
-from pvccore.localcluster import sample_domain_xml
-from pvccore.localzk import LocalZooKeeper, free_port
-from pvccore.models import VM
-from pvccore.store import Store, delete_tree
+from pvccore.demo.cluster import sample_domain_xml
+from pvccore.demo.zookeeper import LocalZooKeeper, free_port
+from pvccore.domain.models import VM
+from pvccore.zk.store import Store, delete_tree
 from tests.conftest import make_node
 from tests.tools.tcpproxy import TcpProxy
 

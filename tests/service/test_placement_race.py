@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 from pvccore.errors import PVCError
-from pvccore.localcluster import sample_domain_xml
+from pvccore.demo.cluster import sample_domain_xml
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.store import Store
-from pvccore.view import ClusterView
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 T = 60
 VM_MIB = 1500
@@ -21,7 +21,7 @@ def workers(zk_server, root, count):
     out = []
     for _ in range(count):
         store = Store.connect(zk_server.hosts, root)
-        view = ClusterView(store.client, store.paths).start()
+        view = ClusterView(store.connection, store.paths).start()
         out.append(Operations(store, view, load_plugins()))
     return out
 

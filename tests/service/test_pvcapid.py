@@ -10,7 +10,7 @@ from pathlib import Path
 from gunicorn.config import _get_default_control_socket
 
 from pvccli.client import ApiError, Client
-from pvccore.localzk import free_port
+from pvccore.demo.zookeeper import free_port
 
 
 def start(zk_server, zk_root, work: Path, name: str):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pvccore.errors import ConflictError
-from pvccore.localcluster import sample_domain_xml
+from pvccore.demo.cluster import sample_domain_xml
 
 T = 30
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from pvccore.errors import ValidationError
-from pvccore.models import Node
+from pvccore.domain.models import Node
 from pvccore.operations import Operations
-from pvccore.view import ClusterView
+from pvccore.zk.view import ClusterView
 
 
 @pytest.fixture
 def ops(store, plugins):
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     yield Operations(store, view, plugins)
     view.stop()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pvccli.client import ApiError, Client
-from pvccore.localzk import free_port
+from pvccore.demo.zookeeper import free_port
 
 from tests.conftest import make_node
 
@@ -265,8 +265,8 @@ def test_a_client_that_does_not_take_its_answer_is_cut_off(api):
 
 def test_waiting_requests_leave_threads_for_others(api, store):
     """More wait=true requests than threads: the excess answer 202 at once, health stays prompt."""
-    from pvccore.localcluster import sample_domain_xml
-    from pvccore.models import VM
+    from pvccore.demo.cluster import sample_domain_xml
+    from pvccore.domain.models import VM
 
     # A running VM whose node has no daemon: a stop is accepted and never observed.
     store.create_node(make_node("hv1", running_vms=("idle",)))

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from pvccore.errors import ConflictError, LockTimeout, NotFoundError
-from pvccore.models import VM, ClusterConfig, Node, VMMeta
-from pvccore.store import Store, delete_tree
+from pvccore.domain.models import VM, ClusterConfig, Node, VMMeta
+from pvccore.zk.store import Store, delete_tree
 
 
 def test_layout_and_default_config(store):

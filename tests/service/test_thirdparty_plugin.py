@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from pvccore.store import AUTH_ENV
+from pvccore.zk.auth import AUTH_ENV
 from tests.conftest import make_node
 
 PYPROJECT = """
@@ -41,14 +41,14 @@ def pvc_register_selectors():
 PROBE = """
 import json, sys
 from pvccore.plugins import load_plugins
-from pvccore.placement import place
-from pvccore.store import Store
-from pvccore.view import ClusterView
+from pvccore.domain.placement import place
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 hosts, root = sys.argv[1:3]
 store = Store.connect(hosts, root)
 plugins = load_plugins()
-view = ClusterView(store.client, store.paths).start()
+view = ClusterView(store.connection, store.paths).start()
 vm = store.get_vm("app1")
 result = place(vm, view.snapshot(), plugins.selectors)
 dist = {r["name"]: r for r in plugins.describe()}["lastname"]
@@ -59,7 +59,7 @@ view.stop(); store.close()
 
 
 def test_pip_installed_selector_is_registered_and_chosen(tmp_path, store, zk_server):
-    from pvccore.models import VM, VMMeta
+    from pvccore.domain.models import VM, VMMeta
 
     src = tmp_path / "src"
     (src / "pvc_lastname").mkdir(parents=True)

@@ -2,9 +2,9 @@
 
 from dataclasses import replace
 
-from pvccore.models import VM, VMMeta
-from pvccore.placement import place
-from pvccore.view import ClusterView
+from pvccore.domain.models import VM, VMMeta
+from pvccore.domain.placement import place
+from pvccore.zk.view import ClusterView
 from tests.conftest import make_node
 
 
@@ -12,7 +12,7 @@ def test_view_loads_existing_state_and_follows_changes(store):
     for name, free in (("hv1", 1000), ("hv2", 3000)):
         store.create_node(make_node(name, memory_free_mib=free))
     store.create_vm(VM(name="web1", uuid="u", memory_mib=512, vcpus=1), "<domain/>")
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     try:
         snap = view.snapshot()
         assert list(snap.nodes) == ["hv1", "hv2"] and list(snap.vms) == ["web1"]
@@ -37,7 +37,7 @@ def test_view_loads_existing_state_and_follows_changes(store):
 
 def test_snapshot_is_cached_until_something_changes(store):
     store.create_node(make_node("hv1"))
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     try:
         a, b = view.snapshot(), view.snapshot()
         assert a.nodes is b.nodes and a.vms is b.vms
@@ -52,7 +52,7 @@ def test_node_leaving_ready_changes_the_decision(store, plugins):
     store.create_node(make_node("hv1", memory_free_mib=9000))
     store.create_node(make_node("hv2", memory_free_mib=4000))
     vm = VM(name="db", uuid="u", memory_mib=1024, vcpus=1, meta=VMMeta(node_limit=("hv1", "hv2")))
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     try:
         assert place(vm, view.snapshot(), plugins.selectors).target == "hv1"
         store.update_node("hv1", lambda n: replace(n, domain_state="flush"))
@@ -65,12 +65,12 @@ def test_node_leaving_ready_changes_the_decision(store, plugins):
 
 def test_decision_reads_no_zookeeper(store, plugins, zk_server):
     """With the ZooKeeper connection stopped, placement still works from the view."""
-    from pvccore.store import Store
+    from pvccore.zk.store import Store
 
     own = Store.connect(zk_server.hosts, store.paths.root)
     for i in range(30):
         store.create_node(make_node(f"hv{i:02d}", vm_count=i))
-    view = ClusterView(own.client, own.paths).start()
+    view = ClusterView(own.connection, own.paths).start()
     own.client.stop()
     try:
         vm = VM(name="x", uuid="u", memory_mib=1, vcpus=1, meta=VMMeta(node_selector="vms"))
@@ -81,10 +81,10 @@ def test_decision_reads_no_zookeeper(store, plugins, zk_server):
 
 
 def test_xml_cache_follows_changes_from_another_writer(store, zk_server):
-    from pvccore.store import Store
+    from pvccore.zk.store import Store
 
     store.create_vm(VM(name="x1", uuid="u", memory_mib=1, vcpus=1), "<domain>one</domain>")
-    view = ClusterView(store.client, store.paths).start()
+    view = ClusterView(store.connection, store.paths).start()
     other = Store.connect(zk_server.hosts, store.paths.root)
     try:
         assert view.vm_xml("x1") == "<domain>one</domain>"

@@ -13,9 +13,10 @@ from kazoo.exceptions import NoAuthError
 
 from pvccore.config import DAEMON
 from pvccore.errors import ValidationError
-from pvccore.localcluster import sample_domain_xml
-from pvccore.models import VM
-from pvccore.store import AUTH_ENV, Store, auth_options, delete_tree
+from pvccore.demo.cluster import sample_domain_xml
+from pvccore.domain.models import VM
+from pvccore.zk.auth import AUTH_ENV, auth_options
+from pvccore.zk.store import Store, delete_tree
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_an_existing_open_cluster_is_restricted_by_the_migration_tool(zk_server,
     try:
         open_store.create_vm(VM("old1", "u-2", 512, 1, node="hv1"), sample_domain_xml("old1", 512, 1))
         assert stranger().get(open_store.paths.vm("old1"))  # world-readable, as the issue found
-        run = subprocess.run([sys.executable, "-m", "pvccore.zkacl", "--zookeeper", zk_server.hosts, "--root", root],
+        run = subprocess.run([sys.executable, "-m", "pvccore.zk.acl", "--zookeeper", zk_server.hosts, "--root", root],
                              capture_output=True, text=True, timeout=60, env=os.environ)
         assert run.returncode == 0, run.stderr
         assert run.stdout.endswith(f"znodes under {root} now readable and writable by pvc-test only\n"), run.stdout
@@ -78,7 +79,7 @@ def test_an_existing_open_cluster_is_restricted_by_the_migration_tool(zk_server,
 
 def test_the_migration_tool_needs_an_identity(zk_server):
     env = {k: v for k, v in os.environ.items() if k != AUTH_ENV}
-    run = subprocess.run([sys.executable, "-m", "pvccore.zkacl", "--zookeeper", zk_server.hosts],
+    run = subprocess.run([sys.executable, "-m", "pvccore.zk.acl", "--zookeeper", zk_server.hosts],
                          capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 2 and run.stderr.strip() == f"zkacl: error: set {AUTH_ENV}=digest:USER:PASSWORD " \
                                                           "(the identity to restrict the tree to)"

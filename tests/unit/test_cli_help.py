@@ -28,11 +28,29 @@ def test_tree_has_the_promised_commands():
         assert expected in names
 
 
+def command_at(path) -> click.Command:
+    command = cli
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "pvc")
 def test_help(path):
-    result = CliRunner().invoke(cli, [*path, "--help"])
+    """Each command says what it does, and names and explains every option and argument it takes."""
+    command = command_at(path)
+    result = CliRunner().invoke(cli, [*path, "--help"], prog_name="pvc", terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "Usage: " in result.output and "Show this message and exit." in result.output
+    usage = result.output.splitlines()[0]
+    assert usage.startswith(f"Usage: pvc {' '.join(path)}".rstrip()), usage
+    assert (command.help or "").strip(), f"pvc {' '.join(path)} has no description"
+    assert command.help.strip().splitlines()[0] in result.output
+    for param in command.params:
+        if isinstance(param, click.Argument):
+            assert param.human_readable_name in usage, param.name
+        elif not param.hidden:
+            assert param.opts[0] in result.output, param.name
+            assert param.help and param.help.split()[0] in result.output, f"{param.opts[0]} has no help"
 
 
 def test_connection_precedence(tmp_path, monkeypatch):
@@ -53,3 +71,17 @@ def test_connection_precedence(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no connection named 'nope'"):
         connection.resolve(None, None, "nope")
     assert oct((tmp_path / "cli.toml").stat().st_mode & 0o777) == "0o600"
+
+
+def test_saved_connections_are_escaped(tmp_path, monkeypatch):
+    """Names, URLs and keys with quotes, backslashes or newlines read back as written (TOML written by tomli-w)."""
+    monkeypatch.setenv("PVC_CONFIG", str(tmp_path / "cli.toml"))
+    for var in ("PVC_API_URL", "PVC_API_KEY", "PVC_API_CA"):
+        monkeypatch.delenv(var, raising=False)
+    name, key = 'lab "1".x]\n[y', 'k"\\\n = "evil"'
+    connection.save_connection(name, "http://h:1", key, make_default=True)
+    connection.save_connection("other", "http://o:2", None)
+    cfg = connection.read_config()
+    assert cfg["default"] == name and set(cfg["connections"]) == {name, "other"}
+    assert connection.resolve(None, None, None) == ("http://h:1", key, None)
+    assert connection.resolve(None, None, "other") == ("http://o:2", None, None)

@@ -10,7 +10,7 @@ import libvirt
 import pytest
 
 from pvccore.errors import ValidationError
-from pvccore.hypervisor import parse_domain_xml
+from pvccore.domain.domainxml import parse_domain_xml
 
 
 def dom(name="<name>web1</name>", memory="<memory unit='MiB'>512</memory>", vcpu="<vcpu>2</vcpu>", extra=""):

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from pvccore.daemon import setup_logging
+from pvccore.node.daemon import setup_logging
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 import pytest
 
 from pvccore.errors import ValidationError
-from pvccore.models import VM, ClusterConfig, Node, Timing, VMMeta
-from pvccore.schema import Schema
+from pvccore.domain.models import VM, ClusterConfig, Node, Timing, VMMeta
+from pvccore.zk.schema import Schema
 
 
 def test_vm_round_trip_keeps_metadata():
@@ -122,7 +122,7 @@ def test_schema_paths_and_rejects_injection():
 def test_hand_written_vm_to_dict_matches_the_dataclass():
     from dataclasses import asdict
 
-    from pvccore.models import Migration
+    from pvccore.domain.models import Migration
 
     vm = VM(name="a", uuid="u", memory_mib=1, vcpus=1, migration=Migration(kind="move", source="a", target="b"),
             meta=VMMeta(node_limit=("x",)))

@@ -3,8 +3,8 @@
 import pytest
 
 from pvccore.errors import ValidationError
-from pvccore.models import VM, Cluster, ClusterConfig, VMMeta
-from pvccore.placement import place
+from pvccore.domain.models import VM, Cluster, ClusterConfig, VMMeta
+from pvccore.domain.placement import place
 from tests.conftest import make_node
 
 
@@ -126,8 +126,8 @@ def test_explanation_has_a_line_per_node(plugins):
 
 
 def test_pending_vms_count_until_the_node_reports_them(plugins):
-    from pvccore.models import Migration
-    from pvccore.placement import current, pending_moves
+    from pvccore.domain.models import Migration
+    from pvccore.domain.placement import current, pending_moves
 
     nodes = [make_node("hv1", memory_free_mib=5000, vm_count=0, running_vms=("old",)),
              make_node("hv2", memory_free_mib=5000, vm_count=0)]

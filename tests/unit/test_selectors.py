@@ -2,8 +2,8 @@
 
 import pytest
 
-from pvccore.models import VM, Cluster, VMMeta
-from pvccore.placement import place
+from pvccore.domain.models import VM, Cluster, VMMeta
+from pvccore.domain.placement import place
 from tests.conftest import make_node
 
 

@@ -14,6 +14,16 @@ def _record(hook, **fields):
 
 
 @hookimpl
+def pvc_node_started(node, config):
+    _record("node_started", node=node, coordinator=config.coordinator)
+
+
+@hookimpl
+def pvc_node_stopped(node):
+    _record("node_stopped", node=node)
+
+
+@hookimpl
 def pvc_node_state_changed(node, kind, old, new):
     _record("node_state", node=node, kind=kind, old=old, new=new)
 

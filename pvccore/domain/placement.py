@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
-from .errors import ConflictError, ValidationError
-from .hookspecs import Selector
-from .models import RUNNING_STATES, VM, Cluster, Node
+from pvccore.domain.models import VM, Cluster, Node
+from pvccore.domain.states import RUNNING_STATES, DaemonState, DomainState
+from pvccore.errors import ConflictError, ValidationError
+from pvccore.hookspecs import Selector
 
 log = logging.getLogger(__name__)
 
@@ -115,26 +117,43 @@ def place(vm: VM, cluster: Cluster, selectors: Mapping[str, Selector]) -> Placem
                      note=note)
 
 
-def exclusion(vm: VM, node: Node, limit: frozenset, need: int, domains: tuple[str, ...] = ("ready",)) -> str:
+class Excluded(Enum):
+    """Why placement leaves a node out (the message says it with the figures)."""
+
+    CURRENT = "current node"
+    LIMIT = "node limit"
+    DAEMON = "daemon state"
+    DOMAIN = "domain state"
+    MEMORY = "free memory"
+
+
+def exclusion(vm: VM, node: Node, limit: frozenset, need: int,
+              domains: tuple[DomainState, ...] = (DomainState.READY,)) -> str:
     """Why ``node`` cannot take ``vm`` (empty string when it can).
 
     ``domains`` are the domain states that accept VMs: ``ready`` for placement;
     a node coming back (``unflush``) also accepts the VMs it calls home.
     """
+    return _exclusion(vm, node, limit, need, domains)[1]
+
+
+def _exclusion(vm: VM, node: Node, limit: frozenset, need: int,
+               domains: tuple[DomainState, ...]) -> tuple[Excluded | None, str]:
     if node.name == vm.node:
-        return "current node of the VM"
+        return Excluded.CURRENT, "current node of the VM"
     if limit and node.name not in limit:
-        return "outside the VM's node limit"
-    if node.daemon_state != "run":
-        return f"daemon state is {node.daemon_state}"
+        return Excluded.LIMIT, "outside the VM's node limit"
+    if node.daemon_state != DaemonState.RUN:
+        return Excluded.DAEMON, f"daemon state is {node.daemon_state}"
     if node.domain_state not in domains:
-        return f"domain state is {node.domain_state}"
+        return Excluded.DOMAIN, f"domain state is {node.domain_state}"
     if node.memory_free_mib < need:
-        return f"not enough free memory ({node.memory_free_mib} MiB free, {need} MiB needed)"
-    return ""
+        return Excluded.MEMORY, f"not enough free memory ({node.memory_free_mib} MiB free, {need} MiB needed)"
+    return None, ""
 
 
-def check_target(vm: VM, target: str, cluster: Cluster, domains: tuple[str, ...] = ("ready",)) -> None:
+def check_target(vm: VM, target: str, cluster: Cluster,
+                 domains: tuple[DomainState, ...] = (DomainState.READY,)) -> None:
     """Refuse an explicitly given target with the same rules placement applies.
 
     :raises ValidationError: unknown node, or one that placement would exclude (field ``target``).
@@ -143,9 +162,9 @@ def check_target(vm: VM, target: str, cluster: Cluster, domains: tuple[str, ...]
     if node is None:
         raise ValidationError(f"unknown node {target!r}", "target")
     need = 0 if cluster.config.allow_overcommit else vm.memory_mib
-    why = exclusion(vm, node, frozenset(vm.meta.node_limit), need, domains)
-    if why == "outside the VM's node limit":
-        why = f"outside the VM's node limit ({', '.join(vm.meta.node_limit)})"
+    reason, why = _exclusion(vm, node, frozenset(vm.meta.node_limit), need, domains)
+    if reason is Excluded.LIMIT:
+        why = f"{why} ({', '.join(vm.meta.node_limit)})"
     if why:
         raise ValidationError(f"node {target!r} cannot take VM {vm.name!r}: {why}", "target")
 

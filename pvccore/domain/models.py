@@ -9,54 +9,28 @@ where it is read.
 from __future__ import annotations
 
 import json
-import math
-import re
+import time
+import uuid as uuidlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .errors import ValidationError
+from pvccore.errors import ValidationError
 
-# --------------------------------------------------------------------------
-# States (design.md, "States")
-# --------------------------------------------------------------------------
+from pvccore.domain.fields import (CLUSTER_SETTINGS, DEFAULT_SELECTOR, VM_META_FIELDS, Field, Kind, check,
+                                   check_name)
+from pvccore.domain.states import (CoordinatorState, DaemonState, DomainState, FenceAction, FenceOutcome,
+                                   HandoverPhase, MigrationKind, MigrationMethod, MigrationPhase, VMState, parse)
 
-DAEMON_STATES = ("init", "run", "stop", "dead", "fenced")
-COORDINATOR_STATES = ("client", "secondary", "takeover", "primary", "relinquish")
-DOMAIN_STATES = ("ready", "flush", "flushed", "unflush", "fence-flush")
-VM_STATES = ("start", "shutdown", "stop", "restart", "migrate", "migrate-live", "unmigrate", "disable", "fail")
-MIGRATION_METHODS = ("live", "shutdown", "default")
-MIGRATION_KINDS = ("migrate", "move", "unmigrate")
-#: migration phases, in order; see pvccore.migration for who writes which
-MIGRATION_PHASES = ("requested", "prepare", "ready", "sent", "stopped", "failed")
-#: VM states in which the VM should be running on its node
-RUNNING_STATES = ("start", "restart", "migrate", "migrate-live", "unmigrate")
-DEFAULT_SELECTOR = "mem"
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# check_name and DEFAULT_SELECTOR live in pvccore.domain.fields; other modules import them from here too.
 
 
-def check_name(name: Any, what: str, field_name: str = "name") -> str:
-    """Node and VM names become ZooKeeper path components: keep them plain."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValidationError(
-            f"invalid {what} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            field_name,
-        )
-    return name
-
-
-def _check_choice(value: Any, choices: tuple[str, ...], field_name: str) -> str:
-    if value not in choices:
-        raise ValidationError(f"{field_name} must be one of {', '.join(choices)}; got {value!r}", field_name)
-    return value
-
-
-def _check_type(value: Any, types: type | tuple[type, ...], field_name: str, what: str) -> Any:
-    # bool is an int in Python; never accept it where a number is meant, or the reverse.
-    if isinstance(value, bool) != (types is bool) or not isinstance(value, types):
-        raise ValidationError(f"{field_name} must be {what}; got {value!r}", field_name)
-    return value
+def _updates(changes: Mapping[str, Any], table: Mapping[str, Field], what: str) -> dict[str, Any]:
+    """``changes`` checked against ``table``: each value through :func:`check`; an unknown key is named."""
+    unknown = sorted(set(changes) - set(table))
+    if unknown:
+        raise ValidationError(f"unknown {what} {unknown[0]!r}", unknown[0])
+    return {name: check(table[name], value) for name, value in changes.items()}
 
 
 class _JSONModel:
@@ -101,12 +75,13 @@ class _JSONModel:
 
 @dataclass(frozen=True, slots=True)
 class VMMeta(_JSONModel):
-    """Per-VM placement metadata (design.md, "VM metadata")."""
+    """Per-VM placement metadata (docs/reference/config.md); each field described in
+    :data:`pvccore.domain.fields.VM_META_FIELDS`."""
 
     node_limit: tuple[str, ...] = ()
     node_selector: str = "default"
     node_autostart: bool = False
-    migration_method: str = "default"
+    migration_method: MigrationMethod = MigrationMethod.DEFAULT
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "VMMeta":
@@ -118,35 +93,25 @@ class VMMeta(_JSONModel):
         Whether a selector or node exists is checked against the live cluster by
         :func:`pvccore.operations.validate_meta`, not here.
         """
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ValidationError(f"unknown metadata field {name!r}", name)
-        values: dict[str, Any] = {}
-        if "node_limit" in changes:
-            values["node_limit"] = parse_node_limit(changes["node_limit"])
-        if "node_selector" in changes:
-            sel = _check_type(changes["node_selector"], str, "node_selector", "a selector name")
-            if not sel:
-                raise ValidationError("node_selector must not be empty (use 'default')", "node_selector")
-            values["node_selector"] = sel
-        if "node_autostart" in changes:
-            values["node_autostart"] = _check_type(changes["node_autostart"], bool, "node_autostart", "true or false")
-        if "migration_method" in changes:
-            values["migration_method"] = _check_choice(changes["migration_method"], MIGRATION_METHODS, "migration_method")
+        if "node_limit" in changes:  # the one field with a second form: a comma-separated string
+            changes = {**changes, "node_limit": _limit_list(changes["node_limit"])}
+        values = _updates(changes, VM_META_FIELDS, "metadata field")
+        if values.get("node_selector") == "":
+            raise ValidationError("node_selector must not be empty (use 'default')", "node_selector")
         return replace(self, **values)
 
 
 def parse_node_limit(value: Any) -> tuple[str, ...]:
     """A node limit is a list of node names, or a comma-separated string; empty means any node."""
+    return check(VM_META_FIELDS["node_limit"], _limit_list(value))
+
+
+def _limit_list(value: Any) -> Any:
     if value is None:
-        return ()
+        return []
     if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
-    if not isinstance(value, (list, tuple)):
-        raise ValidationError(f"node_limit must be a list of node names; got {value!r}", "node_limit")
-    names = [check_name(v, "node", "node_limit") for v in value]
-    return tuple(sorted(set(names)))
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 # --------------------------------------------------------------------------
@@ -163,10 +128,10 @@ class Migration(_JSONModel):
     ``method`` is empty until the source picks ``live`` or ``shutdown``.
     """
 
-    kind: str
+    kind: MigrationKind
     source: str
     target: str
-    phase: str = "requested"
+    phase: MigrationPhase = MigrationPhase.REQUESTED
     method: str = ""
     live_only: bool = False
     started: float = 0.0
@@ -175,16 +140,17 @@ class Migration(_JSONModel):
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Migration":
         m = cls._construct(raw)
-        _check_choice(m.kind, MIGRATION_KINDS, "kind")
-        _check_choice(m.phase, MIGRATION_PHASES, "phase")
-        return m
+        return replace(m, kind=parse(MigrationKind, m.kind, "kind"), phase=parse(MigrationPhase, m.phase, "phase"))
+
+
+_MEMORY_MIB, _VCPUS = Field("memory_mib", Kind.INT), Field("vcpus", Kind.INT)
 
 
 @dataclass(frozen=True, slots=True)
 class VM(_JSONModel):
     """A VM as stored at ``vms/<name>`` (its libvirt XML lives beside it).
 
-    ``state`` is the one state field of design.md: the API writes the wanted
+    ``state`` is the one state field of a VM: the API writes the wanted
     state, the node daemon acts and writes back what it observed (``fail`` with
     ``reason`` when it could not). ``node`` is where the VM runs or will start,
     and changes only once the VM runs on a migration's target; ``last_node`` is
@@ -195,7 +161,7 @@ class VM(_JSONModel):
     uuid: str
     memory_mib: int
     vcpus: int
-    state: str = "stop"
+    state: VMState = VMState.STOP
     reason: str = ""
     node: str = ""
     last_node: str = ""
@@ -208,10 +174,9 @@ class VM(_JSONModel):
         vm = cls._construct(raw, meta=VMMeta.from_dict(raw.get("meta") or {}),
                             migration=Migration.from_dict(mig) if mig else None)
         check_name(vm.name, "VM")
-        _check_choice(vm.state, VM_STATES, "state")
-        _check_type(vm.memory_mib, int, "memory_mib", "an integer")
-        _check_type(vm.vcpus, int, "vcpus", "an integer")
-        return vm
+        check(_MEMORY_MIB, vm.memory_mib)
+        check(_VCPUS, vm.vcpus)
+        return replace(vm, state=parse(VMState, vm.state, "state"))
 
     def to_dict(self) -> dict:
         # Written out by hand: asdict() is too slow for listing thousands of VMs.
@@ -237,9 +202,9 @@ class Node(_JSONModel):
     """A hypervisor as stored at ``nodes/<name>``: its states and its last published figures."""
 
     name: str
-    daemon_state: str = "init"
-    coordinator_state: str = "client"
-    domain_state: str = "ready"
+    daemon_state: DaemonState = DaemonState.INIT
+    coordinator_state: CoordinatorState = CoordinatorState.CLIENT
+    domain_state: DomainState = DomainState.READY
     memory_total_mib: int = 0
     memory_used_mib: int = 0
     memory_free_mib: int = 0
@@ -263,25 +228,24 @@ class Node(_JSONModel):
     def from_dict(cls, raw: Mapping) -> "Node":
         node = cls._construct(raw, running_vms=tuple(raw.get("running_vms", ())))
         check_name(node.name, "node")
-        _check_choice(node.daemon_state, DAEMON_STATES, "daemon_state")
-        _check_choice(node.coordinator_state, COORDINATOR_STATES, "coordinator_state")
-        _check_choice(node.domain_state, DOMAIN_STATES, "domain_state")
-        return node
+        return replace(node, daemon_state=parse(DaemonState, node.daemon_state, "daemon_state"),
+                       coordinator_state=parse(CoordinatorState, node.coordinator_state, "coordinator_state"),
+                       domain_state=parse(DomainState, node.domain_state, "domain_state"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["running_vms"] = list(self.running_vms)
         return d
 
+    @property
+    def takes_primary(self) -> bool:
+        """A running coordinator that is not primary: one the primary role can be handed to."""
+        return self.coordinator_state == CoordinatorState.SECONDARY and self.daemon_state == DaemonState.RUN
+
 
 # --------------------------------------------------------------------------
 # Primary coordinator
 # --------------------------------------------------------------------------
-
-#: handover phases in order; see pvccore.coordinator for who writes which
-HANDOVER_PHASES = ("requested", "relinquish-ready", "takeover-ready", "services-stopped", "ips-added",
-                   "ips-released", "done", "failed")
-
 
 @dataclass(frozen=True, slots=True)
 class PrimaryRecord(_JSONModel):
@@ -303,7 +267,7 @@ class Handover(_JSONModel):
     id: str
     source: str
     target: str
-    phase: str = "requested"
+    phase: HandoverPhase = HandoverPhase.REQUESTED
     reason: str = ""
     started: float = 0.0
     finished: float = 0.0
@@ -311,30 +275,80 @@ class Handover(_JSONModel):
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Handover":
         h = cls._construct(raw)
-        _check_choice(h.phase, HANDOVER_PHASES, "phase")
-        return h
+        return replace(h, phase=parse(HandoverPhase, h.phase, "phase"))
+
+    @classmethod
+    def new(cls, source: str, target: str) -> "Handover":
+        return cls(id=uuidlib.uuid4().hex[:12], source=source, target=target, started=time.time())
 
     @property
     def active(self) -> bool:
-        return self.phase not in ("done", "failed")
+        return self.phase not in (HandoverPhase.DONE, HandoverPhase.FAILED)
+
+
+# --------------------------------------------------------------------------
+# Fencing
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmedOff(_JSONModel):
+    """An operator's word that a dead node is off (``pvc node confirm-off``), for the death seen at ``keepalive``."""
+
+    at: float
+    keepalive: float
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "ConfirmedOff":
+        return cls._construct(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class FenceStatus(_JSONModel):
+    """A node's entry in the ``fencing`` document: its last fence outcome, and any operator confirmation."""
+
+    state: FenceOutcome | None = None  # None: only a confirmation is recorded
+    message: str = ""
+    attempts: int = 0
+    at: float = 0.0
+    retry_in: float = 0.0
+    confirmed_off: ConfirmedOff | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "FenceStatus":
+        known = cls._known(raw)
+        state = known.get("state")
+        confirmed = known.get("confirmed_off")
+        return cls._construct(known, state=None if state is None else parse(FenceOutcome, state, "state"),
+                              confirmed_off=ConfirmedOff.from_dict(confirmed) if confirmed else None)
+
+    def confirms(self, node: "Node") -> bool:
+        """The operator confirmed this death of ``node`` (its last keepalive), not an earlier one."""
+        return self.confirmed_off is not None and self.confirmed_off.keepalive == node.keepalive
+
+
+def decode_fencing(data: bytes | None) -> dict[str, FenceStatus]:
+    """The ``fencing`` document (node -> status); an unreadable entry is left out."""
+    try:
+        raw = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    out = {}
+    for node, entry in (raw.items() if isinstance(raw, dict) else ()):
+        try:
+            out[node] = FenceStatus.from_dict(entry)
+        except ValidationError:
+            continue
+    return out
+
+
+def encode_fencing(statuses: Mapping[str, FenceStatus]) -> bytes:
+    return json.dumps({k: v.to_dict() for k, v in sorted(statuses.items())}, sort_keys=True).encode()
 
 
 # --------------------------------------------------------------------------
 # Cluster-wide settings and the read-only cluster picture
 # --------------------------------------------------------------------------
-
-
-FENCE_ACTIONS = ("recover", "none")
-
-#: Seconds settings and their static bounds (low, high). The low bounds that protect a healthy node
-#: depend on how often nodes write keepalives and how long their ZooKeeper sessions last: they are
-#: checked against the cluster's nodes by :meth:`ClusterConfig.check_timing`.
-SECONDS_BOUNDS = {
-    "keepalive_limit": (0.3, 300.0),
-    "fence_grace": (0.0, 300.0),
-    "self_fence_deadline": (1.0, 3600.0),
-    "fence_retry_max": (1.0, 3600.0),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,14 +407,17 @@ class ClusterConfig(_JSONModel):
     only; a stored value that fails is replaced by its default when read, so a bad
     write cannot turn the cluster against itself), and against the nodes' keepalive
     interval and ZooKeeper session timeout by :meth:`check_timing`.
+
+    Each field's kind, bounds and meaning are in :data:`pvccore.domain.fields.CLUSTER_SETTINGS`
+    (tests/unit/test_fields.py keeps the two in step).
     """
 
     default_selector: str = DEFAULT_SELECTOR
     allow_overcommit: bool = False
     keepalive_limit: float = 3.0
     fence_grace: float = 2.0
-    successful_fence: str = "recover"
-    failed_fence: str = "none"
+    successful_fence: FenceAction = FenceAction.RECOVER
+    failed_fence: FenceAction = FenceAction.NONE
     self_fence_deadline: float = 10.0
     fence_retry_max: float = 60.0
 
@@ -418,27 +435,14 @@ class ClusterConfig(_JSONModel):
     @property
     def self_fence_armed(self) -> bool:
         """Whether nodes stop their own VMs when cut off (see the class docstring)."""
-        return self.failed_fence == "recover"
+        return self.failed_fence == FenceAction.RECOVER
 
     def updated(self, changes: Mapping[str, Any]) -> "ClusterConfig":
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ValidationError(f"unknown cluster setting {name!r}", name)
-        values: dict[str, Any] = {}
-        if "default_selector" in changes:
-            sel = _check_type(changes["default_selector"], str, "default_selector", "a selector name")
-            if not sel or sel == "default":
-                raise ValidationError("default_selector must name a selector", "default_selector")
-            values["default_selector"] = sel
-        if "allow_overcommit" in changes:
-            values["allow_overcommit"] = _check_type(changes["allow_overcommit"], bool, "allow_overcommit", "true or false")
-        for name in ("successful_fence", "failed_fence"):
-            if name in changes:
-                values[name] = _check_choice(changes[name], FENCE_ACTIONS, name)
-        for name, (low, high) in SECONDS_BOUNDS.items():
-            if name in changes:
-                values[name] = check_seconds(changes[name], name, low, high)
+        """Return a copy with ``changes`` applied, each checked against :data:`CLUSTER_SETTINGS`
+        (its type and static bounds; the bounds that depend on the nodes: :meth:`check_timing`)."""
+        values = _updates(changes, CLUSTER_SETTINGS, "cluster setting")
+        if values.get("default_selector") in ("", "default"):
+            raise ValidationError("default_selector must name a selector", "default_selector")
         return replace(self, **values)
 
     def check_timing(self, timing: Timing, changed: Any = ()) -> None:
@@ -466,17 +470,6 @@ class ClusterConfig(_JSONModel):
                 f"self_fence_deadline must be at least the nodes' ZooKeeper session timeout plus two keepalive "
                 f"intervals ({s:g}s + 2 x {i:g}s = {timing.self_fence_after():g}s): a node cut off only for a "
                 f"reconnect must not stop its VMs; got {self.self_fence_deadline:g}", "self_fence_deadline")
-
-
-def check_seconds(value: Any, name: str, low: float, high: float) -> float:
-    """A finite number of seconds within ``[low, high]`` (never NaN, infinity or a bool)."""
-    try:
-        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        finite = False
-    if not finite or not low <= value <= high:
-        raise ValidationError(f"{name} must be a number of seconds from {low:g} to {high:g}; got {value!r}", name)
-    return float(value)
 
 
 @dataclass(frozen=True)

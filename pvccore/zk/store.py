@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from contextlib import AbstractContextManager
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
-from kazoo.security import make_digest_acl
 
-from . import locks
-from .errors import ConflictError, NotFoundError, Unavailable, ValidationError
-from .models import VM, ClusterConfig, Handover, Node, PrimaryRecord
-from .schema import DEFAULT_ROOT, Schema
+from pvccore.zk import locks
+from pvccore.zk.connection import Connection
+from pvccore.errors import ConflictError, NotFoundError, Unavailable
+from pvccore.domain.models import (VM, ClusterConfig, FenceStatus, Handover, Node, PrimaryRecord, decode_fencing,
+                                   encode_fencing)
+from pvccore.zk.schema import DEFAULT_ROOT, Schema
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,34 @@ class Transaction:
         return results
 
 
+@dataclass(frozen=True)
+class _Maybe:
+    """A document that may be absent (``value`` None), for :meth:`Store._update`."""
+
+    value: object = None
+
+    @staticmethod
+    def reader(model) -> Callable[[bytes], "_Maybe"]:
+        return lambda data: _Maybe(model.from_json(data))
+
+    def to_json(self) -> bytes:
+        return self.value.to_json()
+
+
+@dataclass(frozen=True)
+class _Fencing:
+    """The ``fencing`` document: each node's :class:`FenceStatus`."""
+
+    statuses: Mapping[str, FenceStatus]
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "_Fencing":
+        return cls(decode_fencing(data))
+
+    def to_json(self) -> bytes:
+        return encode_fencing(self.statuses)
+
+
 class _Counters:
     """The JSON object of integer counters at ``<root>/stats``."""
 
@@ -129,56 +157,13 @@ class _Counters:
         return isinstance(other, _Counters) and other.counts == self.counts
 
 
-AUTH_ENV = "PVC_ZOOKEEPER_AUTH"
-
-
-def parse_auth(text: str) -> tuple[str, str]:
-    """``digest:USER:PASSWORD`` -> ``(USER, PASSWORD)``; the error never repeats the password."""
-    scheme, _, rest = text.partition(":")
-    user, _, password = rest.partition(":")
-    if scheme != "digest" or not user or not password:
-        raise ValidationError("zookeeper_auth: expected digest:USER:PASSWORD", "zookeeper_auth")
-    return user, password
-
-
-def auth_options(auth: str | None) -> dict:
-    """kazoo options that authenticate as ``auth`` and create every znode readable by that identity only.
-
-    ``auth`` None means ``$PVC_ZOOKEEPER_AUTH``; empty means no authentication (world-readable znodes).
-    """
-    if auth is None:
-        auth = os.environ.get(AUTH_ENV, "")
-    if not auth:
-        return {}
-    user, password = parse_auth(auth)
-    return {"auth_data": [("digest", f"{user}:{password}")],
-            "default_acl": [make_digest_acl(user, password, all=True)]}
-
-
-RECONNECT = {"max_tries": -1, "delay": 0.05, "backoff": 2, "max_jitter": 0.1, "max_delay": 0.5}
-CONNECT_TIMEOUT = 1.0  # seconds for a TCP connect to one ZooKeeper server
-
-
-class _Handler(SequentialThreadingHandler):
-    """kazoo's threading handler, with TCP connects bounded by :data:`CONNECT_TIMEOUT`.
-
-    kazoo gives a connect the whole session timeout: to a server that does not answer
-    (its link is down) that is 6 s lost per try, long enough for two unlucky tries to
-    outlast a node's self-fence deadline while the rest of the ensemble serves. A
-    server on the network answers a connect in milliseconds.
-    """
-
-    def create_connection(self, *args, **kwargs):
-        kwargs["timeout"] = min(kwargs.get("timeout") or CONNECT_TIMEOUT, CONNECT_TIMEOUT)
-        return super().create_connection(*args, **kwargs)
-
-
 class Store:
     """Typed access to one cluster's data under ``root``."""
 
-    def __init__(self, client: KazooClient, root: str = DEFAULT_ROOT, op_timeout: float | None = None):
-        self.client = client
-        self.zk = _Bounded(client, op_timeout)
+    def __init__(self, connection: Connection, root: str = DEFAULT_ROOT, op_timeout: float | None = None):
+        self.connection = connection
+        self.client = connection.client
+        self.zk = _Bounded(self.client, op_timeout)
         self.paths = Schema(root)
         self._local = threading.local()
 
@@ -190,29 +175,16 @@ class Store:
     @classmethod
     def connect(cls, hosts: str, root: str = DEFAULT_ROOT, timeout: float = 10.0, auth: str | None = None,
                 op_timeout: float | None = None, **kwargs) -> "Store":
-        """Start a new KazooClient on ``hosts`` and make sure the layout exists.
+        """A store on a new session (:meth:`Connection.open`), with the layout made sure of.
 
-        ``auth`` (``digest:USER:PASSWORD``; None: ``$PVC_ZOOKEEPER_AUTH``) authenticates the
-        session, and every znode it creates carries an ACL for that identity only. ``op_timeout``
-        bounds each read and write (see :class:`_Bounded`).
-
-        Reconnection retries every half second at most: kazoo's default back-off grows to a
-        minute, and a node still backing off after a ZooKeeper leader election (seconds) would
-        look dead to the cluster, and could reach its self-fence deadline, while the ensemble
-        was long serving again.
+        ``op_timeout`` bounds each read and write (see :class:`_Bounded`).
         """
-        kwargs.setdefault("connection_retry", dict(RECONNECT))
-        kwargs.setdefault("handler", _Handler())
-        kwargs = {**auth_options(auth), **kwargs}
-        client = KazooClient(hosts=hosts, timeout=timeout, **kwargs)
-        client.start(timeout=timeout)
-        store = cls(client, root, op_timeout)
+        store = cls(Connection.open(hosts, timeout, auth, **kwargs), root, op_timeout)
         store.ensure_layout()
         return store
 
     def close(self) -> None:
-        self.client.stop()
-        self.client.close()
+        self.connection.close()
 
     def ensure_layout(self) -> None:
         for path in self.paths.containers():
@@ -238,21 +210,37 @@ class Store:
             raise NotFoundError(f"{what} not found") from None
         return decode(data), stat.version, stat.mzxid
 
-    def _update(self, path: str, decode: Callable[[bytes], M], fn: Callable[[M], M], what: str) -> M:
-        """Read, apply ``fn``, write back only if nobody wrote in between; retry a lost race."""
+    def _update(self, path: str, decode: Callable[[bytes], M], fn: Callable[[M], M], what: str,
+                absent: Callable[[], M] | None = None) -> M:
+        """The one compare-and-set: read, apply ``fn``, write back only if nobody wrote in between.
+
+        A lost race is retried from a fresh read (``fn`` runs again, so it may re-check and raise).
+        ``absent`` gives the value of a missing znode, which is then created (a race to create it is
+        lost like any other); without it a missing znode is :class:`NotFoundError`.
+        """
         for _ in range(CAS_RETRIES):
-            current, version, zxid = self._read_stat(path, decode, what)
+            try:
+                current, version, zxid = self._read_stat(path, decode, what)
+            except NotFoundError:
+                if absent is None:
+                    raise
+                current, version, zxid = absent(), None, -1
             new = fn(current)
             if new is None or new == current:
                 self._local.write = (path, zxid)  # nothing written: what was read is what to wait for
                 return current
             try:
-                self._local.write = (path, self.zk.set(path, new.to_json(), version=version).mzxid)
+                if version is None:
+                    self.zk.create(path, new.to_json())
+                    self._local.write = (path, -1)
+                else:
+                    self._local.write = (path, self.zk.set(path, new.to_json(), version=version).mzxid)
                 return new
-            except BadVersionError:
+            except (BadVersionError, NodeExistsError):
                 log.debug("lost a compare-and-set race on %s, retrying", path)
             except NoNodeError:
-                raise NotFoundError(f"{what} not found") from None
+                if absent is None:
+                    raise NotFoundError(f"{what} not found") from None
         raise ConflictError(f"{what}: gave up after {CAS_RETRIES} conflicting concurrent updates")
 
     # -- cluster config ----------------------------------------------------------
@@ -282,38 +270,29 @@ class Store:
 
     def claim_primary(self, node: str, allowed: Callable[[PrimaryRecord | None], bool]) -> PrimaryRecord | None:
         """Make ``node`` primary if ``allowed(current record)``; None if not allowed or another node won the race."""
-        try:
-            current, version = self._read(self.paths.primary, PrimaryRecord.from_json, "primary")
-        except NotFoundError:
-            current, version = None, -1
-        if not allowed(current):
-            return None
-        new = PrimaryRecord(node=node, epoch=(current.epoch + 1) if current else 1, since=time.time())
-        try:
-            if current is None:
-                self.zk.create(self.paths.primary, new.to_json())
-            else:
-                self.zk.set(self.paths.primary, new.to_json(), version=version)
-        except (NodeExistsError, BadVersionError):
-            return None
-        return new
+
+        ours: list[_Maybe] = []
+
+        def claim(current: _Maybe) -> _Maybe:
+            if not allowed(current.value):
+                return current
+            epoch = current.value.epoch + 1 if current.value else 1
+            ours.append(_Maybe(PrimaryRecord(node=node, epoch=epoch, since=time.time())))
+            return ours[-1]
+
+        result = self._update(self.paths.primary, _Maybe.reader(PrimaryRecord), claim, "primary", _Maybe)
+        return result.value if ours and result is ours[-1] else None
 
     def start_handover(self, handover: Handover) -> Handover:
         """Record a new handover request; refused while another one is under way."""
-        try:
-            current, version = self._read(self.paths.handover, Handover.from_json, "handover")
-        except NotFoundError:
-            current, version = None, -1
-        if current is not None and current.active:
-            raise ConflictError(f"a handover from {current.source} to {current.target} is under way "
-                                f"({current.phase})", "state")
-        try:
-            if current is None:
-                self.zk.create(self.paths.handover, handover.to_json())
-            else:
-                self.zk.set(self.paths.handover, handover.to_json(), version=version)
-        except (NodeExistsError, BadVersionError):
-            raise ConflictError("another handover was requested at the same time", "state") from None
+
+        def start(current: _Maybe) -> _Maybe:
+            if current.value is not None and current.value.active:
+                raise ConflictError(f"a handover from {current.value.source} to {current.value.target} is under way "
+                                    f"({current.value.phase})", "state")
+            return _Maybe(handover)
+
+        self._update(self.paths.handover, _Maybe.reader(Handover), start, "handover", _Maybe)
         return handover
 
     def get_handover(self) -> Handover | None:
@@ -342,37 +321,25 @@ class Store:
         except NoNodeError:
             self.zk.create(self.paths.node_fence(node), data)
 
-    def get_fencing(self) -> dict[str, dict]:
-        """The last fence attempt per node (state, attempts, message, times)."""
+    def get_fencing(self) -> dict[str, FenceStatus]:
+        """Each node's fence status (outcome, attempts, message, times, an operator's confirmation)."""
         try:
-            data, _ = self.zk.get(self.paths.fencing)
-        except NoNodeError:
+            return dict(self._read(self.paths.fencing, _Fencing.from_json, "fence status")[0].statuses)
+        except NotFoundError:
             return {}
-        raw = json.loads(data or b"{}")
-        return raw if isinstance(raw, dict) else {}
 
-    def set_fencing(self, node: str, entry: dict | None) -> None:
-        """Record (or with None, clear) a node's fence status, compare-and-set."""
-        for _ in range(CAS_RETRIES):
-            try:
-                data, stat = self.zk.get(self.paths.fencing)
-                current, version = json.loads(data or b"{}"), stat.version
-            except NoNodeError:
-                current, version = {}, None
-            new = {k: v for k, v in current.items() if k != node}
-            if entry is not None:
-                new[node] = entry
-            if new == current:
-                return
-            try:
-                if version is None:
-                    self.zk.create(self.paths.fencing, json.dumps(new).encode())
-                else:
-                    self.zk.set(self.paths.fencing, json.dumps(new).encode(), version=version)
-                return
-            except (BadVersionError, NodeExistsError):
-                continue
-        raise ConflictError("fence status: too many concurrent updates")
+    def update_fencing(self, node: str, fn: Callable[[FenceStatus | None], FenceStatus | None]) -> None:
+        """Change (None: clear) a node's fence status, compare-and-set."""
+
+        def update(doc: _Fencing) -> _Fencing:
+            new = fn(doc.statuses.get(node))
+            rest = {k: v for k, v in doc.statuses.items() if k != node}
+            return _Fencing(rest if new is None else {**rest, node: new})
+
+        self._update(self.paths.fencing, _Fencing.from_json, update, "fence status", lambda: _Fencing({}))
+
+    def set_fencing(self, node: str, status: FenceStatus | None) -> None:
+        self.update_fencing(node, lambda _current: status)
 
     # -- nodes -------------------------------------------------------------------
 
@@ -401,6 +368,15 @@ class Store:
 
     def update_node(self, name: str, fn: Callable[[Node], Node]) -> Node:
         return self._update(self.paths.node(name), Node.from_json, fn, f"node {name!r}")
+
+    def ensure_ephemeral(self, path: str) -> None:
+        """Create ``path`` as an ephemeral znode of this session (one left by an earlier session is replaced)."""
+        try:
+            self.client.create(path, b"", ephemeral=True)
+        except NodeExistsError:
+            # Left by our previous session (killed before it expired): replace it with ours.
+            self.client.delete(path)
+            self.client.create(path, b"", ephemeral=True)
 
     # -- VMs -----------------------------------------------------------------------
 
@@ -470,6 +446,10 @@ class Store:
         if self.zk.timeout is not None:
             self.zk.exists(path)
         return locks.hold(self.client, path, kind=kind, timeout=timeout, identifier=identifier)
+
+    def acquire(self, name: str, *, kind: str = "exclusive", timeout: float = 30.0, identifier: str | None = None):
+        """Take lock ``name`` and return it, for a lock held across several steps (``.release()`` when done)."""
+        return locks.acquire(self.client, self.paths.lock(name), kind=kind, timeout=timeout, identifier=identifier)
 
     def read_lock(self, name: str, **kwargs) -> AbstractContextManager:
         return self.lock(name, kind="read", **kwargs)

@@ -1,6 +1,6 @@
 """Restrict an existing cluster's znodes to one ZooKeeper identity (a one-off, when adopting ``zookeeper_auth``).
 
-``python3 -m pvccore.zkacl --zookeeper HOSTS --root /pvc`` with ``PVC_ZOOKEEPER_AUTH=digest:USER:PASSWORD``
+``python3 -m pvccore.zk.acl --zookeeper HOSTS --root /pvc`` with ``PVC_ZOOKEEPER_AUTH=digest:USER:PASSWORD``
 in the environment (never on the command line, where ``ps`` shows it) sets, on the root and every znode
 under it, an ACL that gives that identity every permission and nobody else any. It authenticates as
 that identity first, so it keeps its own access; running it twice changes nothing more. The operator
@@ -15,9 +15,10 @@ import sys
 
 from kazoo.exceptions import NoNodeError
 
-from .errors import ValidationError
-from .schema import Schema
-from .store import AUTH_ENV, Store, auth_options
+from pvccore.errors import ValidationError
+from pvccore.zk.schema import Schema
+from pvccore.zk.auth import AUTH_ENV, auth_options
+from pvccore.zk.store import Store
 
 
 def restrict(store: Store, acl: list) -> int:
@@ -35,7 +36,7 @@ def restrict(store: Store, acl: list) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m pvccore.zkacl", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python3 -m pvccore.zk.acl", description=__doc__.split("\n")[0])
     parser.add_argument("--zookeeper", default="127.0.0.1:2181", help="ZooKeeper connection string")
     parser.add_argument("--root", default="/pvc", help="the cluster's root path")
     args = parser.parse_args(argv)

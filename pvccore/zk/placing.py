@@ -15,12 +15,16 @@ and one write: milliseconds.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
-from .errors import LockTimeout
-from .models import Cluster
-from .store import Store
-from .view import ClusterView
+from pvccore.domain.models import VM, Cluster
+from pvccore.domain.placement import check_target, place
+from pvccore.domain.states import DomainState, MigrationKind
+from pvccore.domain.transitions import migration_request
+from pvccore.errors import LockTimeout
+from pvccore.hookspecs import Selector
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 LOCK = "placement"
 
@@ -36,3 +40,25 @@ def placing(store: Store, view: ClusterView, timeout: float = 10.0) -> Iterator[
         if not view.barrier(timeout):
             raise LockTimeout(f"the cluster view did not catch up within {timeout:g}s; try again")
         yield view.placement_snapshot
+
+
+def request_migration(store: Store, view: ClusterView, selectors: Mapping[str, Selector], name: str,
+                      kind: MigrationKind, target: str | None = None, *,
+                      domains: tuple[DomainState, ...] = (DomainState.READY,),
+                      force_live: bool = False) -> tuple[VM | None, str]:
+    """Request VM ``name``'s migration to ``target`` (checked), or to where its selector places it.
+
+    Decided and written under the placement lock. Returns ``(the VM as written, "")``, or
+    ``(None, why)`` when no node can take it (nothing written).
+    :raises ValidationError: ``target`` may not take the VM. :raises ConflictError: the VM cannot move now.
+    """
+    with placing(store, view) as fresh:
+        vm, cluster = store.get_vm(name), fresh()
+        if target:
+            check_target(vm, target, cluster, domains)
+        else:
+            decision = place(vm, cluster, selectors)
+            if decision.target is None:
+                return None, decision.reason
+            target = decision.target
+        return store.update_vm(name, lambda current: migration_request(current, kind, target, force_live)), ""

@@ -20,15 +20,16 @@ import time
 from types import MappingProxyType
 from typing import Callable
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooState
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import Callback, EventType
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
-from .errors import Unavailable, ValidationError
-from .models import VM, Cluster, ClusterConfig, Handover, Node, PrimaryRecord
-from .placement import current
-from .schema import Schema
+from pvccore.errors import Unavailable, ValidationError
+from pvccore.domain.models import VM, Cluster, ClusterConfig, Handover, Node, PrimaryRecord, decode_fencing
+from pvccore.domain.placement import current
+from pvccore.zk.connection import Connection
+from pvccore.zk.schema import Schema
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ _DECODERS = {"node": Node.from_json, "vm": VM.from_json}
 class ClusterView:
     """In-memory nodes, VMs and cluster config, current as of the last watch event."""
 
-    def __init__(self, client: KazooClient, schema: Schema):
-        self._client = client
+    def __init__(self, connection: Connection, schema: Schema):
+        self._connection = connection
+        self._client = connection.client
         self._schema = schema
         self._cond = threading.Condition(threading.RLock())
         self._data: dict[str, dict[str, object]] = {"node": {}, "vm": {}}
@@ -67,7 +69,7 @@ class ClusterView:
 
     def start(self, timeout: float = 30.0) -> "ClusterView":
         """Arm the watches and wait until every existing entry has been loaded once."""
-        self._client.add_listener(self._on_connection)
+        self._connection.subscribe(self._on_connection)
         ChildrenWatch(self._client, self._schema.nodes, lambda c: self._on_children("node", c))
         ChildrenWatch(self._client, self._schema.vms, lambda c: self._on_children("vm", c))
         for kind, path, decode in (("config", self._schema.config, ClusterConfig.from_json),
@@ -85,7 +87,7 @@ class ClusterView:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        self._client.remove_listener(self._on_connection)
+        self._connection.unsubscribe(self._on_connection)
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after every change (from a kazoo thread: it must not block)."""
@@ -111,7 +113,7 @@ class ClusterView:
                            handover=self._single["handover"])
 
     def placement_snapshot(self) -> Cluster:
-        """:meth:`snapshot` as placement should see it (:func:`pvccore.placement.current`), cached until a change."""
+        """:meth:`snapshot` as placement should see it (:func:`pvccore.domain.placement.current`), cached until a change."""
         with self._cond:
             key = (self._gen["node"], self._gen["vm"], self._gen["config"])
             if self._cache.get("placement", (None,))[0] != key:
@@ -209,7 +211,7 @@ class ClusterView:
         return self._single["config"]  # type: ignore[return-value]
 
     def shown(self, kind: str) -> dict:
-        """The watched ``fencing`` (per node) or ``stats`` (counters) document, as last seen."""
+        """The watched ``fencing`` (node -> :class:`FenceStatus`) or ``stats`` (counters) document, as last seen."""
         with self._cond:
             return self._shown[kind]
 
@@ -301,11 +303,14 @@ class ClusterView:
     def _on_shown(self, kind: str, data) -> bool | None:
         if self._stopped:
             return False
-        try:
-            value = json.loads(data) if data else {}
-        except ValueError:
-            log.error("ignoring unreadable %s document", kind)
-            value = None
+        if kind == "fencing":
+            value = decode_fencing(data)
+        else:
+            try:
+                value = json.loads(data) if data else {}
+            except ValueError:
+                log.error("ignoring unreadable %s document", kind)
+                value = None
         with self._cond:
             if isinstance(value, dict):
                 self._shown[kind] = value

@@ -15,9 +15,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .localzk import LocalZooKeeper
-from .store import AUTH_ENV, Store
-from .view import ClusterView
+from pvccore.demo.zookeeper import LocalZooKeeper
+from pvccore.zk.auth import AUTH_ENV
+from pvccore.zk.store import Store
+from pvccore.zk.view import ClusterView
 
 NODE_XML = """<node>
   <cpu><mhz>2000</mhz><model>x86_64</model><active>{cpus}</active><nodes>1</nodes><sockets>1</sockets>
@@ -58,7 +59,7 @@ class LocalCluster:
         return f"test://{xml}"
 
     def start_node(self, node: str) -> subprocess.Popen:
-        cmd = [*self.wrap.get(node, []), sys.executable, "-m", "pvccore.daemon", "--node", node,
+        cmd = [*self.wrap.get(node, []), sys.executable, "-m", "pvccore.node.daemon", "--node", node,
                "--zookeeper", self.hosts, "--root", self.root, "--libvirt", self.hypervisor_uri(node), *self.flags,
                *self.node_flags.get(node, ())]
         log = open(self.dir / f"{node}.log", "ab")
@@ -77,7 +78,7 @@ class LocalCluster:
     def wait_running(self, nodes, timeout: float = 30.0) -> None:
         """Block until each of ``nodes`` reports daemon state ``run`` with a fresh keepalive."""
         store = Store.connect(self.hosts, self.root, auth=self.env.get(AUTH_ENV))  # None: $PVC_ZOOKEEPER_AUTH
-        view = ClusterView(store.client, store.paths).start()
+        view = ClusterView(store.connection, store.paths).start()
         try:
             ok = view.wait_for(lambda c: all(n in c.nodes and c.nodes[n].daemon_state == "run" for n in nodes)
                                or any(self.procs[n].poll() is not None for n in nodes), timeout)
@@ -139,9 +140,9 @@ def coordinator_lab(workdir: str, floating_ip: str = "198.18.0.100", coordinator
     Yields ``(lab, ops)``: the :class:`NetLab` and :class:`Operations` on the cluster.
     ZooKeeper listens on the bridge address, the primary runs the API on the floating IP.
     """
-    from .netlab import BRIDGE_IP, NetLab
-    from .operations import Operations
-    from .plugins import load_plugins
+    from pvccore.demo.netlab import BRIDGE_IP, NetLab
+    from pvccore.operations import Operations
+    from pvccore.plugins import load_plugins
 
     work = Path(workdir)
     with NetLab(hosts) as net, LocalZooKeeper(host=BRIDGE_IP) as zk:
@@ -156,7 +157,7 @@ def coordinator_lab(workdir: str, floating_ip: str = "198.18.0.100", coordinator
                              node_flags=flags, wrap={n: net.exec(i) for i, n in enumerate(nodes, start=1)})
         local.start()
         store = Store.connect(zk.hosts, "/lab")
-        view = ClusterView(store.client, store.paths).start()
+        view = ClusterView(store.connection, store.paths).start()
         try:
             view.wait_for(lambda c: c.primary is not None and c.nodes[c.primary.node].coordinator_state == "primary",
                           30)

@@ -8,7 +8,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from .errors import ValidationError
+from pvccore.errors import ValidationError
 
 log = logging.getLogger(__name__)
 _IFACE = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")

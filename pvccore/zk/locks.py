@@ -9,7 +9,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import LockTimeout as KazooLockTimeout
 from kazoo.recipe.lock import Lock, ReadLock, WriteLock
 
-from .errors import LockTimeout
+from pvccore.errors import LockTimeout
 
 _KINDS = {"exclusive": Lock, "read": ReadLock, "write": WriteLock}
 

@@ -24,7 +24,7 @@ step is done. Locks are under ``locks/handover/<id>/``::
 
 The new primary adds the addresses and announces them before the old one
 removes them: measured here, that order lost no ping while the reverse lost 2
-of 160 (see ../shared/cluster-box.md). A lock granted because its holder died
+of 160 in the cluster in a box (bench/box.py). A lock granted because its holder died
 is told apart from a finished step by the phase in the handover record: either
 side that sees the other fail rolls itself back and writes ``failed`` with a
 reason, and the primary record only changes at the very end, so there is always
@@ -34,22 +34,20 @@ exactly one primary.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from kazoo.exceptions import KazooException
 
-from . import locks, network
-from .errors import PVCError
-from .models import Cluster, Handover, PrimaryRecord
-from .network import FloatingIP
-
-if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+from pvccore.domain.models import Cluster, Handover, PrimaryRecord
+from pvccore.domain.states import CoordinatorState, DaemonState
+from pvccore.domain.states import HandoverPhase as Phase
+from pvccore.errors import PVCError
+from pvccore.node import network
+from pvccore.node.context import NodeContext
+from pvccore.node.network import FloatingIP
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +57,18 @@ class HandoverFailed(Exception):
 
 
 class Coordinator:
-    def __init__(self, d: "NodeDaemon"):
-        self.d = d
-        self.cfg = d.cfg
+    """This node's part in electing the primary and in handing it over (a coordinator node only).
+
+    ``network`` adds and removes the floating IPs (:mod:`pvccore.node.network`, or a fake).
+    """
+
+    def __init__(self, ctx: NodeContext, network=network):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.network = network
         self.ips = [FloatingIP.parse(text) for text in self.cfg.floating_ips]
         self.serving = False  # this node carries the IPs and runs the services
         self._thread: threading.Thread | None = None
-        self._api: subprocess.Popen | None = None
         self._cleaned = False
         self._handled: set[str] = set()  # handover ids whose side this daemon has run
 
@@ -74,23 +77,23 @@ class Coordinator:
     def reconcile(self, snap: Cluster) -> None:
         if not self.cfg.coordinator or self.busy:
             return
-        me, record, handover = self.d.name, snap.primary, snap.handover
-        if self.d.leaving:  # stopping: take nothing on; refuse a takeover aimed at us
+        me, record, handover = self.ctx.name, snap.primary, snap.handover
+        if self.ctx.leaving.is_set():  # stopping: take nothing on; refuse a takeover aimed at us
             if handover is not None and handover.active and handover.target == me:
                 self._fail(handover, f"{me} is stopping")
             return
         if handover is not None and handover.active and me in (handover.source, handover.target):
             if handover.id not in self._handled:  # our side runs once; the record then waits for the other
                 self._handled.add(handover.id)
-                self._start(self._relinquish if handover.source == me else self._takeover, handover)
+                self._run_in_thread(self._relinquish if handover.source == me else self._takeover, handover)
         elif record is not None and record.node == me:
             if not self.serving:  # elected earlier, or restarted while primary: take the role up again
-                self._start(self._resume, record)
+                self._run_in_thread(self._resume, record)
         elif claimable(record, snap, me):
-            self._start(self._elect, record)
+            self._run_in_thread(self._elect, record)
         elif not self._cleaned:  # a secondary carries no floating IP (left over from a crash)
             self._cleaned = True
-            self._start(self._drop_ips)
+            self._run_in_thread(self._drop_ips)
 
     @property
     def busy(self) -> bool:
@@ -100,24 +103,24 @@ class Coordinator:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _start(self, fn: Callable, *args) -> None:
-        thread = threading.Thread(target=self._guarded, args=(fn, *args), daemon=True,
-                                  name=f"{self.d.name}-{fn.__name__.strip('_')}")
+    def _run_in_thread(self, fn: Callable, *args) -> None:
+        thread = threading.Thread(target=self._logged, args=(fn, *args), daemon=True,
+                                  name=f"{self.ctx.name}-{fn.__name__.strip('_')}")
         thread.start()
         self._thread = thread  # published once started, so join() never meets an unstarted thread
 
-    def _guarded(self, fn: Callable, *args) -> None:
+    def _logged(self, fn: Callable, *args) -> None:
         try:
             fn(*args)
         except Exception:
             log.exception("coordinator: %s failed", fn.__name__)
         finally:
-            self.d.wake()
+            self.ctx.reconcile_soon()
 
     # -- becoming primary without a handover ---------------------------------------------
 
     def _elect(self, seen: PrimaryRecord | None) -> None:
-        won = self.d.store.claim_primary(self.d.name, lambda current: current == seen)
+        won = self.ctx.store.claim_primary(self.ctx.name, lambda current: current == seen)
         if won is None:
             return  # another coordinator was faster
         log.info("elected primary (epoch %d; before: %s)", won.epoch, seen.node if seen else "none")
@@ -128,16 +131,16 @@ class Coordinator:
         self._serve(old=None)
 
     def _serve(self, old: str | None) -> None:
-        self._set_state("takeover")
+        self._set_state(CoordinatorState.TAKEOVER)
         self._add_ips(old)
         self._start_services(old)
-        self._set_state("primary")
+        self._set_state(CoordinatorState.PRIMARY)
 
     def _drop_ips(self) -> None:
         for fip in self.ips:
-            if network.present(fip):
+            if self.network.present(fip):
                 log.warning("removing floating IP %s: this node is not primary", fip)
-                network.remove(fip)
+                self.network.remove(fip)
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -145,11 +148,10 @@ class Coordinator:
         """On a clean stop: hand over to another running coordinator, or just let go of everything."""
         if not self.serving:
             return
-        others = [n.name for n in snap.nodes.values() if n.name != self.d.name and n.coordinator_state == "secondary"
-                  and n.daemon_state == "run"]
+        others = [n.name for n in snap.nodes.values() if n.name != self.ctx.name and n.takes_primary]
         if others:
             try:
-                handover = self.d.ops.request_primary(others[0])
+                handover = self.ctx.store.start_handover(Handover.new(self.ctx.name, others[0]))
             except PVCError as exc:
                 log.warning("no handover on stop: %s", exc.message)
             except KazooException as exc:  # our session ended meanwhile (frozen past it, say): let go below
@@ -160,51 +162,52 @@ class Coordinator:
         if self.serving:
             self._stop_services(new=None)
             self._remove_ips(new=None)
-            self._set_state("secondary")
+            self._set_state(CoordinatorState.SECONDARY)
 
     # -- the two sides of a handover ------------------------------------------------------------
 
     def _lock(self, h: Handover, step: str, kind: str):
-        return locks.acquire(self.d.store.client, self.d.store.paths.lock(f"handover/{h.id}/{step}"), kind=kind,
-                             timeout=self.cfg.handover_timeout, identifier=f"{self.d.name}:{kind}")
+        return self.ctx.store.acquire(f"handover/{h.id}/{step}", kind=kind, timeout=self.cfg.handover_timeout,
+                                      identifier=f"{self.ctx.name}:{kind}")
 
-    def _phase(self, h: Handover, expected: tuple[str, ...], new: str, reason: str = "") -> Handover:
+    def _phase(self, h: Handover, expected: tuple[Phase, ...], new: Phase, reason: str = "") -> Handover:
         """Advance the record, only from one of ``expected`` phases of this same handover."""
 
         def step(cur: Handover) -> Handover:
             if cur.id != h.id or cur.phase not in expected:
                 raise HandoverFailed(f"handover is {cur.phase}, not {'/'.join(expected)}"
                                      + (f": {cur.reason}" if cur.reason else ""))
-            return replace(cur, phase=new, reason=reason, finished=time.time() if new in ("done", "failed") else 0.0)
+            return replace(cur, phase=new, reason=reason,
+                           finished=time.time() if new in (Phase.DONE, Phase.FAILED) else 0.0)
 
-        return self.d.store.update_handover(step)
+        return self.ctx.store.update_handover(step)
 
-    def _await(self, h: Handover, *phases: str) -> Handover:
-        other = h.target if h.source == self.d.name else h.source
+    def _await(self, h: Handover, *phases: Phase) -> Handover:
+        other = h.target if h.source == self.ctx.name else h.source
 
         def gone(c: Cluster) -> bool:
             node = c.nodes.get(other)
-            return node is None or node.daemon_state != "run"
+            return node is None or node.daemon_state != DaemonState.RUN
 
-        ok = self.d.view.wait_for(lambda c: c.handover is None or c.handover.id != h.id
-                                  or c.handover.phase in phases + ("failed",) or gone(c), self.cfg.handover_timeout)
-        snap = self.d.view.snapshot()
+        ok = self.ctx.view.wait_for(lambda c: c.handover is None or c.handover.id != h.id
+                                    or c.handover.phase in phases + (Phase.FAILED,) or gone(c),
+                                    self.cfg.handover_timeout)
+        snap = self.ctx.view.snapshot()
         cur = snap.handover
-        if cur is not None and cur.id == h.id and cur.phase not in phases + ("failed",) and gone(snap):
+        if cur is not None and cur.id == h.id and cur.phase not in phases + (Phase.FAILED,) and gone(snap):
             raise HandoverFailed(f"{other} is not running")
-        if cur is None or cur.id != h.id or cur.phase == "failed" or not ok:
-            why = cur.reason if cur is not None and cur.phase == "failed" else \
+        if cur is None or cur.id != h.id or cur.phase == Phase.FAILED or not ok:
+            why = cur.reason if cur is not None and cur.phase == Phase.FAILED else \
                 f"no {'/'.join(phases)} within {self.cfg.handover_timeout:g}s"
             raise HandoverFailed(why)
         return cur
 
-    def _after(self, h: Handover, step: str, phase: str) -> None:
+    def _after(self, h: Handover, step: str, phase: Phase) -> None:
         """Wait (read lock) until the other side released ``step``, then check it really reached ``phase``."""
         lock = self._lock(h, step, "read")
         lock.release()
-        cur = self.d.store.get_handover()
-        order = ("services-stopped", "ips-added", "ips-released", "done")
-        if cur is None or cur.id != h.id or cur.phase not in order[order.index(phase):]:
+        cur = self.ctx.store.get_handover()
+        if cur is None or cur.id != h.id or not cur.phase.reached(phase):
             raise HandoverFailed(f"the other side let go of {step} without finishing it "
                                  f"({cur.phase if cur else 'no record'})")
 
@@ -214,28 +217,28 @@ class Coordinator:
         try:
             stop, release = self._lock(h, "stop", "write"), self._lock(h, "release", "write")
             held = [stop, release]
-            self._set_state("relinquish")
-            self._phase(h, ("requested",), "relinquish-ready")
-            self._await(h, "takeover-ready")
+            self._set_state(CoordinatorState.RELINQUISH)
+            self._phase(h, (Phase.REQUESTED,), Phase.RELINQUISH_READY)
+            self._await(h, Phase.TAKEOVER_READY)
             self._stop_services(new=h.target)
-            self._phase(h, ("takeover-ready",), "services-stopped")
+            self._phase(h, (Phase.TAKEOVER_READY,), Phase.SERVICES_STOPPED)
             stop.release()
-            self._after(h, "add", "ips-added")
+            self._after(h, "add", Phase.IPS_ADDED)
             self._remove_ips(new=h.target)
             released_ips = True
-            self._phase(h, ("ips-added",), "ips-released")
-            self._set_state("secondary")
+            self._phase(h, (Phase.IPS_ADDED,), Phase.IPS_RELEASED)
+            self._set_state(CoordinatorState.SECONDARY)
             release.release()
             log.info("handover %s: %s is taking over", h.id, h.target)
         except (HandoverFailed, PVCError) as exc:
             why = getattr(exc, "message", str(exc))
-            log.error("handover %s failed on %s: %s; staying primary", h.id, self.d.name, why)
+            log.error("handover %s failed on %s: %s; staying primary", h.id, self.ctx.name, why)
             self._fail(h, why)
             if released_ips:
                 return  # the record still names us: reconcile resumes the role
             self._add_ips(None)
             self._start_services(None)
-            self._set_state("primary")
+            self._set_state(CoordinatorState.PRIMARY)
         finally:
             for lock in held:
                 lock.release()
@@ -244,38 +247,38 @@ class Coordinator:
         log.info("handover %s: taking over primary from %s", h.id, h.source)
         added, held = False, []
         try:
-            self._await(h, "relinquish-ready")
+            self._await(h, Phase.RELINQUISH_READY)
             add = self._lock(h, "add", "write")
             held = [add]
-            self._set_state("takeover")
-            self._phase(h, ("relinquish-ready",), "takeover-ready")
-            self._after(h, "stop", "services-stopped")
+            self._set_state(CoordinatorState.TAKEOVER)
+            self._phase(h, (Phase.RELINQUISH_READY,), Phase.TAKEOVER_READY)
+            self._after(h, "stop", Phase.SERVICES_STOPPED)
             self._add_ips(h.source)
             added = True
-            self._phase(h, ("services-stopped",), "ips-added")
+            self._phase(h, (Phase.SERVICES_STOPPED,), Phase.IPS_ADDED)
             add.release()
-            self._after(h, "release", "ips-released")
-            won = self.d.store.claim_primary(self.d.name, lambda cur: cur is not None and cur.node == h.source)
+            self._after(h, "release", Phase.IPS_RELEASED)
+            won = self.ctx.store.claim_primary(self.ctx.name, lambda cur: cur is not None and cur.node == h.source)
             if won is None:
                 raise HandoverFailed("the primary record changed under the handover")
             self._start_services(h.source)
-            self._set_state("primary")
-            self._phase(h, ("ips-released",), "done")
+            self._set_state(CoordinatorState.PRIMARY)
+            self._phase(h, (Phase.IPS_RELEASED,), Phase.DONE)
             log.info("handover %s: primary now (epoch %d)", h.id, won.epoch)
         except (HandoverFailed, PVCError) as exc:
             why = getattr(exc, "message", str(exc))
-            log.error("handover %s failed on %s: %s", h.id, self.d.name, why)
+            log.error("handover %s failed on %s: %s", h.id, self.ctx.name, why)
             self._fail(h, why)
             if added:
                 self._remove_ips(None)
-            self._set_state("secondary")
+            self._set_state(CoordinatorState.SECONDARY)
         finally:
             for lock in held:
                 lock.release()
 
     def _fail(self, h: Handover, why: str) -> None:
         try:
-            self.d.store.update_handover(lambda cur: replace(cur, phase="failed", reason=why, finished=time.time())
+            self.ctx.store.update_handover(lambda cur: replace(cur, phase=Phase.FAILED, reason=why, finished=time.time())
                                          if cur.id == h.id and cur.active else cur)
         except PVCError as exc:
             log.warning("could not record the failed handover: %s", exc.message)
@@ -283,53 +286,39 @@ class Coordinator:
     # -- what a primary carries -------------------------------------------------------------------
 
     def _notify(self, phase: str, role: str, old: str | None, new: str | None) -> None:
-        self.d.plugins.notify("pvc_handover_phase", phase=phase, node=self.d.name, role=role, old_primary=old,
+        self.ctx.plugins.notify("pvc_handover_phase", phase=phase, node=self.ctx.name, role=role, old_primary=old,
                               new_primary=new)
 
     def _add_ips(self, old: str | None) -> None:
         for fip in self.ips:
-            network.add(fip, self.cfg.arp_count, self.cfg.arp_interval)
+            self.network.add(fip, self.cfg.arp_count, self.cfg.arp_interval)
         self.serving = True
-        self._notify("move-ips", "takeover", old, self.d.name)
+        self._notify("move-ips", "takeover", old, self.ctx.name)
 
     def _remove_ips(self, new: str | None) -> None:
-        self._notify("move-ips", "relinquish", self.d.name, new)
+        self._notify("move-ips", "relinquish", self.ctx.name, new)
         for fip in self.ips:
-            network.remove(fip)
+            self.network.remove(fip)
 
     def _start_services(self, old: str | None) -> None:
+        """The services that move with the primary are plugins' (the API's too: pvcplugins.lifecycle.api)."""
         self.serving = True
-        if self.cfg.api_config and (self._api is None or self._api.poll() is not None):
-            if self._api is not None:  # it died: let go of its lifeline before starting another
-                self._api.stdin.close()
-            # We hold its stdin: when this daemon ends, even by SIGKILL, the API sees EOF and stops.
-            self._api = subprocess.Popen([sys.executable, "-m", "pvcapi.server", "-c", self.cfg.api_config,
-                                          "--lifeline"], stdin=subprocess.PIPE)
-        self._notify("start-services", "takeover", old, self.d.name)
+        self._notify("start-services", "takeover", old, self.ctx.name)
 
     def _stop_services(self, new: str | None) -> None:
-        self._notify("stop-services", "relinquish", self.d.name, new)
-        if self._api is not None and self._api.poll() is None:
-            self._api.terminate()
-            try:
-                self._api.wait(15)
-            except subprocess.TimeoutExpired:
-                self._api.kill()
-        if self._api is not None:
-            self._api.stdin.close()
-        self._api = None
+        self._notify("stop-services", "relinquish", self.ctx.name, new)
         self.serving = False
 
-    def _set_state(self, state: str) -> None:
-        self.d.set_node(lambda n: True, coordinator_state=state)
+    def _set_state(self, state: CoordinatorState) -> None:
+        self.ctx.set_node(lambda n: True, coordinator_state=state)
 
 
 def claimable(record: PrimaryRecord | None, snap: Cluster, me: str) -> bool:
     """Whether a coordinator may claim the primary role now."""
     mine = snap.nodes.get(me)
-    if mine is None or mine.daemon_state != "run":
+    if mine is None or mine.daemon_state != DaemonState.RUN:
         return False
     if record is None:
         return True
     holder = snap.nodes.get(record.node)
-    return holder is None or holder.daemon_state in ("stop", "fenced")
+    return holder is None or holder.daemon_state in (DaemonState.STOP, DaemonState.FENCED)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 
-from .errors import ValidationError
-from .models import check_name
+from pvccore.errors import ValidationError
+from pvccore.domain.models import check_name
 
 DEFAULT_ROOT = "/pvc"
 _ROOT_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")

@@ -1,0 +1,269 @@
+"""``pvcnoded``: the node daemon. One per hypervisor.
+
+It registers its node, publishes the node's figures on every keepalive, and
+reconciles: whenever the watched view changes (or a keepalive tick passes) it
+compares what ZooKeeper wants for the VMs of this node with what libvirt shows,
+and starts one action per VM in a worker thread (start, shutdown, stop, restart,
+a migration step, a flush). Reconciling is level-triggered, so a daemon that
+restarts picks up where the cluster is, not where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+
+from kazoo.exceptions import NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from pvccore import config as configmod
+from pvccore.domain.models import Node
+from pvccore.domain.states import CoordinatorState, DaemonState, DomainState
+from pvccore.errors import ConflictError, PVCError, ValidationError
+from pvccore.node import flush
+from pvccore.node.context import NodeContext, Workers, report_failure
+from pvccore.node.coordinator import Coordinator
+from pvccore.node.fencing import FenceMonitor
+from pvccore.node.hypervisor import Hypervisor, HypervisorError
+from pvccore.node.keepalive import Keepalive
+from pvccore.node.lifecycle import VMLifecycle
+from pvccore.node.migration import Migrations
+from pvccore.plugins import PluginSet, load_plugins
+from pvccore.zk.session import Session
+from pvccore.zk.store import Store
+
+log = logging.getLogger("pvcnoded")
+
+
+class NodeDaemon:
+    """Wires the parts of a node daemon together and runs their loops; each part gets a :class:`NodeContext`."""
+
+    def __init__(self, cfg: configmod.DaemonConfig, plugins: PluginSet | None = None):
+        self.cfg = cfg
+        self.name = cfg.node
+        self.plugins = plugins
+        self.stopping = threading.Event()
+        self._reconcile_soon = threading.Event()
+        self._publish_soon = threading.Event()  # a VM started, stopped or moved: keepalive now
+        self._domain_worker: threading.Thread | None = None
+        self._loops: list[threading.Thread] = []
+        self.session: Session | None = None
+        self.hv: Hypervisor | None = None
+        self.ctx: NodeContext | None = None
+        self.coordinator: Coordinator | None = None
+        self.monitor: FenceMonitor | None = None
+
+    # -- start and stop --------------------------------------------------------------
+
+    def start(self) -> "NodeDaemon":
+        cfg = self.cfg
+        if self.plugins is None:
+            self.plugins = load_plugins()
+        self.hv = Hypervisor(cfg.libvirt_uri).open()
+        live = self.hv.can_live_migrate() and bool(cfg.migration_uri)
+        store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
+                              auth=cfg.zookeeper_auth or None)
+        try:
+            self._check_timing(store)
+            self._register(store)
+            self.session = Session.on(store)
+        except BaseException:
+            store.close()
+            raise
+        ctx = self.ctx = NodeContext(self.name, cfg, store, self.session.view, self.plugins, stopping=self.stopping,
+                                     reconcile_soon=self._reconcile_soon.set)
+        self.workers = Workers(ctx, after=self._after_work)
+        self.keepalive = Keepalive(ctx, self.hv, live, running_changed=self._reconcile_soon.set)
+        self.keepalive.ensure_alive()
+        self.lifecycle = VMLifecycle(ctx, self.hv, self.workers, Migrations(ctx, self.hv, self.workers, live))
+        self.coordinator = Coordinator(ctx)
+        self.session.view.add_listener(self._reconcile_soon.set)
+        store.connection.subscribe(self.keepalive.on_connection)
+        self.keepalive.publish(first=True)
+        if cfg.coordinator:
+            self.monitor = FenceMonitor(ctx, lambda: self.coordinator.serving)
+            self.monitor.start()
+        for target, name in ((lambda: self.keepalive.loop(self._publish_soon), "keepalive"),
+                             (self._reconcile_loop, "reconcile"), (self.keepalive.watchdog, "watchdog")):
+            t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
+            t.start()
+            self._loops.append(t)
+        self.plugins.notify("pvc_node_started", node=self.name, config=cfg)
+        log.info("node %s running (libvirt %s, live migration %s)", self.name, cfg.libvirt_uri,
+                 "on" if live else "off")
+        return self
+
+    def stop(self) -> None:
+        """Stop cleanly: hand the primary role over, daemon state ``stop``, watches closed.
+
+        VMs keep running on real hypervisors.
+        """
+        ctx = self.ctx
+        ctx.leaving.set()  # from now on this node takes no new work (and no primary role)
+        if not self.coordinator.serving:  # nobody should pick this node for anything now
+            ctx.set_node(lambda n: True, daemon_state=DaemonState.STOP)
+        self.coordinator.join(self.cfg.handover_timeout)  # let a handover under way end first
+        self.coordinator.step_down(ctx.view.snapshot())
+        self.stopping.set()
+        self._reconcile_soon.set()
+        for t in self._loops:
+            t.join(10)
+        if self.monitor is not None:
+            self.monitor.join(5)
+        self.session.view.stop()  # wakes every worker waiting on the view
+        self.workers.join(5)
+        if self._domain_worker:
+            self._domain_worker.join(5)
+        store = self.session.store
+        try:
+            store.update_node(self.name, lambda n: replace(n, daemon_state=DaemonState.STOP, keepalive=time.time()))
+            store.client.delete(store.paths.node_alive(self.name))
+        except (PVCError, NoNodeError) as exc:
+            log.warning("could not record the stop: %s", exc)
+        self.plugins.notify("pvc_node_stopped", node=self.name)
+        store.close()
+        self.hv.close()
+        log.info("node %s stopped", self.name)
+
+    def _check_timing(self, store: Store) -> None:
+        """Refuse to join a cluster whose failure detection would take this node for dead while healthy."""
+        try:
+            store.get_config().check_timing(self.cfg.timing)
+        except ValidationError as exc:
+            raise ValidationError(f"this node's keepalive_interval ({self.cfg.keepalive_interval:g}s) or "
+                                  f"zookeeper_session_timeout ({self.cfg.zookeeper_session_timeout:g}s) do not fit "
+                                  f"the cluster's settings: {exc.message}", exc.field) from None
+
+    def _register(self, store: Store) -> None:
+        role = CoordinatorState.SECONDARY if self.cfg.coordinator else CoordinatorState.CLIENT
+        try:
+            store.create_node(Node(self.name, daemon_state=DaemonState.INIT, coordinator_state=role))
+        except ConflictError:
+            store.update_node(self.name, lambda n: replace(n, daemon_state=DaemonState.INIT, coordinator_state=role))
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def _after_work(self) -> None:
+        self._publish_soon.set()
+        self._reconcile_soon.set()
+
+    def _reconcile_loop(self) -> None:
+        while not self.stopping.is_set():
+            self._reconcile_soon.wait(self.cfg.keepalive_interval)
+            self._reconcile_soon.clear()
+            if self.stopping.is_set():
+                break
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+
+    def reconcile(self) -> None:
+        if not self.session.connection.connected or self.keepalive.self_fenced:
+            return  # the view may be stale: act only on what ZooKeeper says now
+        snap = self.ctx.view.snapshot()
+        me = snap.nodes.get(self.name)
+        if me is None:
+            return
+        self.lifecycle.announce_node(me)
+        self.coordinator.reconcile(snap)
+        self.lifecycle.reconcile(snap.vms, self.hv.domains())
+        if me.domain_state in (DomainState.FLUSH, DomainState.UNFLUSH) \
+                and not (self._domain_worker and self._domain_worker.is_alive()):
+            work = flush.run_flush if me.domain_state == DomainState.FLUSH else flush.run_unflush
+            self._domain_worker = threading.Thread(target=self._run_domain_work, args=(work,), daemon=True,
+                                                   name=f"{self.name}-{me.domain_state}")
+            self._domain_worker.start()
+
+    def _run_domain_work(self, work) -> None:
+        try:
+            work(self.ctx)
+        except Exception as exc:
+            report_failure(self.ctx, work.__name__, exc)
+            self.stopping.wait(self.cfg.keepalive_interval)  # retry back-off: not in a tight loop
+        finally:
+            self._reconcile_soon.set()
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+class _NodeFilter(logging.Filter):
+    def __init__(self, node: str):
+        super().__init__()
+        self.node = node
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node
+        # VM events are logged as "VM <name>: ...": the name becomes a field of its own.
+        vm = getattr(record, "vm", None)
+        if vm is None and isinstance(record.msg, str) and record.msg.startswith("VM %s") and record.args:
+            vm = record.args[0]
+        record.vm = vm
+        record.vm_field = f" vm={vm}" if vm else ""
+        return True
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "node": record.node,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.vm:
+            entry["vm"] = record.vm
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(node: str, level: str, fmt: str = "text") -> None:
+    """One line per event with the node's name, and the VM's for VM events ("VM web1: ...")."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_NodeFilter(node))
+    handler.setFormatter(_JSONFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s node=%(node)s%(vm_field)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("kazoo").setLevel(max(logging.WARNING, root.level))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pvcnoded", description="pvc node daemon (one per hypervisor)")
+    configmod.DAEMON.add_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = configmod.DAEMON.from_args(args)
+    except ValidationError as exc:
+        print(f"pvcnoded: error: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.node, cfg.log_level, cfg.log_format)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
+    # SIGTERM/SIGINT are blocked before any thread starts (threads inherit the mask) and taken with
+    # sigwait() below: no signal handler, so nothing can interrupt a thread holding a lock.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    daemon = NodeDaemon(cfg)
+    try:
+        daemon.start()
+    except ValidationError as exc:  # this node's settings do not fit the cluster's
+        print(f"pvcnoded: error: {exc.message}", file=sys.stderr)
+        return 2
+    except (PVCError, HypervisorError) as exc:
+        print(f"pvcnoded: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    except KazooTimeoutError:
+        print(f"pvcnoded: error: cannot reach ZooKeeper at {cfg.zookeeper_hosts} "
+              f"within {cfg.zookeeper_session_timeout:g}s", file=sys.stderr)
+        return 1
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    daemon.stop()
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The node's keepalive (its figures, published in one compare-and-set) and its self-fence.
+
+Every keepalive also publishes the node's timing (keepalive interval, ZooKeeper session timeout) and
+the self-fence deadline it armed itself with, which are what the cluster's failure detection counts on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from pvccore.domain.models import ClusterConfig, Node
+from pvccore.domain.states import DaemonState
+from pvccore.node.context import NodeContext
+from pvccore.node.hypervisor import HypervisorError
+from pvccore.zk.connection import CONNECTED, LOST
+
+log = logging.getLogger("pvcnoded")
+
+
+class Keepalive:
+    """Publishes this node's figures, and stops its VMs when it could not for the self-fence deadline.
+
+    ``hv`` is the node's hypervisor (or a fake); ``live`` whether it can live-migrate;
+    ``running_changed`` is called when the set of running VMs differs from the last keepalive's.
+    """
+
+    def __init__(self, ctx: NodeContext, hv, live: bool, running_changed=lambda: None):
+        self.ctx, self.hv, self.live = ctx, hv, live
+        self._running_changed = running_changed
+        self._running: set[str] = set()
+        self.cut_off_since: float | None = None  # monotonic time ZooKeeper was lost, while it is
+        self._last_written = time.monotonic()  # when our last keepalive was written (the self-fence clock)
+        self.self_fenced = False
+        self._armed = 0.0  # the self-fence deadline in our last written keepalive (0: disarmed)
+        self._need_alive = False
+
+    def ensure_alive(self) -> None:
+        """This session's ephemeral ``alive`` znode (the cluster's quick sign of a live session)."""
+        self.ctx.store.ensure_ephemeral(self.ctx.store.paths.node_alive(self.ctx.name))
+
+    def publish(self, first: bool = False) -> None:
+        """Publish this node's figures in one compare-and-set write."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        figures = self.hv.figures(self.hv.domains())
+        snap = ctx.view.snapshot()
+        figures["memory_provisioned_mib"] = sum(vm.memory_mib for vm in snap.vms.values() if vm.node == ctx.name)
+        figures["vm_count"] = len(figures["running_vms"])
+        running = set(figures["running_vms"])
+        if running != self._running:  # a VM stopped or appeared on its own: reconcile now
+            self._running = running
+            self._running_changed()
+        armed = self.self_fence_deadline(snap.config)
+
+        def update(node: Node) -> Node:
+            node = replace(node, **figures, keepalive=time.time(), live_migration=self.live,
+                           migration_uri=cfg.migration_uri, keepalive_interval=cfg.keepalive_interval,
+                           session_timeout=cfg.zookeeper_session_timeout, self_fence_deadline=armed)
+            back = node.daemon_state in (DaemonState.DEAD, DaemonState.FENCED)
+            if back and not first:
+                # Declared dead (or even fenced) while we were cut off or stalled: we are back.
+                # Any VM recovered elsewhere meanwhile is stopped here by the stray check.
+                log.error("node %s was marked %s by the cluster; rejoining", ctx.name, node.daemon_state)
+            return replace(node, daemon_state=DaemonState.RUN) if first or back else node
+
+        ctx.store.update_node(ctx.name, update)
+        self._last_written = time.monotonic()
+        self._armed = armed  # published: from now on the cluster may count on it
+        self.self_fenced = False
+        if self._need_alive:
+            self._need_alive = False
+            self.ensure_alive()
+
+    def loop(self, kick: threading.Event) -> None:
+        """Publish every keepalive interval, or at once when ``kick`` is set."""
+        while not self.ctx.stopping.is_set():
+            kick.wait(self.ctx.cfg.keepalive_interval)
+            kick.clear()
+            if self.ctx.stopping.is_set():
+                break
+            try:
+                self.publish()
+            except Exception as exc:  # ZooKeeper or libvirt away: try again next tick
+                log.warning("keepalive failed: %s", exc)
+
+    # -- ZooKeeper's state, and the self-fence -----------------------------------------------
+
+    def on_connection(self, state: str) -> None:
+        if state == CONNECTED:
+            if self.cut_off_since is not None:
+                log.warning("ZooKeeper reachable again after %.1fs", time.monotonic() - self.cut_off_since)
+            self.cut_off_since = None
+            self.ctx.reconcile_soon()
+        elif self.ctx.stopping.is_set():
+            return  # our own stop closed the session
+        else:
+            if state == LOST:
+                self._need_alive = True  # a new session needs a new ephemeral
+            if self.cut_off_since is None:
+                self.cut_off_since = time.monotonic()
+                log.warning("lost ZooKeeper (%s)", state)
+
+    def self_fence_deadline(self, config: ClusterConfig) -> float:
+        """The deadline this node arms itself with, 0 when it keeps its VMs however long it is cut off.
+
+        Armed only with ``failed_fence = recover``: only then may the cluster start a silent
+        node's VMs elsewhere without a confirmed power-off. Never shorter than this node's own
+        reconnect time, whatever the stored setting says.
+        """
+        if not config.self_fence_armed:
+            return 0.0
+        return max(config.self_fence_deadline, self.ctx.cfg.timing.self_fence_after())
+
+    def watchdog(self) -> None:
+        """No keepalive written for the self-fence deadline: stop our own VMs (only when armed).
+
+        The clock is our last *written* keepalive, the same event the other nodes time our
+        silence from, not the moment the ZooKeeper client notices the loss (seconds later).
+        So when the cluster has seen no keepalive for the deadline plus its keepalive limit,
+        our VMs have provably been stopped, and it may recover them even when no fencer can
+        reach this node. The deadline is the one last published, which is what the cluster
+        counts on: a setting changed since is armed (or disarmed) by the next keepalive.
+        """
+        while not self.ctx.stopping.wait(0.1):
+            self.check_deadline(time.monotonic())
+
+    def check_deadline(self, now: float) -> bool:
+        """Stop every running VM here if the armed deadline has passed since the last keepalive; whether it did."""
+        since, deadline = self._last_written, self._armed
+        if self.self_fenced or deadline <= 0 or now - since < deadline:
+            return False
+        self.self_fenced = True
+        stopped = []
+        for name, dom in self.hv.domains().items():
+            if dom.running:
+                try:
+                    self.hv.destroy(name)
+                    stopped.append(name)
+                except HypervisorError as exc:
+                    log.error("self-fence: could not stop %s: %s", name, exc)
+        log.error("self-fence: no keepalive written for %.1fs (deadline %gs): stopped %d VM(s): %s",
+                  now - since, deadline, len(stopped), ", ".join(stopped) or "none")
+        return True

@@ -1,0 +1,490 @@
+"""The node daemon's parts against in-memory fakes (tests/unit/fakes.py): migration phases, flush and ready
+ordering, fence escalation and back-off, election and handover phases, the self-fence, and the lifecycle
+hooks each part fires. The same parts run with real ZooKeeper, libvirt and IPMI in the service and
+cluster-in-a-box tiers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pvccore.domain.models import VM, ClusterConfig, Handover, Node, VMMeta
+from pvccore.domain.states import (CoordinatorState, DaemonState, DomainState, HandoverPhase, MigrationKind,
+                                   VMState)
+from pvccore.domain.transitions import migration_request
+from pvccore.hookspecs import Fencer, FenceResult
+from pvccore.node import flush
+from pvccore.node.context import Workers
+from pvccore.node.coordinator import Coordinator
+from pvccore.node.fencing import FenceMonitor
+from pvccore.node.keepalive import Keepalive
+from pvccore.node.lifecycle import VMLifecycle
+from pvccore.node.migration import Migrations
+from pvccore import hookimpl
+
+from .fakes import FakeHypervisor, FakeNetwork, MemoryCluster, Recorder, node_context, plugins
+
+T = 5.0  # seconds any one wait may take; every wait ends as soon as its condition holds
+
+
+class FakeNode:
+    """One node's lifecycle and migration parts on a fake hypervisor."""
+
+    def __init__(self, cluster: MemoryCluster, name: str, plugin_set, live: bool = True, **cfg):
+        self.name, self.cluster = name, cluster
+        self.hv = FakeHypervisor(name, live=live)
+        self.ctx = node_context(cluster, name, plugin_set, **cfg)
+        self.workers = Workers(self.ctx)
+        self.lifecycle = VMLifecycle(self.ctx, self.hv, self.workers, Migrations(self.ctx, self.hv, self.workers, live))
+        cluster.add_node(Node(name, daemon_state=DaemonState.RUN, memory_total_mib=8192, memory_free_mib=8192,
+                              cpu_count=8, live_migration=live, migration_uri=self.hv.uri))
+
+    def reconcile(self) -> None:
+        self.lifecycle.reconcile(self.cluster.snapshot().vms, self.hv.domains())
+
+    def close(self) -> None:
+        self.ctx.stopping.set()
+        self.workers.join(T)
+
+
+@pytest.fixture
+def world():
+    """A cluster, a recorder plugin, and a maker of nodes that are stopped after the test."""
+    cluster, rec, made = MemoryCluster(), Recorder(), []
+
+    def node(name, **kw):
+        made.append(FakeNode(cluster, name, plugins(rec), **kw))
+        return made[-1]
+
+    yield cluster, rec, node
+    for n in made:
+        n.close()
+
+
+def drive(cluster: MemoryCluster, nodes, until, timeout: float = T) -> bool:
+    """Reconcile every node after each change, as their daemons would, until ``until(snapshot)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gen = cluster.generation
+        for n in nodes:
+            n.reconcile()
+        if until(cluster.snapshot()):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        cluster.wait_changed(gen, 0.05)
+
+
+def running_vm(cluster, node, name, memory=512, **meta) -> VM:
+    node.hv.run(name, memory, 1)
+    return cluster.add_vm(VM(name, f"uuid-{name}", memory, 1, state=VMState.START, node=node.name,
+                             meta=VMMeta().updated(meta)))
+
+
+def phases(cluster, vm) -> list[str]:
+    """Each migration phase the VM document went through, in order, without repeats."""
+    out = []
+    for doc in cluster.written("vm", vm):
+        phase = doc.migration.phase if doc.migration else None
+        if phase and (not out or out[-1] != phase):
+            out.append(phase)
+    return out
+
+
+def settled(name):
+    return lambda c: c.vms[name].migration is None and c.vms[name].state in (VMState.START, VMState.STOP)
+
+
+# -- migration --------------------------------------------------------------------------------------
+
+
+def test_hook_pvc_migration_finished(world):
+    """A live migration passes requested, prepare, ready, sent; only then does the VM's node change."""
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2")
+    running_vm(cluster, a, "web1")
+    cluster.update_vm("web1", lambda v: migration_request(v, MigrationKind.MIGRATE, "hv2"))
+    assert drive(cluster, [a, b], settled("web1"))
+    assert phases(cluster, "web1") == ["requested", "prepare", "ready", "sent"]
+    assert all(doc.node == "hv1" for doc in cluster.written("vm", "web1") if doc.migration is not None)
+    vm = cluster.vms["web1"]
+    assert (vm.node, vm.last_node, vm.state) == ("hv2", "hv1", "start")
+    assert "web1" in b.hv.running and "web1" not in a.hv.running
+    [done] = rec.of("pvc_migration_finished")
+    assert (done["vm"], done["source"], done["target"], done["method"], done["ok"]) == ("web1", "hv1", "hv2", "live",
+                                                                                         True)
+    assert 0 <= done["seconds"] < T
+    assert cluster.stats == {"migrations": 1}
+
+
+def test_a_failed_live_migration_falls_back_to_shutdown_and_start(world):
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2")
+    a.hv.fail_migrate = "unsafe cache mode"
+    running_vm(cluster, a, "web1")
+    cluster.update_vm("web1", lambda v: migration_request(v, MigrationKind.MIGRATE, "hv2"))
+    assert drive(cluster, [a, b], settled("web1"))
+    assert phases(cluster, "web1") == ["requested", "prepare", "ready", "stopped"]
+    assert cluster.vms["web1"].node == "hv2" and "web1" in b.hv.running
+    assert ("undefine", "web1") in a.hv.calls and rec.of("pvc_migration_finished")[0]["method"] == "shutdown"
+
+
+def test_a_target_that_cannot_start_the_vm_fails_it_and_the_source_starts_it_again(world):
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2")
+    b.hv.fail_start["web1"] = "disk not found"
+    running_vm(cluster, a, "web1", migration_method="shutdown")
+    cluster.update_vm("web1", lambda v: migration_request(v, MigrationKind.MIGRATE, "hv2"))
+    assert drive(cluster, [a, b], settled("web1"))
+    assert phases(cluster, "web1") == ["requested", "prepare", "ready", "stopped", "failed"]
+    vm = cluster.vms["web1"]
+    assert (vm.node, vm.state) == ("hv1", "start") and "disk not found" in vm.reason
+    assert "web1" in a.hv.running and "web1" not in b.hv.running
+    assert [c["ok"] for c in rec.of("pvc_migration_finished")] == [False]
+
+
+def test_a_target_not_accepting_vms_answers_failed_before_anything_is_sent(world):
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2")
+    set_domain(cluster, "hv2", DomainState.FLUSHED)
+    running_vm(cluster, a, "web1")
+    cluster.update_vm("web1", lambda v: migration_request(v, MigrationKind.MIGRATE, "hv2"))
+    assert drive(cluster, [a, b], settled("web1"))
+    assert phases(cluster, "web1") == ["requested", "prepare", "failed"]
+    assert "migrate_live" not in [c for c, _ in a.hv.calls] and cluster.vms["web1"].node == "hv1"
+    assert "not accepting VMs" in cluster.vms["web1"].reason
+
+
+def test_live_only_to_a_node_that_cannot_receive_live_is_abandoned_and_the_vm_keeps_running(world):
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2", live=False)
+    running_vm(cluster, a, "web1")
+    cluster.update_vm("web1", lambda v: migration_request(v, MigrationKind.MIGRATE, "hv2", force_live=True))
+    assert drive(cluster, [a, b], settled("web1"))
+    assert phases(cluster, "web1") == ["requested"]
+    vm = cluster.vms["web1"]
+    assert (vm.node, vm.state) == ("hv1", "start") and "cannot receive a live migration" in vm.reason
+    assert "web1" in a.hv.running and a.hv.calls == []
+
+
+# -- flush and ready ------------------------------------------------------------------------------------
+
+
+def max_in_flight(cluster, source) -> int:
+    """The most migrations away from ``source`` at one time, replayed from the write history."""
+    moving, most = set(), 0
+    for kind, name, doc in cluster.history:
+        if kind != "vm":
+            continue
+        if doc.migration is not None and doc.migration.source == source:
+            moving.add(name)
+        else:
+            moving.discard(name)
+        most = max(most, len(moving))
+    return most
+
+
+def set_domain(cluster, node, state):
+    cluster.update_node(node, lambda n: Node.from_dict({**n.to_dict(), "domain_state": state}))
+
+
+def run_domain_work(work, ctx):
+    t = threading.Thread(target=work, args=(ctx,), daemon=True)
+    t.start()
+    return t
+
+
+def test_flush_sends_at_most_flush_parallel_at_once_parks_what_cannot_move_and_says_flushed_last(world):
+    cluster, rec, node = world
+    a, b = node("hv1", flush_parallel=2), node("hv2")
+    for i in range(5):
+        running_vm(cluster, a, f"vm{i}")
+    running_vm(cluster, a, "pinned", node_limit=["hv1"])
+    set_domain(cluster, "hv1", DomainState.FLUSH)
+    worker = run_domain_work(flush.run_flush, a.ctx)
+    assert drive(cluster, [a, b], lambda c: c.nodes["hv1"].domain_state == DomainState.FLUSHED)
+    worker.join(T)
+    vms = cluster.snapshot().vms
+    assert all(vms[f"vm{i}"].node == "hv2" and vms[f"vm{i}"].last_node == "hv1" for i in range(5))
+    assert max_in_flight(cluster, "hv1") == 2
+    pinned = vms["pinned"]
+    assert (pinned.node, pinned.state, pinned.meta.node_autostart) == ("hv1", "stop", True)
+    assert "outside the VM's node limit" in pinned.reason and "pinned" not in a.hv.running
+    # "flushed" is written only after every VM left or was parked
+    flushed_at = next(i for i, (k, n, d) in enumerate(cluster.history)
+                      if k == "node" and n == "hv1" and d.domain_state == DomainState.FLUSHED)
+    assert all(i < flushed_at for i, (k, n, d) in enumerate(cluster.history)
+               if k == "vm" and d.migration is None and d.node == "hv2")
+
+    set_domain(cluster, "hv1", DomainState.UNFLUSH)
+    worker = run_domain_work(flush.run_unflush, a.ctx)
+    assert drive(cluster, [a, b], lambda c: c.nodes["hv1"].domain_state == DomainState.READY)
+    worker.join(T)
+    vms = cluster.snapshot().vms
+    assert all(vms[f"vm{i}"].node == "hv1" and vms[f"vm{i}"].last_node == "" for i in range(5))
+    assert vms["pinned"].state == "start" and not vms["pinned"].meta.node_autostart
+    assert drive(cluster, [a, b], lambda c: "pinned" in a.hv.running and all(f"vm{i}" in a.hv.running
+                                                                               for i in range(5)))
+
+
+def test_a_flush_that_is_cancelled_stops_at_its_next_step(world):
+    cluster, rec, node = world
+    a, b = node("hv1", flush_parallel=1), node("hv2")
+    for i in range(3):
+        running_vm(cluster, a, f"vm{i}")
+    set_domain(cluster, "hv1", DomainState.FLUSH)
+    worker = run_domain_work(flush.run_flush, a.ctx)
+    assert cluster.wait_for(lambda c: any(v.migration for v in c.vms.values()), T)
+    set_domain(cluster, "hv1", DomainState.READY)  # the operator changed their mind
+    assert drive(cluster, [a, b], lambda c: all(v.migration is None for v in c.vms.values()))
+    worker.join(T)
+    assert not worker.is_alive() and cluster.nodes["hv1"].domain_state == DomainState.READY
+    assert sum(v.node == "hv2" for v in cluster.vms.values()) == 1
+
+
+# -- fencing ----------------------------------------------------------------------------------------------
+
+
+class Fencers:
+    """Fencers named ``first`` and ``second`` whose answers a test sets; every call is kept."""
+
+    def __init__(self, first: bool, second: bool):
+        self.answers, self.calls = {"first": first, "second": second}, []
+
+    def _fence(self, name):
+        def fence(node, params):
+            self.calls.append((name, node))
+            return FenceResult(self.answers[name], f"{name} says {'off' if self.answers[name] else 'no'}")
+        return fence
+
+    @hookimpl
+    def pvc_register_fencers(self):
+        return [Fencer(n, "test", self._fence(n), public=frozenset({"host"})) for n in ("first", "second")]
+
+
+def fence_world(first: bool, second: bool, **config):
+    cluster = MemoryCluster(ClusterConfig().updated(config))
+    rec, fencers = Recorder(), Fencers(first, second)
+    ps = plugins(rec, fencers)
+    for name in ("hv1", "hv2", "hv3"):
+        cluster.add_node(Node(name, daemon_state=DaemonState.RUN, keepalive=100.0, memory_total_mib=8192,
+                              memory_free_mib=8192, cpu_count=8, keepalive_interval=1.0, session_timeout=4.0))
+    cluster.fence_config["hv3"] = [{"fencer": "first", "params": {}}, {"fencer": "second", "params": {}}]
+    cluster.claim_primary("hv1", lambda cur: True)
+    for i in range(2):
+        cluster.add_vm(VM(f"vm{i}", f"u{i}", 512, 1, state=VMState.START, node="hv3"))
+    monitor = FenceMonitor(node_context(cluster, "hv1", ps, keepalive_interval=1.0), serving=lambda: True)
+    return cluster, rec, fencers, monitor
+
+
+def keep_alive(cluster, *names):
+    for name in names:
+        cluster.update_node(name, lambda n: Node.from_dict({**n.to_dict(), "keepalive": n.keepalive + 1}))
+
+
+def test_hook_pvc_node_fenced(world):
+    """Silent past keepalive_limit: suspect; past fence_grace more: dead, fenced by the first fencer that confirms."""
+    cluster, rec, fencers, monitor = fence_world(first=False, second=True)
+    monitor.tick(0.0)
+    for now in (1.0, 2.0, 3.0, 4.0):  # within keepalive_limit (3 s) + fence_grace (2 s): nothing happens
+        keep_alive(cluster, "hv2")
+        monitor.tick(now)
+    assert cluster.nodes["hv3"].daemon_state == DaemonState.RUN and fencers.calls == []
+    monitor.tick(5.5)  # suspect since 4 s of silence at the 4.0 tick... still within grace
+    keep_alive(cluster, "hv2")
+    monitor.tick(6.5)
+    assert fencers.calls == [("first", "hv3"), ("second", "hv3")]
+    assert cluster.nodes["hv3"].daemon_state == DaemonState.FENCED
+    status = cluster.fencing["hv3"]
+    assert status.state == "fenced" and status.message.startswith("#2 second")
+    [fenced] = rec.of("pvc_node_fenced")
+    assert fenced["node"] == "hv3" and fenced["result"].off
+    assert [c["new"] for c in rec.of("pvc_node_state_changed")] == ["dead", "fenced"]
+    assert cluster.stats == {"fences": 1}
+
+
+def test_hook_pvc_node_recovered(world):
+    cluster, rec, fencers, monitor = fence_world(first=True, second=False)
+    cluster.add_vm(VM("pinned", "up", 512, 1, state=VMState.START, node="hv3", meta=VMMeta(node_limit=("hv3",))))
+    monitor.tick(0.0)
+    monitor.tick(4.0)
+    monitor.tick(6.5)
+    vms = cluster.snapshot().vms
+    assert {vms["vm0"].node, vms["vm1"].node} <= {"hv1", "hv2"} and vms["vm0"].last_node == "hv3"
+    assert (vms["pinned"].state, vms["pinned"].meta.node_autostart) == ("stop", True)
+    [recovered] = rec.of("pvc_node_recovered")
+    assert recovered["node"] == "hv3" and recovered["parked"] == ["pinned"]
+    assert recovered["moved"] == {"vm0": vms["vm0"].node, "vm1": vms["vm1"].node}
+    assert cluster.nodes["hv3"].domain_state == DomainState.FLUSHED
+
+
+def test_failed_fencing_recovers_nothing_and_retries_with_a_doubling_back_off(world):
+    cluster, rec, fencers, monitor = fence_world(first=False, second=False, fence_retry_max=4.0)
+    monitor.tick(0.0)
+    monitor.tick(4.0)
+    attempts_at = []
+    now = 6.5
+    while now < 30:
+        before = len(fencers.calls)
+        keep_alive(cluster, "hv2")
+        monitor.tick(now)
+        if len(fencers.calls) > before:
+            attempts_at.append(now)
+        now += 0.5
+    # the back-off doubles from 1 s up to fence_retry_max, counted from the end of each attempt (so the next
+    # attempt comes at the first tick, every 0.5 s here, after it)
+    gaps = [b - a for a, b in zip(attempts_at, attempts_at[1:])]
+    backoffs = [1.0, 2.0] + [4.0] * (len(gaps) - 2)
+    assert len(gaps) >= 4 and all(b < g <= b + 0.5 for g, b in zip(gaps, backoffs)), attempts_at
+    status = cluster.fencing["hv3"]
+    assert (status.state, status.attempts, status.retry_in) == ("failed", len(attempts_at), 4.0)
+    assert cluster.nodes["hv3"].daemon_state == DaemonState.DEAD
+    assert all(v.node == "hv3" and v.state == "start" for v in cluster.vms.values())  # nothing recovered
+    assert rec.of("pvc_node_recovered") == []
+
+
+def test_a_node_that_writes_again_is_forgotten_and_its_failed_status_cleared(world):
+    cluster, rec, fencers, monitor = fence_world(first=False, second=False)
+    monitor.tick(0.0)
+    monitor.tick(4.0)
+    monitor.tick(6.5)
+    assert cluster.fencing["hv3"].state == "failed"
+    cluster.update_node("hv3", lambda n: Node.from_dict({**n.to_dict(), "daemon_state": "run",
+                                                         "keepalive": n.keepalive + 1}))
+    monitor.tick(7.0)
+    assert "hv3" not in cluster.fencing and cluster.nodes["hv3"].daemon_state == DaemonState.RUN
+
+
+# -- election and handover -----------------------------------------------------------------------------------
+
+
+def coordinators(names=("hv1", "hv2")):
+    cluster, rec, net = MemoryCluster(), Recorder(), []
+    ps = plugins(rec)
+    coords = {}
+    for name in names:
+        cluster.add_node(Node(name, daemon_state=DaemonState.RUN, coordinator_state=CoordinatorState.SECONDARY))
+        ctx = node_context(cluster, name, ps, coordinator=True, floating_ips=("198.18.0.250/24@lo",))
+        coords[name] = Coordinator(ctx, network=FakeNetwork(name, net))
+    return cluster, rec, net, coords
+
+
+def run_coordinators(cluster, coords, until, timeout=T) -> bool:
+    deadline = time.monotonic() + timeout
+    while not until(cluster.snapshot()):
+        if time.monotonic() > deadline:
+            return False
+        gen = cluster.generation
+        for c in coords:
+            c.reconcile(cluster.snapshot())
+        cluster.wait_changed(gen, 0.05)
+    for c in coords:
+        c.join(T)
+    return True
+
+
+def test_election_makes_exactly_one_primary():
+    cluster, rec, net, coords = coordinators()
+    assert run_coordinators(cluster, coords.values(), lambda c: any(
+        n.coordinator_state == CoordinatorState.PRIMARY for n in c.nodes.values()))
+    primary = cluster.primary.node
+    assert [c.serving for c in coords.values()].count(True) == 1 and coords[primary].serving
+    assert cluster.primary.epoch == 1 and net == [("add", primary, "198.18.0.250/24@lo")]
+
+
+def test_hook_pvc_handover_phase():
+    """The phases in order; the new primary adds the IPs before the old one removes them; services stop on the
+    old side before they start on the new one; the primary record changes only at the end."""
+    cluster, rec, net, coords = coordinators()
+    cluster.claim_primary("hv1", lambda cur: True)
+    assert run_coordinators(cluster, coords.values(), lambda c: coords["hv1"].serving)
+    net.clear()
+    rec.calls.clear()
+    cluster.start_handover(Handover.new("hv1", "hv2"))
+    assert run_coordinators(cluster, coords.values(),
+                            lambda c: c.handover.phase in (HandoverPhase.DONE, HandoverPhase.FAILED))
+    assert [h.phase for h in cluster.written("handover", cluster.handover.id)] == [
+        "requested", "relinquish-ready", "takeover-ready", "services-stopped", "ips-added", "ips-released", "done"]
+    assert net == [("add", "hv2", "198.18.0.250/24@lo"), ("remove", "hv1", "198.18.0.250/24@lo")]
+    calls = [(c["node"], c["role"], c["phase"]) for c in rec.of("pvc_handover_phase")]
+    assert calls == [("hv1", "relinquish", "stop-services"), ("hv2", "takeover", "move-ips"),
+                     ("hv1", "relinquish", "move-ips"), ("hv2", "takeover", "start-services")]
+    assert all(c["old_primary"] == "hv1" and c["new_primary"] == "hv2" for c in rec.of("pvc_handover_phase"))
+    assert (cluster.primary.node, cluster.primary.epoch) == ("hv2", 2)
+    assert coords["hv2"].serving and not coords["hv1"].serving
+    assert cluster.nodes["hv1"].coordinator_state == "secondary" and cluster.nodes["hv2"].coordinator_state == "primary"
+
+
+def test_a_handover_whose_target_dies_fails_and_the_old_primary_keeps_the_role():
+    cluster, rec, net, coords = coordinators()
+    cluster.claim_primary("hv1", lambda cur: True)
+    assert run_coordinators(cluster, [coords["hv1"]], lambda c: coords["hv1"].serving)
+    cluster.start_handover(Handover.new("hv1", "hv2"))
+    cluster.update_node("hv2", lambda n: Node.from_dict({**n.to_dict(), "daemon_state": "dead"}))
+    assert run_coordinators(cluster, [coords["hv1"]], lambda c: c.handover.phase == HandoverPhase.FAILED)
+    assert "hv2 is not running" in cluster.handover.reason
+    assert cluster.primary.node == "hv1" and coords["hv1"].serving
+    assert cluster.nodes["hv1"].coordinator_state == "primary"
+
+
+# -- keepalive and self-fence ----------------------------------------------------------------------------------
+
+
+def test_self_fence_stops_the_vms_only_when_armed_and_only_after_the_published_deadline():
+    cluster = MemoryCluster(ClusterConfig(failed_fence="none"))
+    cluster.add_node(Node("hv1", daemon_state=DaemonState.RUN))
+    ctx = node_context(cluster, "hv1", plugins(), keepalive_interval=1.0)
+    hv = FakeHypervisor("hv1")
+    hv.run("web1")
+    keepalive = Keepalive(ctx, hv, live=True)
+    keepalive.publish(first=True)
+    assert cluster.nodes["hv1"].self_fence_deadline == 0.0
+    assert not keepalive.check_deadline(time.monotonic() + 3600) and "web1" in hv.running  # disarmed: never
+
+    cluster.config = ClusterConfig().updated({"failed_fence": "recover", "self_fence_deadline": 10.0})
+    keepalive.publish()
+    assert cluster.nodes["hv1"].self_fence_deadline == 10.0
+    now = time.monotonic()
+    assert not keepalive.check_deadline(now + 9.0) and "web1" in hv.running
+    assert keepalive.check_deadline(now + 10.5) and hv.running == {}
+    keepalive.publish()  # back: the next keepalive re-arms, the VMs are not started again here
+    assert not keepalive.self_fenced and hv.running == {}
+
+
+def test_hook_pvc_vm_state_changed(world):
+    cluster, rec, node = world
+    a = node("hv1")
+    a.hv.fail_start["web1"] = "no such disk"
+    cluster.add_vm(VM("web1", "u", 512, 1, state=VMState.START, node="hv1"))
+    assert drive(cluster, [a], lambda c: c.vms["web1"].state == VMState.FAIL)
+    a.reconcile()
+    assert [(c["old"], c["new"]) for c in rec.of("pvc_vm_state_changed")] == [(None, "start"), ("start", "fail")]
+    assert rec.of("pvc_vm_state_changed")[-1]["reason"] == "no such disk"
+
+
+def test_hook_pvc_node_state_changed(world):
+    cluster, rec, node = world
+    a = node("hv1")
+    a.lifecycle.announce_node(cluster.nodes["hv1"])
+    set_domain(cluster, "hv1", DomainState.FLUSH)
+    a.lifecycle.announce_node(cluster.nodes["hv1"])
+    a.lifecycle.announce_node(cluster.nodes["hv1"])  # unchanged: nothing new
+    assert [(c["kind"], c["old"], c["new"]) for c in rec.of("pvc_node_state_changed")] == [
+        ("daemon", None, "run"), ("coordinator", None, "client"), ("domain", None, "ready"),
+        ("domain", "ready", "flush")]
+
+
+def test_a_stray_copy_is_removed_and_a_vm_that_stopped_on_its_own_is_started_again(world):
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2")
+    running_vm(cluster, a, "web1")
+    b.hv.run("web1")  # a second copy, where ZooKeeper does not place it
+    assert drive(cluster, [a, b], lambda c: "web1" not in b.hv.running)
+    assert ("undefine", "web1") in b.hv.calls and "web1" in a.hv.running
+    a.reconcile()  # seen running
+    a.hv.destroy("web1")  # the guest died
+    assert drive(cluster, [a, b], lambda c: "web1" in a.hv.running)
+    assert "stopped unexpectedly" in cluster.vms["web1"].reason
