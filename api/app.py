@@ -21,8 +21,7 @@ from pvccore import __version__
 from pvccore.errors import PVCError, Unavailable
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
-from pvccore.zk.store import Store
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 
 from . import cluster, info, nodes, vms
 from .config import API, ApiConfig
@@ -83,7 +82,7 @@ class ApiKeyAuth:
 
 
 def create_app(deps: Deps) -> falcon.App:
-    guards = Guards(deps.ops.store.client)
+    guards = Guards(deps.ops.store.connection)
     app = falcon.App(middleware=[*([ApiKeyAuth(deps.api_keys)] if deps.auth else []), guards])
     app.req_options.strip_url_path_trailing_slash = True
     json_handler = StrictJSON()
@@ -110,10 +109,9 @@ def create_app(deps: Deps) -> falcon.App:
 
 def build_deps(cfg: ApiConfig) -> Deps:
     """Connect to ZooKeeper, start the watched view, load plugins."""
-    store = Store.connect(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
-                          auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT)
-    view = ClusterView(store.connection, store.paths).start()
-    ops = Operations(store, view, load_plugins())
+    session = Session.open(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
+                           auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT)
+    ops = Operations(session.store, session.view, load_plugins())
     return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout, op_timeout=OP_TIMEOUT,
                 max_waiting=max(1, cfg.threads // 2))
 

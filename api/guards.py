@@ -23,11 +23,11 @@ import time
 
 import falcon
 from falcon.media import BaseHandler
-from kazoo.client import KazooState
 from kazoo.exceptions import KazooException
 
 from pvccore.errors import Unavailable
-from pvccore.domain.models import check_name
+from pvccore.domain.fields import check_name
+from pvccore.zk.connection import CONNECTED
 
 from .errors import BadRequest
 
@@ -149,16 +149,16 @@ class Guards:
 
     READS = ("GET", "HEAD", "OPTIONS")
 
-    def __init__(self, client):
-        self._client = client
-        self._lost_at: float | None = None if client.connected else time.monotonic()
+    def __init__(self, connection):
+        self._connection = connection
+        self._lost_at: float | None = None if connection.connected else time.monotonic()
         self._lock = threading.Lock()
         self._suspect_until, self._suspect_since = 0.0, None
-        client.add_listener(self._on_state)
+        connection.subscribe(self._on_state)
 
     def _on_state(self, state: str) -> None:
         with self._lock:
-            if state == KazooState.CONNECTED:
+            if state == CONNECTED:
                 self._lost_at = None
                 self._suspect_until, self._suspect_since = 0.0, None
             elif self._lost_at is None:
@@ -180,7 +180,7 @@ class Guards:
                 lost = self._suspect_since
             elif now >= self._suspect_until:
                 self._suspect_since = None
-        if lost is None and not self._client.connected:
+        if lost is None and not self._connection.connected:
             return 0.0
         return None if lost is None else now - lost
 

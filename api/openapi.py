@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from pvccore.domain.fields import CLUSTER_SETTINGS, VM_META_FIELDS, Field, Kind
-from pvccore.domain.states import DaemonState, DomainState, VMState
+from pvccore.domain.states import USER_VM_STATES, DaemonState, DomainState, MigrationKind, VMState
 
 from .guards import MAX_BODY, MAX_DEPTH, MAX_XML, STALE_HEADER
 from .vms import MAX_LIMIT
@@ -228,11 +228,11 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
         },
         "/api/v1/vm/{vm}/state": {"post": _op(
             "Start, shut down, stop, restart or disable", "VMResult", params=vm_p, codes=(400, 401, 404, 409),
-            accepted=True, body=_obj({"state": {"type": "string", "enum": ["start", "shutdown", "stop", "restart",
-                                                                           "disable"]}, "wait": wait}, ("state",)))},
+            accepted=True, body=_obj({"state": {"type": "string", "enum": [str(s) for s in USER_VM_STATES]},
+                                      "wait": wait}, ("state",)))},
         "/api/v1/vm/{vm}/node": {"post": _op(
             "Migrate, unmigrate or move", "VMResult", params=vm_p, codes=(400, 401, 404, 409), accepted=True,
-            body=_obj({"action": {"type": "string", "enum": ["migrate", "unmigrate", "move"]}, "target": NAME,
+            body=_obj({"action": {"type": "string", "enum": [str(k) for k in MigrationKind]}, "target": NAME,
                        "force_live": {"type": "boolean"}, "wait": wait}, ("action",)))},
         "/api/v1/vm/{vm}/placement": {"get": _op("Where placement would put the VM, node by node", "Placement",
                                                  params=vm_p, codes=(400, 401, 404))},

@@ -8,6 +8,7 @@ import threading
 
 import falcon
 
+from pvccore.domain.states import USER_VM_STATES, MigrationKind
 from pvccore.errors import NotFoundError
 from pvccore.domain.fields import VM_META_FIELDS
 from pvccore.domain.models import Cluster, VM
@@ -18,8 +19,7 @@ from .guards import MAX_XML, fresh
 from .inputs import body, field, flag
 
 META_FIELDS = frozenset(VM_META_FIELDS)
-STATES = ("start", "shutdown", "stop", "restart", "disable")
-ACTIONS = ("migrate", "unmigrate", "move")
+ACTIONS = tuple(str(k) for k in MigrationKind)
 
 
 def vm_out(vm: VM, cluster: Cluster) -> dict:
@@ -180,7 +180,7 @@ class VMs:
     def on_post_state(self, req, resp, vm):
         """``{"state": start|shutdown|stop|restart|disable, "wait": bool}``."""
         data = body(req, {"state", "wait"})
-        state = field(data, "state", str, choices=STATES)
+        state = field(data, "state", str, choices=tuple(str(s) for s in USER_VM_STATES))
         wait = field(data, "wait", bool, False)
         ops = self.deps.ops
         ops.set_state(vm, state)

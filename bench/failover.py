@@ -25,7 +25,7 @@ from pvccore.demo.zookeeper import LocalZooKeeper, free_port  # noqa: E402
 from pvccore.operations import Operations  # noqa: E402
 from pvccore.plugins import load_plugins  # noqa: E402
 from pvccore.zk.store import Store  # noqa: E402
-from pvccore.zk.view import ClusterView  # noqa: E402
+from pvccore.zk.session import Session  # noqa: E402
 
 RUNS = 5
 VMS = ("web1", "web2", "db1")
@@ -43,7 +43,7 @@ def main() -> None:
                                   str(work / f"{n}.pgid")]) for n in local.nodes]
         local.start()
         store = Store.connect(zk.hosts, "/failover")
-        view = ClusterView(store.connection, store.paths).start()
+        view = Session.on(store).view
         ops = Operations(store, view, load_plugins())
         try:
             for n in local.nodes:

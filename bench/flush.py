@@ -20,7 +20,7 @@ from pvccore.demo.zookeeper import LocalZooKeeper  # noqa: E402
 from pvccore.operations import Operations  # noqa: E402
 from pvccore.plugins import load_plugins  # noqa: E402
 from pvccore.zk.store import Store, delete_tree  # noqa: E402
-from pvccore.zk.view import ClusterView  # noqa: E402
+from pvccore.zk.session import Session  # noqa: E402
 
 VMS = 20
 RUNS = 3
@@ -33,7 +33,7 @@ def one_setting(zk: LocalZooKeeper, parallel: int) -> list[float]:
     store = Store.connect(zk.hosts, root)
     times = []
     with LocalCluster(zk.hosts, root, flags=flags):
-        view = ClusterView(store.connection, store.paths).start()
+        view = Session.on(store).view
         ops = Operations(store, view, load_plugins())
         for i in range(VMS):
             ops.define_vm(sample_domain_xml(f"vm{i:02d}", 256), target="hv1")

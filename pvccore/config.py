@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from pvccore.errors import ValidationError
 from pvccore.domain.fields import Field, Kind, check
-from pvccore.domain.models import Timing, check_name
+from pvccore.domain.fields import check_name
+from pvccore.domain.models import Timing
 from pvccore.zk.schema import Schema
 from pvccore.zk.auth import parse_auth
 

@@ -28,7 +28,7 @@ from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.zk.auth import AUTH_ENV
 from pvccore.zk.store import Store
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 
 HERE = Path(__file__).resolve().parent.parent
 DEMO = HERE / ".demo"
@@ -72,7 +72,7 @@ def _zk_auth() -> str:
 
 def _connect(hosts: str):
     store = Store.connect(hosts, ROOT, auth=_zk_auth())
-    view = ClusterView(store.connection, store.paths).start()
+    view = Session.on(store).view
     return store, view, Operations(store, view, load_plugins())
 
 

@@ -97,7 +97,7 @@ def cluster(zk_server, zk_root, recorder_site, tmp_path):
     """Three pvcnoded processes (hv1..hv3) on private test:/// hypervisors, and Operations to drive them."""
     from pvccore.demo.cluster import LocalCluster
     from pvccore.operations import Operations
-    from pvccore.zk.view import ClusterView
+    from pvccore.zk.session import Session
 
     events = tmp_path / "events.jsonl"
     env = {"PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(events)}
@@ -106,7 +106,7 @@ def cluster(zk_server, zk_root, recorder_site, tmp_path):
     (tmp_path / "cluster").mkdir()
     store = Store.connect(zk_server.hosts, zk_root)
     local.start()
-    view = ClusterView(store.connection, store.paths).start()
+    view = Session.on(store).view
     ops = Operations(store, view, load_plugins(disabled=()))
     ops.local = local
     ops.events = Events(events)
@@ -132,7 +132,7 @@ def live(zk_server, recorder_site, tmp_path_factory):
 
     from pvccore.demo.cluster import LocalCluster
     from pvccore.demo.zookeeper import free_port
-    from pvccore.zk.view import ClusterView
+    from pvccore.zk.session import Session
 
     work = tmp_path_factory.mktemp("live")
     root = f"/pvc-live/{uuid.uuid4().hex[:12]}"
@@ -148,7 +148,7 @@ def live(zk_server, recorder_site, tmp_path_factory):
     api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     store = Store.connect(zk_server.hosts, root)
-    view = ClusterView(store.connection, store.paths).start()
+    view = Session.on(store).view
     url = f"http://127.0.0.1:{port}"
     try:
         from pvccli.client import ApiError, Client

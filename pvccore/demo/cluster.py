@@ -18,7 +18,7 @@ from pathlib import Path
 from pvccore.demo.zookeeper import LocalZooKeeper
 from pvccore.zk.auth import AUTH_ENV
 from pvccore.zk.store import Store
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 
 NODE_XML = """<node>
   <cpu><mhz>2000</mhz><model>x86_64</model><active>{cpus}</active><nodes>1</nodes><sockets>1</sockets>
@@ -78,7 +78,7 @@ class LocalCluster:
     def wait_running(self, nodes, timeout: float = 30.0) -> None:
         """Block until each of ``nodes`` reports daemon state ``run`` with a fresh keepalive."""
         store = Store.connect(self.hosts, self.root, auth=self.env.get(AUTH_ENV))  # None: $PVC_ZOOKEEPER_AUTH
-        view = ClusterView(store.connection, store.paths).start()
+        view = Session.on(store).view
         try:
             ok = view.wait_for(lambda c: all(n in c.nodes and c.nodes[n].daemon_state == "run" for n in nodes)
                                or any(self.procs[n].poll() is not None for n in nodes), timeout)
@@ -157,7 +157,7 @@ def coordinator_lab(workdir: str, floating_ip: str = "198.18.0.100", coordinator
                              node_flags=flags, wrap={n: net.exec(i) for i, n in enumerate(nodes, start=1)})
         local.start()
         store = Store.connect(zk.hosts, "/lab")
-        view = ClusterView(store.connection, store.paths).start()
+        view = Session.on(store).view
         try:
             view.wait_for(lambda c: c.primary is not None and c.nodes[c.primary.node].coordinator_state == "primary",
                           30)

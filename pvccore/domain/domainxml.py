@@ -10,7 +10,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from pvccore.domain.models import check_name
+from pvccore.domain.fields import check_name
 from pvccore.errors import ValidationError
 
 #: libvirt's memory units, in bytes (integers: a long number times a unit never overflows)

@@ -13,6 +13,7 @@ here talks to ZooKeeper, libvirt, HTTP or a terminal.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -170,6 +171,21 @@ def _show(value: Any) -> str:
     except ValueError:  # an int of more digits than Python converts to text
         return f"an integer of {value.bit_length()} bits"
     return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
+_PYTHON_TYPES = {Kind.BOOL: bool, Kind.STR: str, Kind.INT: int, Kind.FLOAT: float, Kind.ENUM: str,
+                 Kind.NAMES: tuple, Kind.STRINGS: tuple, Kind.LIST: list}
+
+
+def dataclass_fields(fields: Mapping[str, Field]) -> list[tuple[str, type, Any]]:
+    """``(name, type, dataclasses.field)`` for each field, for :func:`dataclasses.make_dataclass`: the models
+    holding these values take their fields from the tables, so a field is defined once."""
+    out = []
+    for f in fields.values():
+        kind = f.choices if f.kind is Kind.ENUM and isinstance(f.choices, type) else _PYTHON_TYPES[f.kind]
+        default = dataclasses.field(default_factory=list) if f.kind is Kind.LIST else dataclasses.field(default=f.default)
+        out.append((f.name, kind, default))
+    return out
 
 
 def table(*entries: Field) -> Mapping[str, Field]:

@@ -11,18 +11,15 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from pvccore.errors import ValidationError
-
-from pvccore.domain.fields import (CLUSTER_SETTINGS, DEFAULT_SELECTOR, VM_META_FIELDS, Field, Kind, check,
-                                   check_name)
+from pvccore.domain.fields import (CLUSTER_SETTINGS, VM_META_FIELDS, Field, Kind, check, check_name,
+                                   dataclass_fields)
 from pvccore.domain.states import (CoordinatorState, DaemonState, DomainState, FenceAction, FenceOutcome,
-                                   HandoverPhase, MigrationKind, MigrationMethod, MigrationPhase, VMState, parse)
-
-# check_name and DEFAULT_SELECTOR live in pvccore.domain.fields; other modules import them from here too.
+                                   HandoverPhase, MigrationKind, MigrationPhase, VMState, parse)
+from pvccore.errors import ValidationError
 
 
 def _updates(changes: Mapping[str, Any], table: Mapping[str, Field], what: str) -> dict[str, Any]:
@@ -73,15 +70,14 @@ class _JSONModel:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class VMMeta(_JSONModel):
-    """Per-VM placement metadata (docs/reference/config.md); each field described in
-    :data:`pvccore.domain.fields.VM_META_FIELDS`."""
+#: the fields of :class:`VMMeta`, one per entry of :data:`VM_META_FIELDS` (defined there, once)
+_MetaFields = make_dataclass("_MetaFields", dataclass_fields(VM_META_FIELDS), frozen=True, slots=True)
 
-    node_limit: tuple[str, ...] = ()
-    node_selector: str = "default"
-    node_autostart: bool = False
-    migration_method: MigrationMethod = MigrationMethod.DEFAULT
+
+@dataclass(frozen=True, slots=True)
+class VMMeta(_MetaFields, _JSONModel):
+    """Per-VM placement metadata (docs/reference/config.md): ``node_limit``, ``node_selector``,
+    ``node_autostart``, ``migration_method``, each defined in :data:`pvccore.domain.fields.VM_META_FIELDS`."""
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "VMMeta":
@@ -187,8 +183,7 @@ class VM(_JSONModel):
             "migration": None if mig is None else {
                 "kind": mig.kind, "source": mig.source, "target": mig.target, "phase": mig.phase,
                 "method": mig.method, "live_only": mig.live_only, "started": mig.started, "reason": mig.reason},
-            "meta": {"node_limit": list(m.node_limit), "node_selector": m.node_selector,
-                     "node_autostart": m.node_autostart, "migration_method": m.migration_method},
+            "meta": {name: list(v) if isinstance(v := getattr(m, name), tuple) else v for name in VM_META_FIELDS},
         }
 
 
@@ -385,8 +380,12 @@ class Timing:
         return self.session_timeout + 2 * self.keepalive_interval
 
 
+#: the fields of :class:`ClusterConfig`, one per entry of :data:`CLUSTER_SETTINGS` (defined there, once)
+_SettingFields = make_dataclass("_SettingFields", dataclass_fields(CLUSTER_SETTINGS), frozen=True, slots=True)
+
+
 @dataclass(frozen=True, slots=True)
-class ClusterConfig(_JSONModel):
+class ClusterConfig(_SettingFields, _JSONModel):
     """Cluster-wide settings stored at ``config``.
 
     Failure detection defaults aim at VMs running elsewhere within 10 s of a node's
@@ -408,18 +407,10 @@ class ClusterConfig(_JSONModel):
     write cannot turn the cluster against itself), and against the nodes' keepalive
     interval and ZooKeeper session timeout by :meth:`check_timing`.
 
-    Each field's kind, bounds and meaning are in :data:`pvccore.domain.fields.CLUSTER_SETTINGS`
-    (tests/unit/test_fields.py keeps the two in step).
+    The fields (``default_selector``, ``allow_overcommit``, ``keepalive_limit``, ``fence_grace``,
+    ``successful_fence``, ``failed_fence``, ``self_fence_deadline``, ``fence_retry_max``), their kinds,
+    bounds and meaning are defined once, in :data:`pvccore.domain.fields.CLUSTER_SETTINGS`.
     """
-
-    default_selector: str = DEFAULT_SELECTOR
-    allow_overcommit: bool = False
-    keepalive_limit: float = 3.0
-    fence_grace: float = 2.0
-    successful_fence: FenceAction = FenceAction.RECOVER
-    failed_fence: FenceAction = FenceAction.NONE
-    self_fence_deadline: float = 10.0
-    fence_retry_max: float = 60.0
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "ClusterConfig":

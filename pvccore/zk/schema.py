@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from pvccore.errors import ValidationError
-from pvccore.domain.models import check_name
+from pvccore.domain.fields import check_name
 
 DEFAULT_ROOT = "/pvc"
 _ROOT_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")

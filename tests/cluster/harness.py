@@ -44,6 +44,7 @@ from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.zk.auth import AUTH_ENV
 from pvccore.zk.store import Store
+from pvccore.zk.session import Session
 from pvccore.zk.view import ClusterView
 from tests.tools.bmcsim import kill_members, pidns_members
 
@@ -300,7 +301,7 @@ class ClusterBox:
                      str(node.dir / "pidns")], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         for node in self.nodes.values():
             node.power_on(timeout)
-        self.view = ClusterView(self.store.connection, self.store.paths).start()
+        self.view = Session.on(self.store).view
         self.ops = Operations(self.store, self.view, load_plugins())
         self.wait_running(self.nodes, timeout)
         for node in self.nodes.values():

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from pvcapi.app import Deps, create_app
 from pvccore.demo.cluster import sample_domain_xml
 from pvccore.operations import Operations
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 from tests.conftest import make_node
 
 KEY = "fuzz-key"
@@ -28,7 +28,7 @@ def fuzz_app(zk_server, plugins):
     store = Store.connect(zk_server.hosts, root)
     for name in ("hv1", "hv2", "a"):
         store.create_node(make_node(name))
-    view = ClusterView(store.connection, store.paths).start()
+    view = Session.on(store).view
     ops = Operations(store, view, plugins)
     for name in ("a", "vm1", "0"):
         ops.define_vm(sample_domain_xml(name), {"node_limit": ["hv1", "hv2"]})

@@ -10,7 +10,7 @@ from pvccore.demo.cluster import LocalCluster
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.zk.store import Store, delete_tree
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 from tests.conftest import Events
 
 T = 30
@@ -31,7 +31,7 @@ def coordinators(zk_server, zk_root, recorder_site, tmp_path):
                  "PVC_PRIMARY_FILE": str(tmp_path / "{node}.primary"), **env})
         store = Store.connect(zk_server.hosts, zk_root)
         local.start()
-        view = ClusterView(store.connection, store.paths).start()
+        view = Session.on(store).view
         ops = Operations(store, view, load_plugins(disabled=()))
         ops.local, ops.events, ops.dir = local, Events(events), tmp_path
         started.append(ops)

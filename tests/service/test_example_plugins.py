@@ -17,7 +17,7 @@ from pvccore.domain.models import VM, VMMeta
 from pvccore.domain.placement import place
 from pvccore.plugins import load_plugins
 from pvccore.zk.store import Store
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 
 records = []
 logging.getLogger("pvc.example.handover").addHandler(type("H", (logging.Handler,), {"emit": lambda s, r:
@@ -25,7 +25,7 @@ logging.getLogger("pvc.example.handover").addHandler(type("H", (logging.Handler,
 logging.getLogger("pvc.example.handover").setLevel(logging.INFO)
 store = Store.connect(sys.argv[1], sys.argv[2])
 plugins = load_plugins()
-view = ClusterView(store.connection, store.paths).start()
+view = Session.on(store).view
 vm = VM(name="x", uuid="u", memory_mib=256, vcpus=1, meta=VMMeta(node_selector="mem-per-vcpu"))
 result = place(vm, view.snapshot(), plugins.selectors)
 plugins.notify("pvc_handover_phase", phase="stop-services", node="a", role="relinquish", old_primary="a",

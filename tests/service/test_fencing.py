@@ -21,7 +21,7 @@ from pvccore.demo.zookeeper import free_port
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.zk.store import Store, delete_tree
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 from tests.conftest import Events
 from tests.tools.tcpproxy import TcpProxy
 
@@ -53,7 +53,7 @@ class Box:
         self.local.start()
         for node in NODES:
             self.pgid(node)
-        self.view = ClusterView(self.store.connection, self.store.paths).start()
+        self.view = Session.on(self.store).view
         self.ops = Operations(self.store, self.view, load_plugins(disabled=()))
         for node in NODES:
             self.ops.set_fence_config(node, [self.ipmi(node)])

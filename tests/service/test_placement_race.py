@@ -9,7 +9,7 @@ from pvccore.demo.cluster import sample_domain_xml
 from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.zk.store import Store
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 
 T = 60
 VM_MIB = 1500
@@ -21,7 +21,7 @@ def workers(zk_server, root, count):
     out = []
     for _ in range(count):
         store = Store.connect(zk_server.hosts, root)
-        view = ClusterView(store.connection, store.paths).start()
+        view = Session.on(store).view
         out.append(Operations(store, view, load_plugins()))
     return out
 

@@ -11,12 +11,12 @@ import pytest
 from pvccore.errors import ValidationError
 from pvccore.domain.models import Node
 from pvccore.operations import Operations
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 
 
 @pytest.fixture
 def ops(store, plugins):
-    view = ClusterView(store.connection, store.paths).start()
+    view = Session.on(store).view
     yield Operations(store, view, plugins)
     view.stop()
 

@@ -43,12 +43,12 @@ import json, sys
 from pvccore.plugins import load_plugins
 from pvccore.domain.placement import place
 from pvccore.zk.store import Store
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 
 hosts, root = sys.argv[1:3]
 store = Store.connect(hosts, root)
 plugins = load_plugins()
-view = ClusterView(store.connection, store.paths).start()
+view = Session.on(store).view
 vm = store.get_vm("app1")
 result = place(vm, view.snapshot(), plugins.selectors)
 dist = {r["name"]: r for r in plugins.describe()}["lastname"]

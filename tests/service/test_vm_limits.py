@@ -11,7 +11,7 @@ import pytest
 from pvccore.errors import ConflictError, ValidationError
 from pvccore.demo.cluster import sample_domain_xml as domain
 from pvccore.operations import Operations
-from pvccore.zk.view import ClusterView
+from pvccore.zk.session import Session
 from tests.conftest import make_node
 
 T = 10
@@ -22,7 +22,7 @@ def ops(store, plugins):
     store.create_node(make_node("small", cpu_count=4, memory_total_mib=8192, memory_free_mib=8192,
                                 memory_used_mib=0))
     store.create_node(make_node("big", cpu_count=16, memory_total_mib=65536, memory_free_mib=32768))
-    view = ClusterView(store.connection, store.paths).start()
+    view = Session.on(store).view
     assert view.wait_for(lambda c: set(c.nodes) == {"small", "big"}, T)
     yield Operations(store, view, plugins)
     view.stop()

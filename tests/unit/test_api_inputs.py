@@ -113,10 +113,10 @@ def test_openapi_states_the_limits():
     assert "X-PVC-Stale" in paths["/api/v1/cluster/status"]["get"]["responses"]["200"]["headers"]
 
 
-class _Client:
+class _Connection:
     connected = True
 
-    def add_listener(self, fn) -> None:
+    def subscribe(self, fn) -> None:
         pass
 
 
@@ -124,7 +124,7 @@ class _Failing:
     """Operations whose every read fails as ZooKeeper can, mid-request."""
 
     def __init__(self, exc: Exception):
-        self.store = type("Store", (), {"client": _Client()})()
+        self.store = type("Store", (), {"connection": _Connection()})()
         self.view = self
         self.exc = exc
 

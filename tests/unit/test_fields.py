@@ -227,11 +227,11 @@ class _Ops:
     """Just enough of Operations to build the app."""
 
     class store:
-        class client:
+        class connection:
             connected = True
 
             @staticmethod
-            def add_listener(fn):
+            def subscribe(fn):
                 pass
 
 
