@@ -48,7 +48,8 @@ def _table(s: dict) -> str:
         ("vms", f"{s['vms']['total']} ({counts(s['vms']['state'])}; migrating {s['vms']['migrating']})"),
         ("default selector", s["config"]["default_selector"]),
         ("overcommit", s["config"]["allow_overcommit"]),
-        ("fencing", ", ".join(f"{n} {f['state']}" for n, f in sorted(s.get("fencing", {}).items())) or None),
+        ("fencing", ", ".join(f"{n} {f.get('state') or 'confirmed off'}" for n, f in sorted(s.get("fencing", {}).items()))
+         or None),
     ])]
     lines += [f"problem: {p}" for p in s["problems"]]
     return "\n".join(lines)

@@ -87,7 +87,7 @@ class VMMeta(_MetaFields, _JSONModel):
         """Return a copy with ``changes`` applied, each checked for type and form.
 
         Whether a selector or node exists is checked against the live cluster by
-        :func:`pvccore.operations.validate_meta`, not here.
+        :meth:`pvccore.operations.Operations.validate_meta`, not here.
         """
         if "node_limit" in changes:  # the one field with a second form: a comma-separated string
             changes = {**changes, "node_limit": _limit_list(changes["node_limit"])}
@@ -322,14 +322,16 @@ class FenceStatus(_JSONModel):
         return self.confirmed_off is not None and self.confirmed_off.keepalive == node.keepalive
 
 
-def decode_fencing(data: bytes | None) -> dict[str, FenceStatus]:
-    """The ``fencing`` document (node -> status); an unreadable entry is left out."""
+def decode_fencing(data: bytes | None) -> dict[str, FenceStatus] | None:
+    """The ``fencing`` document (node -> status); an unreadable entry is left out, an unreadable document is None."""
     try:
         raw = json.loads(data or b"{}")
     except ValueError:
-        return {}
+        return None
+    if not isinstance(raw, dict):
+        return None
     out = {}
-    for node, entry in (raw.items() if isinstance(raw, dict) else ()):
+    for node, entry in raw.items():
         try:
             out[node] = FenceStatus.from_dict(entry)
         except ValidationError:

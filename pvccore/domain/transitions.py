@@ -23,6 +23,9 @@ def migration_request(vm: VM, kind: MigrationKind, target: str, force_live: bool
         raise ConflictError(f"VM {vm.name!r} is already migrating to {vm.migration.target}", "action")
     if vm.node == target:
         raise ConflictError(f"VM {vm.name!r} is already on {target}", "target")
+    if kind == MigrationKind.UNMIGRATE and vm.last_node != target:
+        raise ConflictError(f"VM {vm.name!r} has no last node to return to" if not vm.last_node else
+                            f"VM {vm.name!r} returns to {vm.last_node} now, not {target}", "action")
     last = last_node_after(vm, kind, vm.node, target)
     if vm.state != VMState.START:
         if vm.state in RUNNING_STATES:
@@ -56,6 +59,13 @@ def migration_done(vm: VM) -> VM:
 def migration_abandoned(vm: VM, reason: str) -> VM:
     """The VM document once its migration is given up before it left the source: it runs where it is."""
     return replace(vm, migration=None, state=VMState.START, reason=f"migration to {vm.migration.target} failed: {reason}")
+
+
+def target_fenced(vm: VM, dead: str) -> VM:
+    """A VM that was on its way to ``dead`` when it was fenced: it stays where it is and runs there."""
+    if vm.migration is None or vm.migration.target != dead:
+        return vm
+    return replace(vm, migration=None, state=VMState.START, reason=f"migration to {dead} abandoned: {dead} fenced")
 
 
 def started_elsewhere(vm: VM, target: str, why: str) -> VM:

@@ -149,7 +149,8 @@ class Coordinator:
         if not self.serving:
             return
         others = [n.name for n in snap.nodes.values() if n.name != self.ctx.name and n.takes_primary]
-        if others:
+        record = self._primary_record()
+        if others and record is not None and record.node == self.ctx.name:  # only the primary hands it over
             try:
                 handover = self.ctx.store.start_handover(Handover.new(self.ctx.name, others[0]))
             except PVCError as exc:
@@ -163,6 +164,13 @@ class Coordinator:
             self._stop_services(new=None)
             self._remove_ips(new=None)
             self._set_state(CoordinatorState.SECONDARY)
+
+    def _primary_record(self) -> PrimaryRecord | None:
+        try:
+            return self.ctx.store.get_primary()
+        except (PVCError, KazooException) as exc:
+            log.warning("could not read the primary record: %s", getattr(exc, "message", type(exc).__name__))
+            return None
 
     # -- the two sides of a handover ------------------------------------------------------------
 
@@ -271,6 +279,7 @@ class Coordinator:
             self._fail(h, why)
             if added:
                 self._remove_ips(None)
+            self.serving = False  # services were not started: they start only once the record names us
             self._set_state(CoordinatorState.SECONDARY)
         finally:
             for lock in held:

@@ -20,7 +20,6 @@ import threading
 import time
 from dataclasses import replace
 
-from kazoo.exceptions import NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from pvccore import config as configmod
@@ -57,6 +56,9 @@ class NodeDaemon:
         self.session: Session | None = None
         self.hv: Hypervisor | None = None
         self.ctx: NodeContext | None = None
+        self.workers: Workers | None = None
+        self.keepalive: Keepalive | None = None
+        self.lifecycle: VMLifecycle | None = None
         self.coordinator: Coordinator | None = None
         self.monitor: FenceMonitor | None = None
 
@@ -87,6 +89,8 @@ class NodeDaemon:
         self.session.view.add_listener(self._reconcile_soon.set)
         store.connection.subscribe(self.keepalive.on_connection)
         self.keepalive.publish(first=True)
+        # Before any loop runs: a plugin's service may be started by the first reconcile (a resumed primary).
+        self.plugins.notify("pvc_node_started", node=self.name, config=cfg)
         if cfg.coordinator:
             self.monitor = FenceMonitor(ctx, lambda: self.coordinator.serving)
             self.monitor.start()
@@ -95,7 +99,6 @@ class NodeDaemon:
             t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
             t.start()
             self._loops.append(t)
-        self.plugins.notify("pvc_node_started", node=self.name, config=cfg)
         log.info("node %s running (libvirt %s, live migration %s)", self.name, cfg.libvirt_uri,
                  "on" if live else "off")
         return self
@@ -124,8 +127,8 @@ class NodeDaemon:
         store = self.session.store
         try:
             store.update_node(self.name, lambda n: replace(n, daemon_state=DaemonState.STOP, keepalive=time.time()))
-            store.client.delete(store.paths.node_alive(self.name))
-        except (PVCError, NoNodeError) as exc:
+            store.drop_ephemeral(store.paths.node_alive(self.name))
+        except PVCError as exc:
             log.warning("could not record the stop: %s", exc)
         self.plugins.notify("pvc_node_stopped", node=self.name)
         store.close()

@@ -46,12 +46,13 @@ class FenceMonitor:
     """Watches every other node's keepalive; declares, fences and recovers the dead (see the module docstring).
 
     ``serving`` says whether this node carries the primary role right now (only the primary fences,
-    except the primary itself).
+    except the primary itself); ``clock`` is the monotonic clock silences are timed on.
     """
 
-    def __init__(self, ctx: NodeContext, serving: Callable[[], bool]):
+    def __init__(self, ctx: NodeContext, serving: Callable[[], bool], clock: Callable[[], float] = time.monotonic):
         self.ctx = ctx
         self._serving = serving
+        self._clock = clock
         self._seen: dict[str, tuple[float, float]] = {}  # node -> (keepalive value, when we saw it change)
         self._suspect: dict[str, float] = {}  # node -> since when
         self._retry: dict[str, tuple[float, float]] = {}  # node -> (next attempt at, current back-off)
@@ -75,7 +76,7 @@ class FenceMonitor:
         tick = min(0.5, self.ctx.cfg.keepalive_interval / 2)
         while not self.ctx.stopping.wait(tick):
             try:
-                self.tick(time.monotonic())
+                self.tick(self._clock())
             except Exception:
                 log.exception("fence monitor tick failed")
 
@@ -129,7 +130,7 @@ class FenceMonitor:
     # -- fencing ------------------------------------------------------------------------
 
     def _fence(self, node: Node, now: float, silent_for: float) -> None:
-        name, began = node.name, time.monotonic()
+        name = node.name
         try:
             with self.ctx.store.lock("fence", timeout=1.0, identifier=self.ctx.name):
                 current = self.ctx.store.get_node(name)
@@ -152,10 +153,10 @@ class FenceMonitor:
                 else:
                     # Fencers can take seconds to fail: the back-off counts from the end of the attempt, and
                     # a node silent all along (same keepalive) was silent for those seconds too.
-                    took = time.monotonic() - began
+                    end = self._clock()
                     after = self.ctx.store.get_node(name)
-                    self._failed(name, result, now + took,
-                                 silent_for + took if after.keepalive == node.keepalive else silent_for)
+                    self._failed(name, result, end,
+                                 silent_for + (end - now) if after.keepalive == node.keepalive else silent_for)
         except LockTimeout:
             return  # another coordinator is fencing: look again next tick
 
@@ -214,7 +215,7 @@ class FenceMonitor:
         backoff = min(cfg.fence_retry_max, max(1.0, backoff * 2))
         self._retry[name] = (now + backoff, backoff)
         before = self.ctx.store.get_fencing().get(name)
-        attempts = (before.attempts if before else 0) + 1
+        attempts = (before.attempts if before else 0) + 1  # as shown; the record counts on its fresh read
         self.ctx.store.count("fences_failed")
         armed = self.ctx.view.snapshot().nodes.get(name)
         armed = armed.self_fence_deadline if armed is not None else 0.0
@@ -230,9 +231,10 @@ class FenceMonitor:
                 f"failed: {result.message}", attempts=attempts, at=time.time()))
             recover(self.ctx, name)
             return
-        self.ctx.store.set_fencing(name, replace(before or FenceStatus(), state=FenceOutcome.FAILED,
-                                                 message=result.message, attempts=attempts, at=time.time(),
-                                                 retry_in=backoff))
+        # Compare-and-set: an operator's confirm-off written meanwhile is kept.
+        self.ctx.store.update_fencing(name, lambda cur: replace(
+            cur or FenceStatus(), state=FenceOutcome.FAILED, message=result.message,
+            attempts=(cur.attempts if cur else 0) + 1, at=time.time(), retry_in=backoff))
         log.error("node %s: fencing failed (attempt %d, next in %gs): %s; its VMs are NOT recovered", name,
                   attempts, backoff, result.message)
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pvccore.domain.models import Cluster
 from pvccore.domain.placement import place, with_pending
 from pvccore.domain.states import RUNNING_STATES, DomainState
-from pvccore.domain.transitions import migration_abandoned, recovered, recovery_parked
+from pvccore.domain.transitions import recovered, recovery_parked, target_fenced
 from pvccore.node.context import NodeContext
 from pvccore.zk.placing import placing
 
@@ -35,7 +35,7 @@ def _recover_placed(ctx: NodeContext, dead: str, cluster: Cluster) -> tuple[dict
         mig = vm.migration
         if mig is not None and mig.target == dead and vm.node != dead:
             # It was on its way to the dead node: it stays where it is and runs there.
-            ctx.store.update_vm(vm.name, lambda v: migration_abandoned(v, f"{dead} fenced"))
+            ctx.store.update_vm(vm.name, lambda v: target_fenced(v, dead))
             continue
         if vm.node != dead or (vm.state not in RUNNING_STATES and mig is None):
             continue

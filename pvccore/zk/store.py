@@ -127,7 +127,7 @@ class _Fencing:
 
     @classmethod
     def from_json(cls, data: bytes) -> "_Fencing":
-        return cls(decode_fencing(data))
+        return cls(decode_fencing(data) or {})
 
     def to_json(self) -> bytes:
         return encode_fencing(self.statuses)
@@ -280,7 +280,10 @@ class Store:
             ours.append(_Maybe(PrimaryRecord(node=node, epoch=epoch, since=time.time())))
             return ours[-1]
 
-        result = self._update(self.paths.primary, _Maybe.reader(PrimaryRecord), claim, "primary", _Maybe)
+        try:
+            result = self._update(self.paths.primary, _Maybe.reader(PrimaryRecord), claim, "primary", _Maybe)
+        except ConflictError:  # lost every race: others are claiming it
+            return None
         return result.value if ours and result is ours[-1] else None
 
     def start_handover(self, handover: Handover) -> Handover:
@@ -377,6 +380,13 @@ class Store:
             # Left by our previous session (killed before it expired): replace it with ours.
             self.client.delete(path)
             self.client.create(path, b"", ephemeral=True)
+
+    def drop_ephemeral(self, path: str) -> None:
+        """Remove an ephemeral znode of this session now (gone already: nothing to do)."""
+        try:
+            self.client.delete(path)
+        except NoNodeError:
+            pass
 
     # -- VMs -----------------------------------------------------------------------
 

@@ -229,10 +229,19 @@ class ClusterView:
     def wait_seen(self, kind: str, name: str, zxid: int, timeout: float = 10.0) -> bool:
         """Wait until the view holds ``kind``/``name`` as of ZooKeeper transaction ``zxid`` or later.
 
-        ``kind`` is ``"node"`` or ``"vm"``. An entry that was deleted meanwhile counts as seen.
+        ``kind`` is ``"node"`` or ``"vm"``. An entry that was deleted meanwhile counts as seen. One the
+        view has not heard of at all (created by another process a moment ago) is not taken as deleted:
+        the view first takes in every change this session has been told of (:meth:`barrier`), which
+        includes that creation, since this session has read the entry.
         """
         key = (kind, name)
-        return self.wait_until(lambda: self._zxid.get(key, -1) >= zxid or name not in self._members[kind], timeout)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            heard = name in self._members[kind]
+        if not heard and not self.barrier(timeout):
+            return False
+        return self.wait_until(lambda: self._zxid.get(key, -1) >= zxid or name not in self._members[kind],
+                               max(0.0, deadline - time.monotonic()))
 
     def wait_for(self, predicate: Callable[[Cluster], bool], timeout: float) -> bool:
         """Block until ``predicate(snapshot)`` holds or ``timeout`` passes; return whether it held."""
@@ -305,6 +314,8 @@ class ClusterView:
             return False
         if kind == "fencing":
             value = decode_fencing(data)
+            if value is None:
+                log.error("ignoring unreadable %s document", kind)
         else:
             try:
                 value = json.loads(data) if data else {}

@@ -182,6 +182,9 @@ class MemoryCluster:
     def ensure_ephemeral(self, path):
         pass
 
+    def drop_ephemeral(self, path):
+        pass
+
     # -- reads ---------------------------------------------------------------------------------
 
     def get_vm(self, name):
@@ -204,6 +207,9 @@ class MemoryCluster:
 
     def get_handover(self):
         return self.handover
+
+    def get_primary(self):
+        return self.primary
 
     def get_fencing(self):
         with self.cond:

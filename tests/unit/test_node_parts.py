@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from pvccore.domain.models import VM, ClusterConfig, Handover, Node, VMMeta
 from pvccore.domain.states import (CoordinatorState, DaemonState, DomainState, HandoverPhase, MigrationKind,
                                    VMState)
-from pvccore.domain.transitions import migration_request
+from pvccore.domain.transitions import migration_request, target_fenced
+from pvccore.errors import ConflictError
 from pvccore.hookspecs import Fencer, FenceResult
 from pvccore.node import flush
 from pvccore.node.context import Workers
@@ -276,8 +278,19 @@ def fence_world(first: bool, second: bool, **config):
     cluster.claim_primary("hv1", lambda cur: True)
     for i in range(2):
         cluster.add_vm(VM(f"vm{i}", f"u{i}", 512, 1, state=VMState.START, node="hv3"))
-    monitor = FenceMonitor(node_context(cluster, "hv1", ps, keepalive_interval=1.0), serving=lambda: True)
-    return cluster, rec, fencers, monitor
+    return cluster, rec, fencers, FakeTime(node_context(cluster, "hv1", ps, keepalive_interval=1.0))
+
+
+class FakeTime:
+    """A fence monitor on a clock the test sets: ``tick(t)`` is the monitor's look at time ``t``."""
+
+    def __init__(self, ctx):
+        self.now = 0.0
+        self.monitor = FenceMonitor(ctx, serving=lambda: True, clock=lambda: self.now)
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        self.monitor.tick(now)
 
 
 def keep_alive(cluster, *names):
@@ -334,11 +347,9 @@ def test_failed_fencing_recovers_nothing_and_retries_with_a_doubling_back_off(wo
         if len(fencers.calls) > before:
             attempts_at.append(now)
         now += 0.5
-    # the back-off doubles from 1 s up to fence_retry_max, counted from the end of each attempt (so the next
-    # attempt comes at the first tick, every 0.5 s here, after it)
+    # the back-off doubles from 1 s up to fence_retry_max, counted from the end of each attempt
     gaps = [b - a for a, b in zip(attempts_at, attempts_at[1:])]
-    backoffs = [1.0, 2.0] + [4.0] * (len(gaps) - 2)
-    assert len(gaps) >= 4 and all(b < g <= b + 0.5 for g, b in zip(gaps, backoffs)), attempts_at
+    assert gaps[:3] == [1.0, 2.0, 4.0] and len(gaps) >= 4 and set(gaps[2:]) == {4.0}, attempts_at
     status = cluster.fencing["hv3"]
     assert (status.state, status.attempts, status.retry_in) == ("failed", len(attempts_at), 4.0)
     assert cluster.nodes["hv3"].daemon_state == DaemonState.DEAD
@@ -488,3 +499,52 @@ def test_a_stray_copy_is_removed_and_a_vm_that_stopped_on_its_own_is_started_aga
     a.hv.destroy("web1")  # the guest died
     assert drive(cluster, [a, b], lambda c: "web1" in a.hv.running)
     assert "stopped unexpectedly" in cluster.vms["web1"].reason
+
+
+def test_the_back_off_counts_from_the_end_of_a_slow_attempt(world):
+    cluster, rec, fencers, clock = fence_world(first=False, second=False)
+    slow = fencers._fence("first")
+
+    def takes_three_seconds(node, params):
+        clock.now += 3.0  # a BMC that times out
+        return slow(node, params)
+
+    fencers.answers["first"] = False
+    clock.monitor.ctx.plugins.fencers["first"] = replace(clock.monitor.ctx.plugins.fencers["first"],
+                                                         fence=takes_three_seconds)
+    clock.tick(0.0)
+    clock.tick(4.0)
+    clock.tick(6.5)  # attempt 1 ends at 9.5: the next is due at 10.5, not 7.5
+    assert len(fencers.calls) == 2
+    for now in (7.5, 9.0, 10.0):
+        keep_alive(cluster, "hv2")
+        clock.tick(now)
+    assert len(fencers.calls) == 2
+    keep_alive(cluster, "hv2")
+    clock.tick(10.5)
+    assert len(fencers.calls) == 4
+
+
+def test_recovery_leaves_alone_a_vm_whose_trip_to_the_dead_node_ended_meanwhile():
+    vm = VM("web1", "u", 512, 1, state=VMState.START, node="hv1")
+    moving = migration_request(vm, MigrationKind.MIGRATE, "hv3")
+    assert target_fenced(moving, "hv3").migration is None
+    assert target_fenced(moving, "hv3").reason == "migration to hv3 abandoned: hv3 fenced"
+    assert target_fenced(vm, "hv3") is vm  # the source ended it first: nothing to do, no error
+    assert target_fenced(migration_request(vm, MigrationKind.MIGRATE, "hv2"), "hv3").migration.target == "hv2"
+
+
+def test_unmigrate_goes_only_to_the_last_node_as_it_is_now():
+    vm = VM("web1", "u", 512, 1, state=VMState.START, node="hv2", last_node="hv1")
+    assert migration_request(vm, MigrationKind.UNMIGRATE, "hv1").migration.target == "hv1"
+    moved = replace(vm, last_node="")  # an operator's move made meanwhile
+    with pytest.raises(ConflictError, match="has no last node"):
+        migration_request(moved, MigrationKind.UNMIGRATE, "hv1")
+
+
+def test_a_stopping_coordinator_that_is_not_primary_hands_nothing_over():
+    cluster, rec, net, coords = coordinators()
+    cluster.claim_primary("hv2", lambda cur: True)
+    coords["hv1"].serving = True  # believes it serves (a takeover that failed half-way, say)
+    coords["hv1"].step_down(cluster.snapshot())
+    assert cluster.handover is None and not coords["hv1"].serving
