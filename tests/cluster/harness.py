@@ -188,7 +188,11 @@ class BoxNode:
         box.reap.append(proc)
 
     def link(self, up: bool) -> None:
-        subprocess.run(["ip", "-n", self.ns, "link", "set", "eth0", "up" if up else "down"], check=True)
+        """The node's network link: eth0, and eth1 (the guests' uplink) when the box has guests."""
+        links = subprocess.run(["ip", "-n", self.ns, "-o", "link", "show"], capture_output=True, text=True).stdout
+        for dev in ("eth0", "eth1"):
+            if f" {dev}@" in links or f" {dev}:" in links:
+                subprocess.run(["ip", "-n", self.ns, "link", "set", dev, "up" if up else "down"], check=True)
 
     # -- what libvirt says -------------------------------------------------------------------
 
