@@ -12,9 +12,10 @@ from .output import columns, emit, format_option, pairs, report_action
 VM_COLUMNS = (
     ("VM", lambda v: v["name"]), ("STATE", lambda v: v["state"]), ("RUNNING", lambda v: v["running"]),
     ("NODE", lambda v: v["node"]), ("LAST", lambda v: v["last_node"]), ("MIB", lambda v: v["memory_mib"]),
-    ("VCPUS", lambda v: v["vcpus"]), ("LIMIT", lambda v: v["meta"]["node_limit"] or "any"),
-    ("SELECTOR", lambda v: v["meta"]["node_selector"]), ("AUTOSTART", lambda v: v["meta"]["node_autostart"]),
-    ("METHOD", lambda v: v["meta"]["migration_method"]),
+    ("VCPUS", lambda v: v["vcpus"]),
+    # one column per metadata field, in the table's order
+    *((f.header, lambda v, name=f.name: v["meta"][name] if v["meta"][name] not in ((), []) else "any")
+      for f in VM_META_FIELDS.values()),
 )
 
 

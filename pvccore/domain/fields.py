@@ -67,6 +67,8 @@ class Field:
     flag: str | None = None
     #: what a value is, for errors ("a selector name"); defaults follow from the kind
     noun: str = ""
+    #: the column header in listings (``pvc vm list``); default: the option's name in capitals
+    column: str = ""
 
     def __post_init__(self):
         if (self.kind is Kind.ENUM) != bool(self.choice_values):
@@ -82,6 +84,10 @@ class Field:
     def option(self) -> str:
         """The CLI option's name, without dashes in front."""
         return self.flag or self.name.replace("_", "-")
+
+    @property
+    def header(self) -> str:
+        return self.column or self.option.upper()
 
     @property
     def text(self) -> str:
@@ -227,9 +233,15 @@ CLUSTER_SETTINGS = table(
 #: Per-VM placement metadata (``VMMeta``).
 VM_META_FIELDS = table(
     Field("node_limit", Kind.NAMES, (), flag="limit", help="Nodes the VM may run on (empty: any node)."),
-    Field("node_selector", Kind.STR, "default", noun="a selector name",
+    Field("node_selector", Kind.STR, "default", noun="a selector name", column="SELECTOR",
           help="Selector for this VM, or 'default' (the cluster's default_selector)."),
     Field("node_autostart", Kind.BOOL, False, flag="autostart", help="Start on its home node's next ready."),
     Field("migration_method", Kind.ENUM, MigrationMethod.DEFAULT, choices=MigrationMethod, flag="method",
           help="How the VM migrates: live, shutdown, or default (live, falling back to shutdown)."),
+    Field("migration_max_downtime", Kind.INT, 0, low=0, high=60000, unit="milliseconds", flag="max-downtime",
+          column="DOWNTIME",
+          help="Longest pause of the VM, in milliseconds, at the end of a live migration (0: libvirt's default, "
+               "300 ms).",
+          detail="A guest that dirties memory faster than the link copies it is slowed down (auto-converge) until "
+                 "the rest fits in this pause."),
 )

@@ -181,13 +181,25 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"undefine failed: {exc}") from exc
 
-    def migrate_live(self, name: str, dest_uri: str, timeout: float) -> None:
-        """Peer-to-peer live migration to ``dest_uri``; the domain ends persistent there and gone here."""
+    def migrate_live(self, name: str, dest_uri: str, timeout: float, max_downtime_ms: int = 0) -> None:
+        """Peer-to-peer live migration to ``dest_uri``; the domain ends persistent there and gone here.
+
+        The VM is paused at the end for at most ``max_downtime_ms`` (0: libvirt's default). A KVM guest
+        that dirties memory faster than the link copies it is throttled (auto-converge) until the
+        rest fits in that pause: the migration ends, with the guest slower meanwhile. Post-copy would
+        not slow it, but a link lost during post-copy leaves the VM's memory split between two hosts
+        and the VM lost; auto-converge never puts the VM anywhere but on one whole host.
+        """
         dom = self._dom(name)
         if dom is None or not dom.isActive():
             raise HypervisorError(f"{name} is not running here")
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_AUTO_CONVERGE)
+        if max_downtime_ms:
+            try:
+                dom.migrateSetMaxDowntime(max_downtime_ms)
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"cannot set the migration downtime to {max_downtime_ms} ms: {exc}") from exc
         # libvirt has no overall migration timeout: abort the job from a timer.
         watchdog = threading.Timer(timeout, self._abort_job, args=(dom,))
         watchdog.daemon = True

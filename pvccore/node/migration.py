@@ -115,7 +115,8 @@ class Migrations:
 
         if method == MigrationMethod.LIVE:
             try:
-                self.hv.migrate_live(vm.name, target.migration_uri, cfg.migration_timeout)
+                self.hv.migrate_live(vm.name, target.migration_uri, cfg.migration_timeout,
+                                     vm.meta.migration_max_downtime)
                 return ctx.set_vm(vm.name, _in_phase(current, Phase.READY),
                                   migration=replace(current.migration, phase=Phase.SENT))
             except HypervisorError as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from .guests import GuestLab
 
 T = 120
@@ -29,6 +31,10 @@ def test_a_real_guest_boots_and_migrates_live_while_pinged_and_keeps_its_journal
     assert boot is not None, f"g1 never answered ping; console:\n{lab.console(guest)}"
     assert grown(guest, 5), f"g1 writes no journal; console:\n{lab.console(guest)}"
 
+    box.cli("vm", "meta", "g1", "--max-downtime", "250")
+    assert box.cli_json("vm", "info", "g1")["meta"]["migration_max_downtime"] == 250
+    assert box.cli("vm", "list").stdout.splitlines()[1].split()[-1] == "250"  # the DOWNTIME column
+
     pinger = box.pinger(guest.address, 0.01)
     box.ops.migrate("g1", "hv2")
     assert box.ops.wait_settled("g1", T)
@@ -47,3 +53,28 @@ def test_a_real_guest_boots_and_migrates_live_while_pinged_and_keeps_its_journal
     records = guest.journal()
     assert guest.journal_problems() == []
     assert len({boot_id for boot_id, _ in records}) == 1
+
+
+def test_a_guest_dirtying_memory_faster_than_the_link_still_migrates(make_box):
+    """64 MiB rewritten continuously: auto-converge slows the guest until the rest fits in its downtime.
+
+    Under TCG (this machine: KVM is PVM, which cannot run Debian's kernel) QEMU 7.2 brought such a guest
+    up corrupted on the target in about half the runs, whatever the downtime and with or without
+    auto-converge (kernel panics in timer and page-fault code; the journal-only guest of the test above
+    never did): a fault of the emulator, not of pvc, so this scenario runs where guests run under KVM."""
+    box = make_box()
+    lab = GuestLab(box).up()
+    if lab.domain_type != "kvm":
+        pytest.skip("needs KVM guests: QEMU 7.2's TCG corrupts a memory-rewriting guest it live-migrates")
+    guest = lab.define("busy", "hv1", memory_mib=256, dirty_mib=64)
+    assert lab.answers(guest, T) is not None, lab.console(guest)
+    started = time.monotonic()
+    box.cli("vm", "migrate", "busy", "--target", "hv2", "--wait", timeout=T + 30)
+    took = time.monotonic() - started
+    vm = box.view.vm("busy")
+    assert (vm.node, vm.state) == ("hv2", "start"), vm.reason
+    assert box.events.wait(1, "migration", vm="busy", target="hv2", ok=True)[0]["method"] == "live"
+    assert not box.check("dirtying guest migrated")
+    print(f"guest busy ({lab.domain_type}, dirtying 64 MiB): live migration took {took:.1f}s")
+    at_migration = len(guest.journal())
+    assert grown(guest, at_migration + 3) and guest.journal_problems() == []

@@ -97,7 +97,7 @@ def test_define_list_info_meta_xml(api):
 
     info = api.simulate_get(P + "/vm/web1", headers=H).json
     assert info["meta"] == {"node_limit": ["hv2", "hv3"], "node_selector": "vcpus", "node_autostart": True,
-                            "migration_method": "shutdown"}
+                            "migration_method": "shutdown", "migration_max_downtime": 0}
     assert info["running"] is True and "<name>web1</name>" in info["xml"]
 
     r = api.simulate_post(P + "/vm/web1", headers=H, json={"node_limit": ["hv1", "hv2"], "node_autostart": False})

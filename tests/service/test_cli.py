@@ -75,13 +75,16 @@ def test_vm_define_meta_info_list(pvc, live, tmp_path):
     xml = tmp_path / "web.xml"
     xml.write_text(domain("cweb", 512))
     out = pvc("vm", "define", str(xml), "--limit", "hv1,hv2", "--node-selector", "vms", "--method", "shutdown",
-              "--autostart").output
+              "--autostart", "--max-downtime", "200").output
     assert "VM cweb defined on hv1" in out
     info = json.loads(pvc("vm", "info", "cweb", "-f", "json").output)
     assert info["meta"] == {"node_limit": ["hv1", "hv2"], "node_selector": "vms", "node_autostart": True,
-                            "migration_method": "shutdown"}
+                            "migration_method": "shutdown", "migration_max_downtime": 200}
     table = pvc("vm", "info", "cweb").output
     assert "limit:" in table and "hv1,hv2" in table and "selector:" in table and "method:" in table
+    assert "downtime:" in table and "200" in table
+    bad = pvc("vm", "meta", "cweb", "--max-downtime", "-5", ok=False)
+    assert bad.exit_code == 1 and "migration_max_downtime must be an integer from 0 to 60000" in bad.output
     assert "<domain" in pvc("vm", "info", "cweb", "--xml").output
 
     pvc("vm", "meta", "cweb", "--limit", "hv2,hv3", "--node-selector", "mem", "--no-autostart")

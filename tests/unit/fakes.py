@@ -341,8 +341,9 @@ class FakeHypervisor:
             self.running.pop(name, None)
             self.defined.discard(name)
 
-    def migrate_live(self, name: str, dest_uri: str, timeout: float) -> None:
+    def migrate_live(self, name: str, dest_uri: str, timeout: float, max_downtime_ms: int = 0) -> None:
         self.calls.append(("migrate_live", name))
+        self.max_downtime = max_downtime_ms
         if self.fail_migrate:
             raise HypervisorError(self.fail_migrate)
         with self.lock:

@@ -129,3 +129,11 @@ def test_hand_written_vm_to_dict_matches_the_dataclass():
     expected = asdict(vm)
     expected["meta"]["node_limit"] = ["x"]
     assert vm.to_dict() == expected
+
+
+def test_migration_max_downtime_is_whole_milliseconds_up_to_a_minute():
+    assert VMMeta().migration_max_downtime == 0
+    assert VMMeta().updated({"migration_max_downtime": 250}).migration_max_downtime == 250
+    for bad in (-1, 60001, 2.5, True, "300", None):
+        with pytest.raises(ValidationError, match="migration_max_downtime must be an integer"):
+            VMMeta().updated({"migration_max_downtime": bad})

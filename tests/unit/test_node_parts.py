@@ -107,10 +107,11 @@ def test_hook_pvc_migration_finished(world):
     """A live migration passes requested, prepare, ready, sent; only then does the VM's node change."""
     cluster, rec, node = world
     a, b = node("hv1"), node("hv2")
-    running_vm(cluster, a, "web1")
+    running_vm(cluster, a, "web1", migration_max_downtime=250)
     cluster.update_vm("web1", lambda v: migration_request(v, MigrationKind.MIGRATE, "hv2"))
     assert drive(cluster, [a, b], settled("web1"))
     assert phases(cluster, "web1") == ["requested", "prepare", "ready", "sent"]
+    assert a.hv.max_downtime == 250  # the VM's metadata reaches libvirt
     assert all(doc.node == "hv1" for doc in cluster.written("vm", "web1") if doc.migration is not None)
     vm = cluster.vms["web1"]
     assert (vm.node, vm.last_node, vm.state) == ("hv2", "hv1", "start")
