@@ -78,3 +78,52 @@ def test_a_guest_dirtying_memory_faster_than_the_link_still_migrates(make_box):
     print(f"guest busy ({lab.domain_type}, dirtying 64 MiB): live migration took {took:.1f}s")
     at_migration = len(guest.journal())
     assert grown(guest, at_migration + 3) and guest.journal_problems() == []
+
+
+def test_a_real_guest_on_a_node_that_loses_power_boots_elsewhere_and_its_journal_shows_one_writer(make_box):
+    """Power loss: the node is fenced over IPMI, the guest boots on another node from the same disk, and its
+    journal shows the old boot's records, then the new boot's, never both at once."""
+    from .harness import DuplicateWatch
+    from .test_faults import ipmi, state
+
+    box = make_box()
+    lab = GuestLab(box).up()
+    guest = lab.define("g3", "hv3")
+    assert lab.answers(guest, T) is not None, lab.console(guest)
+    assert grown(guest, 10)
+    with DuplicateWatch(box) as watch:
+        t0 = time.monotonic()
+        ipmi(box, "hv3", "chassis", "power", "off")
+        assert state(box, "hv3", "fenced", T), box.logs()
+        back = lab.answers(guest, T)
+        took = time.monotonic() - t0
+        assert back is not None, f"g3 did not come back; console:\n{lab.console(guest)}"
+        assert not box.check("guest recovered")
+    assert not watch.seen, watch.seen
+    vm = box.view.vm("g3")
+    assert vm.node in ("hv1", "hv2") and vm.state == "start"
+    print(f"guest g3 ({lab.domain_type}): power loss -> answering ping on {vm.node} in {took:.1f}s")
+    boots = []
+    assert grown(guest, len(guest.journal()) + 5)
+    for boot_id, _ in guest.journal():
+        if not boots or boots[-1] != boot_id:
+            boots.append(boot_id)
+    assert len(boots) == 2 and guest.journal_problems() == []
+
+
+def test_flush_and_ready_move_running_guests_away_and_back_without_a_reboot(make_box):
+    box = make_box()
+    lab = GuestLab(box).up()
+    guests = [lab.define(f"f{i}", "hv1") for i in range(3)]
+    assert all(lab.answers(g, T) is not None for g in guests), [lab.console(g) for g in guests]
+    box.cli("node", "flush", "hv1", "--wait", timeout=T + 30)
+    assert not box.check("flushed")
+    assert all(box.view.vm(g.name).node != "hv1" for g in guests)
+    assert all(lab.answers(g, 10) is not None for g in guests)
+    box.cli("node", "ready", "hv1", "--wait", timeout=T + 30)
+    assert not box.check("ready")
+    assert all(box.view.vm(g.name).node == "hv1" for g in guests)
+    for g in guests:
+        at = len(g.journal())
+        assert grown(g, at + 3), lab.console(g)
+        assert g.journal_problems() == [] and len({b for b, _ in g.journal()}) == 1  # never rebooted
