@@ -71,6 +71,9 @@ class GuestLab:
         lab = self.box.net
         for node in self.box.nodes.values():
             veth = f"{lab.bridge[:8]}g{node.index}"
+            # A box torn down a moment ago may still hold this pair: the kernel removes the end in a deleted
+            # namespace (and so the pair) asynchronously. Deleting our end removes both now.
+            subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth1", "netns", node.ns)
             _ip("link", "set", veth, "master", lab.bridge, "up")
             _ip("-n", node.ns, "link", "add", BRIDGE, "type", "bridge")

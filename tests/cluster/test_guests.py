@@ -127,3 +127,37 @@ def test_flush_and_ready_move_running_guests_away_and_back_without_a_reboot(make
         at = len(g.journal())
         assert grown(g, at + 3), lab.console(g)
         assert g.journal_problems() == [] and len({b for b, _ in g.journal()}) == 1  # never rebooted
+
+
+def test_a_cut_off_node_with_a_shared_bmc_stops_its_guest_which_boots_elsewhere_with_one_writer(make_box):
+    """The link cut takes the node's storage path and guest uplink too; the node self-fences (its guest
+    is destroyed), the cluster recovers the guest past the deadline, and the disk never has two writers."""
+    from .harness import DuplicateWatch
+    from .test_faults import state
+
+    box = make_box(bmc="shared", settings={"failed_fence": "recover"})
+    lab = GuestLab(box).up()
+    guest = lab.define("c3", "hv3", meta={"node_limit": ["hv2", "hv3"]})
+    assert lab.answers(guest, T) is not None, lab.console(guest)
+    assert grown(guest, 10)
+    hv3 = box.nodes["hv3"]
+    with DuplicateWatch(box) as watch:
+        t0 = time.monotonic()
+        hv3.link(False)
+        assert state(box, "hv3", "fenced", T), box.logs()
+        back = lab.answers(guest, T)
+        took = time.monotonic() - t0
+        assert back is not None, f"c3 did not come back; console:\n{lab.console(guest)}"
+        assert box.view.vm("c3").node == "hv2" and hv3.running_domains() == set()
+        assert not box.check("guest recovered after the self-fence")
+        hv3.link(True)
+        assert box.view.wait_for(lambda c: c.nodes["hv3"].daemon_state == "run", T), box.logs()
+        assert not box.check("hv3 rejoined")
+    assert not watch.seen, watch.seen
+    print(f"guest c3 ({lab.domain_type}): link cut -> answering ping on hv2 in {took:.1f}s")
+    assert grown(guest, len(guest.journal()) + 5)
+    boots = []
+    for boot_id, _ in guest.journal():
+        if not boots or boots[-1] != boot_id:
+            boots.append(boot_id)
+    assert len(boots) == 2 and guest.journal_problems() == []
