@@ -161,3 +161,26 @@ def test_a_cut_off_node_with_a_shared_bmc_stops_its_guest_which_boots_elsewhere_
         if not boots or boots[-1] != boot_id:
             boots.append(boot_id)
     assert len(boots) == 2 and guest.journal_problems() == []
+
+
+def test_the_zookeeper_leader_killed_under_running_guests_moves_and_reboots_nothing(make_box):
+    box = make_box()
+    lab = GuestLab(box).up()
+    guests = [lab.define(f"z{i}", node) for i, node in enumerate(("hv1", "hv2", "hv3"))]
+    assert all(lab.answers(g, T) is not None for g in guests), [lab.console(g) for g in guests]
+    before = {g.name: box.view.vm(g.name).node for g in guests}
+    leader = next(z for z in box.zk if z.mode() == "leader")
+    cfg = box.view.config
+    killed_at = time.time()
+    leader.kill()
+    assert box.view.wait_for(lambda c: all(n.keepalive > killed_at for n in c.nodes.values()), T)
+    window = cfg.keepalive_limit + cfg.fence_grace + 2  # long enough for a false verdict to show
+    changed = box.view.wait_for(lambda c: any(n.daemon_state != "run" for n in c.nodes.values())
+                                or {g.name: c.vms[g.name].node for g in guests} != before, window)
+    assert not changed, box.view.snapshot()
+    leader.start()
+    assert not box.events.all("fenced") and not box.check("after the election")
+    for g in guests:
+        assert lab.answers(g, 10) is not None
+        assert grown(g, len(g.journal()) + 3)
+        assert g.journal_problems() == [] and len({b for b, _ in g.journal()}) == 1  # never rebooted
