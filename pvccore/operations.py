@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 from pvccore.domain.domainxml import parse_domain_xml, with_uuid
 from pvccore.domain.models import (VM, Cluster, ClusterConfig, ConfirmedOff, FenceStatus, Handover, Node, Timing,
                                    VMMeta, check_name)
-from pvccore.domain.placement import (Placement, check_size, check_target, check_unique_uuid, place,
+from pvccore.domain.placement import (Placement, check_size, check_unique_uuid, choose_target, place,
                                       resolve_selector)
 from pvccore.domain.states import (ACCEPTING, RESTING_STATES, RUNNING_STATES, USER_VM_STATES, CoordinatorState, DaemonState,
                                    DomainState, HandoverPhase, MigrationKind, VMState)
@@ -86,16 +86,12 @@ class Operations:
         self.view.wait_for(lambda c: spec.name in c.vms, 10)
         return created
 
-    def _target(self, vm: VM, target: str | None, cluster: Cluster,
-                domains: tuple[DomainState, ...] = (DomainState.READY,)) -> str:
+    def _target(self, vm: VM, target: str | None, cluster: Cluster) -> str:
         """``target`` if it may take ``vm`` (else ValidationError), or the placed node (else ConflictError)."""
-        if target:
-            check_target(vm, target, cluster, domains)
-            return target
-        decision = place(vm, cluster, self.plugins.selectors)
-        if decision.target is None:
-            raise ConflictError(decision.reason, "target")
-        return decision.target
+        chosen, why = choose_target(vm, target, cluster, self.plugins.selectors)
+        if chosen is None:
+            raise ConflictError(why, "target")
+        return chosen
 
     def set_meta(self, name: str, changes: Mapping[str, Any]) -> VM:
         """Change a VM's metadata; a node limit must leave it a node large enough (400, field ``node_limit``)."""

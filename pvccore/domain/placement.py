@@ -169,6 +169,17 @@ def check_target(vm: VM, target: str, cluster: Cluster,
         raise ValidationError(f"node {target!r} cannot take VM {vm.name!r}: {why}", "target")
 
 
+def choose_target(vm: VM, target: str | None, cluster: Cluster, selectors: Mapping[str, Selector],
+                  domains: tuple[DomainState, ...] = (DomainState.READY,)) -> tuple[str | None, str]:
+    """``(target, "")`` when the given ``target`` may take ``vm`` (else ValidationError), or ``(the placed node,
+    "")``, or ``(None, why)`` when no node can take it."""
+    if target:
+        check_target(vm, target, cluster, domains)
+        return target, ""
+    decision = place(vm, cluster, selectors)
+    return decision.target, decision.reason
+
+
 def check_size(vm: VM, cluster: Cluster) -> None:
     """Refuse a VM larger than every node it may run on (its node limit, or any node), in vCPUs or memory.
 

@@ -214,8 +214,6 @@ class FenceMonitor:
         _, backoff = self._retry.get(name, (0.0, 0.0))
         backoff = min(cfg.fence_retry_max, max(1.0, backoff * 2))
         self._retry[name] = (now + backoff, backoff)
-        before = self.ctx.store.get_fencing().get(name)
-        attempts = (before.attempts if before else 0) + 1  # as shown; the record counts on its fresh read
         self.ctx.store.count("fences_failed")
         armed = self.ctx.view.snapshot().nodes.get(name)
         armed = armed.self_fence_deadline if armed is not None else 0.0
@@ -226,17 +224,18 @@ class FenceMonitor:
             # as self-fenced, whatever the setting says now.
             log.warning("node %s: fencing failed (%s); silent %.0fs, past its self-fence deadline: taking it as "
                         "self-fenced and recovering its VMs", name, result.message, silent_for)
+            before = self.ctx.store.get_fencing().get(name)
             self._mark_fenced(name, FenceStatus(
                 FenceOutcome.SELF_FENCED, f"silent {silent_for:.0f}s, past its self-fence deadline; every fencer "
-                f"failed: {result.message}", attempts=attempts, at=time.time()))
+                f"failed: {result.message}", attempts=(before.attempts if before else 0) + 1, at=time.time()))
             recover(self.ctx, name)
             return
         # Compare-and-set: an operator's confirm-off written meanwhile is kept.
-        self.ctx.store.update_fencing(name, lambda cur: replace(
+        status = self.ctx.store.update_fencing(name, lambda cur: replace(
             cur or FenceStatus(), state=FenceOutcome.FAILED, message=result.message,
             attempts=(cur.attempts if cur else 0) + 1, at=time.time(), retry_in=backoff))
         log.error("node %s: fencing failed (attempt %d, next in %gs): %s; its VMs are NOT recovered", name,
-                  attempts, backoff, result.message)
+                  status.attempts, backoff, result.message)
 
 
 def detection(cfg: ClusterConfig, node: Node) -> tuple[float, float]:

@@ -8,6 +8,7 @@ never from what happened before, so a daemon that restarts picks up where the cl
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from pvccore.domain.models import VM, Node
 from pvccore.domain.states import MIGRATION_STATES, VMState
@@ -91,14 +92,8 @@ class VMLifecycle:
         if reason:
             log.warning("VM %s: %s", vm.name, reason)
         me = self.ctx.name
-        mine = lambda v: v.state == VMState.START and v.node == me and v.migration is None  # noqa: E731
-        try:
-            self.hv.start(vm.name, self.ctx.store.get_vm_xml(vm.name))
-        except HypervisorError as exc:
-            log.error("VM %s: start failed: %s", vm.name, exc)
-            return self.ctx.set_vm(vm.name, mine, state=VMState.FAIL, reason=str(exc))
-        log.info("VM %s: started", vm.name)
-        return self.ctx.set_vm(vm.name, mine, reason=reason)
+        return self._boot(vm, "start", lambda v: v.state == VMState.START and v.node == me and v.migration is None,
+                          reason=reason)
 
     def shutdown(self, vm: VM) -> VM | None:
         cfg = self.ctx.cfg
@@ -112,14 +107,19 @@ class VMLifecycle:
 
     def restart(self, vm: VM) -> VM | None:
         self.hv.shutdown(vm.name, self.ctx.cfg.shutdown_timeout, self.ctx.stopping)
-        mine = lambda v: v.state == VMState.RESTART and v.node == self.ctx.name  # noqa: E731
+        return self._boot(vm, "restart", lambda v: v.state == VMState.RESTART and v.node == self.ctx.name,
+                          state=VMState.START, reason="")
+
+    def _boot(self, vm: VM, what: str, mine: Callable[[VM], bool], **changes) -> VM | None:
+        """Start the domain from its stored XML; then write ``changes``, or ``fail`` with libvirt's error,
+        while ``mine`` holds."""
         try:
             self.hv.start(vm.name, self.ctx.store.get_vm_xml(vm.name))
         except HypervisorError as exc:
-            log.error("VM %s: restart failed: %s", vm.name, exc)
+            log.error("VM %s: %s failed: %s", vm.name, what, exc)
             return self.ctx.set_vm(vm.name, mine, state=VMState.FAIL, reason=str(exc))
-        log.info("VM %s: restarted", vm.name)
-        return self.ctx.set_vm(vm.name, mine, state=VMState.START, reason="")
+        log.info("VM %s: %sed", vm.name, what)
+        return self.ctx.set_vm(vm.name, mine, **changes)
 
     def destroy(self, vm: VM) -> None:
         self.hv.destroy(vm.name)

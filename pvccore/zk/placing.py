@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping
 
 from pvccore.domain.models import VM, Cluster
-from pvccore.domain.placement import check_target, place
+from pvccore.domain.placement import choose_target
 from pvccore.domain.states import DomainState, MigrationKind
 from pvccore.domain.transitions import migration_request
 from pvccore.errors import LockTimeout
@@ -53,12 +53,7 @@ def request_migration(store: Store, view: ClusterView, selectors: Mapping[str, S
     :raises ValidationError: ``target`` may not take the VM. :raises ConflictError: the VM cannot move now.
     """
     with placing(store, view) as fresh:
-        vm, cluster = store.get_vm(name), fresh()
-        if target:
-            check_target(vm, target, cluster, domains)
-        else:
-            decision = place(vm, cluster, selectors)
-            if decision.target is None:
-                return None, decision.reason
-            target = decision.target
+        target, why = choose_target(store.get_vm(name), target, fresh(), selectors, domains)
+        if target is None:
+            return None, why
         return store.update_vm(name, lambda current: migration_request(current, kind, target, force_live)), ""

@@ -331,15 +331,16 @@ class Store:
         except NotFoundError:
             return {}
 
-    def update_fencing(self, node: str, fn: Callable[[FenceStatus | None], FenceStatus | None]) -> None:
-        """Change (None: clear) a node's fence status, compare-and-set."""
+    def update_fencing(self, node: str, fn: Callable[[FenceStatus | None], FenceStatus | None]) -> FenceStatus | None:
+        """Change (None: clear) a node's fence status, compare-and-set; return it as written."""
 
         def update(doc: _Fencing) -> _Fencing:
             new = fn(doc.statuses.get(node))
             rest = {k: v for k, v in doc.statuses.items() if k != node}
             return _Fencing(rest if new is None else {**rest, node: new})
 
-        self._update(self.paths.fencing, _Fencing.from_json, update, "fence status", lambda: _Fencing({}))
+        return self._update(self.paths.fencing, _Fencing.from_json, update, "fence status",
+                            lambda: _Fencing({})).statuses.get(node)
 
     def set_fencing(self, node: str, status: FenceStatus | None) -> None:
         self.update_fencing(node, lambda _current: status)

@@ -54,6 +54,14 @@ class Guest:
     def journal_problems(self) -> list[str]:
         return journal_problems(self.journal())
 
+    def boots(self) -> list[str]:
+        """The boot ids in the journal, in the order they wrote (one entry per run of records)."""
+        out: list[str] = []
+        for boot_id, _ in self.journal():
+            if not out or out[-1] != boot_id:
+                out.append(boot_id)
+        return out
+
 
 class GuestLab:
     """The guest network, shared storage and guest image of one :class:`ClusterBox`."""

@@ -250,3 +250,24 @@ def test_confirm_off_only_for_a_dead_node_named_twice(api):
                 "node hv1 is run, not dead")
     error_shape(api.simulate_post(P + "/node/hv9/confirm-off", headers=H, json={"node": "hv9"}), 404)
     assert api.ops.store.get_fencing().get("hv1") is None
+
+
+@pytest.mark.parametrize("bad", [-1, 60001, 10 ** 18, 2.5, True, "300", None, [300], {"ms": 300}])
+def test_migration_max_downtime_refuses_what_is_not_whole_milliseconds_and_changes_nothing(api, bad):
+    api.simulate_post(P + "/vm", headers=H, json={"xml": domain("dt1"), "target": "hv1", "start": False,
+                                                   "migration_max_downtime": 300})
+    before = api.ops.store.get_vm("dt1")
+    error_shape(api.simulate_post(P + "/vm/dt1", headers=H, json={"migration_max_downtime": bad}), 400,
+                "migration_max_downtime", "must be an integer from 0 to 60000")
+    error_shape(api.simulate_post(P + "/vm", headers=H, json={"xml": domain("dt2"), "migration_max_downtime": bad}),
+                400, "migration_max_downtime")
+    assert api.ops.store.get_vm("dt1") == before and "dt2" not in api.ops.store.vm_names()
+
+
+def test_migration_max_downtime_nan_infinity_and_huge_numbers_are_refused_as_json(api):
+    for text in ('{"migration_max_downtime": NaN}', '{"migration_max_downtime": Infinity}',
+                 '{"migration_max_downtime": ' + "9" * 400 + "}"):
+        resp = api.simulate_post(P + "/vm/web1", headers={**H, "Content-Type": "application/json"}, body=text)
+        error_shape(resp, 400)
+    assert api.simulate_post(P + "/vm", headers=H, json={"xml": domain("dt3"), "start": False,
+                                                        "migration_max_downtime": 0}).status_code == 201

@@ -174,6 +174,7 @@ class MemoryCluster:
             else:
                 self.fencing[node] = new
             self._wrote("fencing", node, new)
+            return new
 
     def count(self, name, by=1):
         with self.cond:
