@@ -10,6 +10,10 @@ storage and an address on the nodes' network.
   storage server over its network. libvirt counts a network disk as shared, so live migration is safe
   with ``cache='none'`` and needs no ``--unsafe``; a plain directory the node namespaces share would be
   refused (libvirt 9.0 sees a local file system, and this kernel has no NFS client to make it one).
+- **Disk locks**: each disk has a lease ``<key>`` in the nodes' virtlockd lockspace (``shared/leases``,
+  see the harness). libvirt locks file and block disks by itself but hands network disks to no lock
+  manager, so the domain XML names the lease; a second QEMU with the same disk is refused at start,
+  and a live migration hands the lease over when the source pauses.
 - **Accelerator**: KVM when ``/dev/kvm`` works and is not PVM (``/sys/module/kvm_pvm``: it runs only
   guests built for it, and Debian's kernel is not); TCG otherwise. Every figure records which.
 """
@@ -21,8 +25,11 @@ import subprocess
 import sys
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+
+import libvirt
 
 from tests.tools.guestimage import GuestImage, build, journal_problems, new_disk, read_journal
 
@@ -99,6 +106,7 @@ class GuestLab:
         index = len(self.guests)
         address = f"198.18.0.{FIRST_GUEST + index}"
         disk = new_disk(self.dir / f"{name}.img")
+        (self.box.lockspace / disk.name).touch()  # a lease file is made with the disk, as its lock
         port = NBD_PORT + index
         log = open(self.dir / f"{name}.storage.log", "ab")
         storage = subprocess.Popen(
@@ -134,10 +142,35 @@ class GuestLab:
       <target dev='vda' bus='virtio'/>
     </disk>
     <interface type='bridge'><source bridge='{BRIDGE}'/><model type='virtio'/><mac address='{mac}'/></interface>
+    <lease><lockspace>{self.box.lockspace.name}</lockspace><key>{guest.disk.name}</key>
+      <target path='{self.box.lockspace.parent}'/></lease>
     <serial type='file'><source path='{guest.console}' append='on'/></serial>
     <memballoon model='none'/><controller type='usb' model='none'/>
   </devices>
 </domain>"""
+
+    def second_copy(self, guest: Guest, node: str) -> str | None:
+        """Start a copy of ``guest`` (same disk and lease, another name) on ``node``'s libvirt behind pvc's
+        back: libvirt's error, or None if it started (it is stopped and removed again either way)."""
+        conn = libvirt.open(self.box.nodes[node].uri)
+        try:
+            root = ET.fromstring(self.box.store.get_vm_xml(guest.name))
+            root.find("name").text = f"{guest.name}-copy"
+            root.find("uuid").text = str(uuid.uuid4())
+            root.find("devices/interface/mac").set("address", "52:54:00:ff:ff:ff")
+            root.find("devices/serial/source").set("path", f"{guest.console}-copy")
+            dom = conn.defineXML(ET.tostring(root, encoding="unicode"))
+            try:
+                dom.create()
+            except libvirt.libvirtError as exc:
+                return str(exc)
+            finally:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+            return None
+        finally:
+            conn.close()
 
     def answers(self, guest: Guest, timeout: float = 60.0) -> float | None:
         """Seconds until ``guest`` answers a ping from the client host, or None by the deadline."""

@@ -7,6 +7,9 @@ One machine plays a whole cluster:
   when /dev/kvm works, TCG otherwise) with per-node config, state and sockets;
   its ``pvcnoded`` is entered into those namespaces, so the node's power is that
   PID namespace: power off kills libvirtd, every QEMU and the daemon at once;
+- every node's virtlockd keeps its disk locks in one lockspace on the shared storage
+  (the box's ``shared/leases``): a power-off frees that node's locks with its processes,
+  as a cluster file system frees a fenced node's locks once the fence is confirmed;
 - a 3-server ZooKeeper ensemble, one server in each of the first three node
   network namespaces (outside their PID namespaces: a node's power-off does not
   take its ZooKeeper server with it, as if ZooKeeper ran on its own hardware);
@@ -121,7 +124,15 @@ class BoxNode:
         (self.dir / "etc" / "qemu.conf").write_text(
             'user = "root"\ngroup = "root"\nsecurity_driver = "none"\nstdio_handler = "file"\n'
             'cgroup_controllers = [ ]\n'
-            f'migration_address = "{self.address}"\nmigration_host = "{self.address}"\n')
+            f'migration_address = "{self.address}"\nmigration_host = "{self.address}"\n'
+            'lock_manager = "lockd"\n')
+        # Disk locks, the second guard behind fencing: every node's virtlockd locks in one lockspace
+        # on the shared storage, so a QEMU cannot open a disk another node's QEMU holds. libvirt
+        # locks file and block disks by themselves (auto_disk_leases); network disks, as the guests'
+        # NBD disks are, only through a <lease> in the domain XML, named in this lockspace.
+        (self.dir / "etc" / "qemu-lockd.conf").write_text(
+            f'auto_disk_leases = 1\nrequire_lease_for_disks = 0\nfile_lockspace_dir = "{self.box.lockspace}"\n')
+        (self.dir / "etc" / "virtlockd.conf").write_text('log_outputs = "3:stderr"\n')
 
     # -- power ----------------------------------------------------------------------
 
@@ -131,7 +142,9 @@ class BoxNode:
     def power_on(self, timeout: float = 30.0) -> None:
         """Boot: a fresh PID namespace with libvirtd as its init's child, then the node daemon."""
         binds = "; ".join(f"mount --bind {self.dir / sub} {target}" for sub, target in MOUNTS.items())
-        script = (f"hostname {self.name}; {binds}; exec tini -s -- libvirtd --listen "
+        script = (f"hostname {self.name}; {binds}; "
+                  "virtlockd --daemon -f /etc/libvirt/virtlockd.conf -p /run/libvirt/virtlockd.pid && "
+                  "exec tini -s -- libvirtd --listen "
                   "-p /run/libvirt/libvirtd.pid -f /etc/libvirt/libvirtd.conf")
         # /run is a tmpfs on a real host: a boot starts with none of the last boot's runtime state
         # (libvirt would otherwise list the dead QEMUs' domains as active while it reconnects).
@@ -255,6 +268,7 @@ class ClusterBox:
                                   wrap=self.net.exec(i)) for i in (1, 2, 3)]
         self.zk_hosts = ",".join(z.hosts for z in self.zk)
         self.api_config = self.dir / "api.toml"
+        self.lockspace = self.dir / "shared" / "leases"  # the nodes' disk-lock space (see BoxNode.configure)
         self.api_url = f"http://{FLOATING_IP}:{API_PORT}"
         self.bmcs: dict[str, subprocess.Popen] = {}
         self.reap: list[subprocess.Popen] = []
@@ -296,6 +310,7 @@ class ClusterBox:
         self.store = Store.connect(self.zk_hosts, ROOT, auth=self.zk_auth)
         if self.settings:
             self.store.update_config(lambda c: c.updated(self.settings))
+        self.lockspace.mkdir(parents=True, exist_ok=True)
         for node in self.nodes.values():
             node.configure()
             where = self.net.exec(self.mgmt if self.bmc_mode == "dedicated" else node.index)

@@ -31,6 +31,11 @@ def test_a_real_guest_boots_and_migrates_live_while_pinged_and_keeps_its_journal
     assert boot is not None, f"g1 never answered ping; console:\n{lab.console(guest)}"
     assert grown(guest, 5), f"g1 writes no journal; console:\n{lab.console(guest)}"
 
+    # The disk lock: a second copy of g1 started behind pvc's back on another node is refused.
+    refused = lab.second_copy(guest, "hv2")
+    assert refused is not None and "is locked" in refused, refused
+    print(f"a second copy of g1 on hv2: {refused}")
+
     box.cli("vm", "meta", "g1", "--max-downtime", "250")
     assert box.cli_json("vm", "info", "g1")["meta"]["migration_max_downtime"] == 250
     assert box.cli("vm", "list").stdout.splitlines()[1].split()[-1] == "250"  # the DOWNTIME column
@@ -53,6 +58,10 @@ def test_a_real_guest_boots_and_migrates_live_while_pinged_and_keeps_its_journal
     records = guest.journal()
     assert guest.journal_problems() == []
     assert records and len(guest.boots()) == 1
+    # The lease went with the migration: now the node it left refuses a second copy.
+    refused = lab.second_copy(guest, "hv1")
+    assert refused is not None and "is locked" in refused, refused
+    assert guest.journal_problems() == [] and len(guest.boots()) == 1
 
 
 def test_a_guest_dirtying_memory_faster_than_the_link_still_migrates(make_box):
@@ -105,6 +114,9 @@ def test_a_real_guest_on_a_node_that_loses_power_boots_elsewhere_and_its_journal
     print(f"guest g3 ({lab.domain_type}): power loss -> answering ping on {vm.node} in {took:.1f}s")
     assert grown(guest, len(guest.journal()) + 5)
     assert len(guest.boots()) == 2 and guest.journal_problems() == []
+    # The power-off freed hv3's disk lock (the recovery could start g3); the new copy holds it now.
+    other = ({"hv1", "hv2"} - {vm.node}).pop()
+    assert "is locked" in (lab.second_copy(guest, other) or "it started")
 
 
 def test_flush_and_ready_move_running_guests_away_and_back_without_a_reboot(make_box):
@@ -153,6 +165,8 @@ def test_a_cut_off_node_with_a_shared_bmc_stops_its_guest_which_boots_elsewhere_
     print(f"guest c3 ({lab.domain_type}): link cut -> answering ping on hv2 in {took:.1f}s")
     assert grown(guest, len(guest.journal()) + 5)
     assert len(guest.boots()) == 2 and guest.journal_problems() == []
+    # The self-fence's destroy freed hv3's disk lock; back on the network, hv3 cannot open the disk.
+    assert "is locked" in (lab.second_copy(guest, "hv3") or "it started")
 
 
 def test_the_zookeeper_leader_killed_under_running_guests_moves_and_reboots_nothing(make_box):
