@@ -24,17 +24,20 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q
 
-# The cluster-in-a-box fault scenarios, each run SOAK times; the summary counts invariant violations.
+# The cluster-in-a-box fault scenarios, with and without real guests, each run SOAK times; the summary
+# counts invariant violations and disk journals with two writers.
 SOAK ?= 10
 soak: venv
-	PVC_SOAK=$(SOAK) $(PY) -m pytest -q tests/cluster/test_faults.py
+	PVC_SOAK=$(SOAK) $(PY) -m pytest -q tests/cluster/test_faults.py tests/cluster/test_guests.py
 
-# Every figure once: placement and API, then the cluster in a box (real QEMU, IPMI, ZooKeeper ensemble).
+# Every figure once: placement and API, then the cluster in a box (real QEMU, IPMI, ZooKeeper ensemble),
+# first with tiny VMs, then with real guests.
 bench: venv
 	@scripts/debs.sh wrk
 	@$(PY) bench/placement.py
 	@$(PY) bench/api.py
 	@$(PY) bench/box.py
+	@$(PY) bench/guests.py
 
 # The same flush, handover and failover figures on the lighter tiers (libvirt's test driver).
 bench-driver: venv

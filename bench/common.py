@@ -4,6 +4,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 
 _rows: list[tuple[str, float, str, str]] = []
@@ -20,6 +21,55 @@ def table(title: str) -> None:
     for name, value, unit, note in _rows:
         print(f"  {name:<{width}}  {value:>12.4f} {unit:<6} {note}", file=sys.stderr)
     _rows.clear()
+
+
+class Steps:
+    """Run a benchmark's steps so that one failure loses only its own figures.
+
+    Each figure is emitted by its step as soon as it is measured. A step that fails prints its
+    traceback and ``logs()`` (the daemons' logs) to stderr; the run goes on with the next step and
+    ``done()`` exits non-zero naming the failed steps.
+    """
+
+    def __init__(self):
+        self.failed: list[str] = []
+
+    def run(self, name: str, fn, logs=lambda: "") -> object:
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - report and go on: the other figures still count
+            self.failed.append(name)
+            print(f"\nstep {name!r} failed:\n{traceback.format_exc()}", file=sys.stderr)
+            try:
+                print(f"logs:\n{logs()}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001
+                print(f"(no logs: {exc})", file=sys.stderr)
+            return None
+
+    def done(self) -> None:
+        if self.failed:
+            raise SystemExit(f"failed steps: {', '.join(self.failed)}")
+
+
+def cpu_busy(window: float = 1.0) -> float:
+    """The host's CPU use over ``window`` seconds, 0..1 of all cores (from /proc/stat)."""
+    def sample():
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    t1, i1 = sample()
+    time.sleep(window)  # the measurement window
+    t2, i2 = sample()
+    return 1 - (i2 - i1) / max(1, t2 - t1)
+
+
+def wait_cpu_quiet(below: float = 0.35, timeout: float = 90.0) -> float:
+    """Until the host's CPU use falls below ``below`` (freshly started guests boot on the same cores a
+    measurement runs on), or ``timeout``; returns the last reading."""
+    deadline = time.monotonic() + timeout
+    busy = cpu_busy()
+    while busy >= below and time.monotonic() < deadline:
+        busy = cpu_busy()
+    return busy
 
 
 def median_seconds(fn, repeat: int) -> float:

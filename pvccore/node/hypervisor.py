@@ -110,9 +110,9 @@ class Hypervisor:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _dom(self, name: str) -> libvirt.virDomain | None:
+    def _dom(self, name: str, conn: libvirt.virConnect | None = None) -> libvirt.virDomain | None:
         try:
-            return self.conn.lookupByName(name)
+            return (conn or self.conn).lookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
@@ -190,7 +190,24 @@ class Hypervisor:
         not slow it, but a link lost during post-copy leaves the VM's memory split between two hosts
         and the VM lost; auto-converge never puts the VM anywhere but on one whole host.
         """
-        dom = self._dom(name)
+        # A connection of its own: libvirtd serves at most max_client_requests (5 by default) calls of a
+        # connection at once, so migrations in flight on the shared one would hold up every other call
+        # of this daemon (the reconcile's domain list, the keepalive's figures) until one ends.
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+        try:
+            self._migrate_live(conn, name, dest_uri, timeout, max_downtime_ms)
+        finally:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    def _migrate_live(self, conn: libvirt.virConnect, name: str, dest_uri: str, timeout: float,
+                      max_downtime_ms: int) -> None:
+        dom = self._dom(name, conn)
         if dom is None or not dom.isActive():
             raise HypervisorError(f"{name} is not running here")
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST

@@ -1,7 +1,8 @@
 """The cluster-in-a-box tier: real QEMU hypervisors in network namespaces (see harness.py).
 
 ``PVC_SOAK=N`` runs every fault scenario N times (``make soak``); the summary at
-the end counts the invariant checks made and the violations found.
+the end counts the invariant checks made and the violations found, and the real
+guests' disk journals checked and those showing two writers or a lost record.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tests.conftest import Events
 from .harness import ClusterBox, missing_tools
 
 SOAK = int(os.environ.get("PVC_SOAK", "1"))
-TALLY = {"checks": 0, "violations": []}
+TALLY = {"checks": 0, "violations": [], "journals": 0, "journal_problems": []}
 
 
 def pytest_generate_tests(metafunc):
@@ -30,11 +31,26 @@ def pytest_terminal_summary(terminalreporter):
                                     f"{len(TALLY['violations'])} violations")
         for v in TALLY["violations"]:
             terminalreporter.write_line(f"  {v}")
+    if TALLY["journals"]:
+        terminalreporter.write_line(f"real guests: {TALLY['journals']} disk journals checked, "
+                                    f"{len(TALLY['journal_problems'])} with two writers or a lost record")
+        for v in TALLY["journal_problems"]:
+            terminalreporter.write_line(f"  {v}")
 
 
 def record(label: str, found: list[str]) -> list[str]:
     TALLY["checks"] += 1
     TALLY["violations"] += [f"{label}: {v}" for v in found]
+    return found
+
+
+def record_journals(label: str, guests) -> list[str]:
+    """Check each guest's disk journal (one writer at a time, no lost record) and tally it."""
+    found = []
+    for guest in guests:
+        TALLY["journals"] += 1
+        found += [f"{guest.name}: {p}" for p in guest.journal_problems()]
+    TALLY["journal_problems"] += [f"{label}: {f}" for f in found]
     return found
 
 

@@ -8,8 +8,10 @@ storage and an address on the nodes' network.
 - **Storage**: each guest's disk is a raw file in the box's shared directory, served over NBD by a
   ``qemu-storage-daemon`` in the management namespace (198.18.0.N+2), the way a cluster reaches a
   storage server over its network. libvirt counts a network disk as shared, so live migration is safe
-  with ``cache='none'`` and needs no ``--unsafe``; a plain directory the node namespaces share would be
-  refused (libvirt 9.0 sees a local file system, and this kernel has no NFS client to make it one).
+  and needs no ``--unsafe``; a plain directory the node namespaces share would be refused (libvirt 9.0
+  sees a local file system, and this kernel has no NFS client to make it one). The cache mode is
+  ``directsync`` (no host cache, and a write cache the guest sees as off): each journal write is on the
+  storage when it returns, which the guest's one long-lived writer relies on instead of a flush.
 - **Disk locks**: each disk has a lease ``<key>`` in the nodes' virtlockd lockspace (``shared/leases``,
   see the harness). libvirt locks file and block disks by itself but hands network disks to no lock
   manager, so the domain XML names the lease; a second QEMU with the same disk is refused at start,
@@ -137,7 +139,7 @@ class GuestLab:
   <on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
+      <driver name='qemu' type='raw' cache='directsync'/>
       <source protocol='nbd' name='{guest.name}'><host name='{self.storage_address}' port='{port}'/></source>
       <target dev='vda' bus='virtio'/>
     </disk>

@@ -1,0 +1,188 @@
+"""Benchmarks with real guests in the cluster in a box (tests/cluster/guests.py): booted Linux guests with
+a disk on shared storage (NBD, disk-locked by virtlockd) and an address on the nodes' network, which
+write a journal record to their disk every 100 ms.
+
+- ``guest_boot_s``: define -> the guest answers ping from the client host;
+- ``guest_migration_s_median``: request -> running on the target, 10 live migrations;
+- ``guest_migration_lost_pings_median`` / ``_max``: pings lost per migration, the client pinging every 10 ms;
+- ``guest_migration_dirty_s``: a guest rewriting 64 MiB continuously, request -> running on the target
+  (only where guests run under KVM: QEMU 7.2's TCG corrupts such a guest on migration; see
+  tests/cluster/test_guests.py);
+- ``guest_failover_s_median`` / ``_worst``: power loss of a node running 5 guests -> every guest answers
+  ping on another node, 5 runs;
+- ``guest_flush20_s_p1`` / ``_p2`` / ``_p4``: flush of 20 running guests off one node, 1, 2, 4 at a time;
+- ``guest_double_writers``: over every step above, moments two nodes ran one guest (the duplicate
+  watcher) plus journal records showing two writers or a lost record; target 0.
+
+Each figure is printed as soon as it is measured; a failed step prints the daemons' logs and the rest
+go on. Every figure names the accelerator the guests ran under.
+
+    .venv/bin/python bench/guests.py        (or: make bench)
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import Steps, emit, table, wait_cpu_quiet  # noqa: E402
+
+from tests.cluster.guests import GuestLab  # noqa: E402
+from tests.cluster.harness import ClusterBox, DuplicateWatch  # noqa: E402
+
+MIGRATIONS = 10
+FAILOVERS = 5
+FAILOVER_GUESTS = 5
+FLUSH_GUESTS = 20
+T = 300
+
+
+class Writers:
+    """Double writers seen over the whole run: the duplicate watcher's and the journals' findings."""
+
+    def __init__(self):
+        self.found: list[str] = []
+
+    def check(self, lab: GuestLab, watch: DuplicateWatch | None = None) -> None:
+        if watch is not None:
+            self.found += watch.seen
+        for guest in lab.guests.values():
+            self.found += [f"{guest.name}: {p}" for p in guest.journal_problems()]
+
+
+def answering(lab: GuestLab, guests, timeout: float, since: float | None = None) -> float:
+    """Seconds from ``since`` (default: now) until every guest in ``guests`` has answered a ping from the
+    client host (fails past ``timeout``). Guests are probed in turn with a 200 ms wait each, so a figure
+    is good to ~0.2 s."""
+    t0 = time.monotonic() if since is None else since
+    waiting = {g.name: g for g in guests}
+    last = 0.0
+    while waiting:
+        for name, guest in list(waiting.items()):
+            res = subprocess.run([*lab.box.net.exec(lab.box.client), "ping", "-n", "-c", "1", "-W", "0.2",
+                                  guest.address], capture_output=True)
+            if res.returncode == 0:
+                last = time.monotonic() - t0
+                del waiting[name]
+        assert time.monotonic() - t0 < timeout, f"no answer from {sorted(waiting)}: {lab.console(guest)}"
+    return last
+
+
+def wait_moved(box: ClusterBox, name: str, target: str, timeout: float = T) -> None:
+    assert box.view.wait_for(lambda c: c.vms[name].node == target and c.vms[name].migration is None, timeout), \
+        box.logs()
+    vm = box.view.vm(name)
+    assert vm.state == "start", vm.reason
+
+
+def boot_and_migrations(box: ClusterBox, lab: GuestLab, accel: str) -> None:
+    t0 = time.monotonic()
+    guest = lab.define("m1", "hv1")
+    emit("guest_boot_s", answering(lab, [guest], T, since=t0), "s", f"define -> the guest answers ping ({accel})")
+    wait_cpu_quiet()
+    times, lost = [], []
+    for i in range(MIGRATIONS):
+        target = "hv2" if i % 2 == 0 else "hv1"
+        pinger = box.pinger(guest.address, 0.01)
+        time.sleep(0.5)  # pings before the move: the measurement window, not synchronisation
+        t0 = time.monotonic()
+        box.ops.migrate("m1", target)
+        wait_moved(box, "m1", target)
+        times.append(time.monotonic() - t0)
+        time.sleep(0.5)  # and after it
+        sent, received = pinger.stop()
+        lost.append(sent - received)
+    done = [line for n in box.nodes.values() for line in n.daemon_log.read_text().splitlines()
+            if "VM m1: migrated from" in line]
+    assert len(done) == MIGRATIONS and all("(live, " in line for line in done), done
+    emit("guest_migration_s_median", statistics.median(times), "s",
+         f"{MIGRATIONS} live migrations of a 128 MiB guest ({accel}); runs {', '.join(f'{t:.2f}' for t in times)}")
+    emit("guest_migration_lost_pings_median", statistics.median(lost), "pings", f"10 ms pings; per migration {lost}")
+    emit("guest_migration_lost_pings_max", max(lost), "pings", "")
+
+
+def dirty_migration(box: ClusterBox, lab: GuestLab, accel: str) -> None:
+    if accel != "kvm":
+        print("guest_migration_dirty_s: not measured: the guests run under TCG here, and QEMU 7.2's TCG "
+              "corrupts a memory-rewriting guest it live-migrates", file=sys.stderr)
+        return
+    guest = lab.define("busy", "hv1", memory_mib=256, dirty_mib=64)
+    answering(lab, [guest], T)
+    t0 = time.monotonic()
+    box.ops.migrate("busy", "hv2")
+    wait_moved(box, "busy", "hv2")
+    emit("guest_migration_dirty_s", time.monotonic() - t0, "s", f"a guest rewriting 64 MiB continuously ({accel})")
+
+
+def failovers(box: ClusterBox, lab: GuestLab, accel: str) -> None:
+    guests = [lab.define(f"fo{i}", "hv3") for i in range(FAILOVER_GUESTS)]
+    names = [g.name for g in guests]
+    answering(lab, guests, T)
+    times = []
+    for _ in range(FAILOVERS):
+        assert box.view.wait_for(lambda c: all(c.vms[n].node == "hv3" and c.vms[n].state == "start"
+                                               for n in names), T), box.logs()
+        answering(lab, guests, T)
+        wait_cpu_quiet()
+        t0 = time.monotonic()
+        subprocess.run([*box.net.exec(box.client), "ipmitool", "-I", "lanplus", "-C", "3", "-H",
+                        box.nodes["hv3"].bmc_address, "-U", "admin", "-P", "secret", "chassis", "power", "off"],
+                       check=True, capture_output=True)
+        times.append(answering(lab, guests, T, since=t0))
+        assert all(box.view.vm(n).node != "hv3" for n in names), box.logs()
+        box.nodes["hv3"].power_on()
+        box.wait_running(["hv3"])
+        box.cli("node", "ready", "hv3", "--wait", timeout=T)
+    emit("guest_failover_s_median", statistics.median(times), "s",
+         f"power loss of a node running {FAILOVER_GUESTS} guests -> all answer ping elsewhere ({accel}); "
+         f"runs {', '.join(f'{t:.1f}' for t in times)}")
+    emit("guest_failover_s_worst", max(times), "s", "")
+
+
+def flush20(work: Path, parallel: int, accel: str, writers: Writers) -> None:
+    with ClusterBox(str(work / f"flush-p{parallel}"), daemon_flags=("--flush-parallel", str(parallel))) as box:
+        lab = GuestLab(box).up()
+        guests = [lab.define(f"f{i:02d}", "hv1") for i in range(FLUSH_GUESTS)]
+        answering(lab, guests, 600)
+        wait_cpu_quiet()
+        with DuplicateWatch(box) as watch:
+            t0 = time.monotonic()
+            box.ops.flush("hv1")
+            assert box.ops.wait_node("hv1", lambda n: n.domain_state == "flushed", 600), box.logs()
+            took = time.monotonic() - t0
+        assert not box.nodes["hv1"].running_domains() and not box.settled()
+        answering(lab, guests, 60)
+        emit(f"guest_flush20_s_p{parallel}", took, "s",
+             f"{FLUSH_GUESTS} running guests live-migrated off one node, {parallel} at a time ({accel})")
+        writers.check(lab, watch)
+
+
+def main() -> None:
+    steps, writers = Steps(), Writers()
+    with tempfile.TemporaryDirectory(prefix="pvc-bench-guests-") as work:
+        work = Path(work)
+        with ClusterBox(str(work / "main")) as box:
+            lab = GuestLab(box).up()
+            accel = lab.domain_type
+            with DuplicateWatch(box) as watch:
+                steps.run("boot and migrations", lambda: boot_and_migrations(box, lab, accel), box.logs)
+                steps.run("dirty migration", lambda: dirty_migration(box, lab, accel), box.logs)
+                steps.run("failovers", lambda: failovers(box, lab, accel), box.logs)
+            writers.check(lab, watch)
+        for p in (1, 2, 4):
+            steps.run(f"flush20 p{p}", lambda p=p: flush20(work, p, accel, writers))
+    emit("guest_double_writers", len(writers.found), "count",
+         "moments two nodes ran one guest, and journal records of two writers or a lost record: "
+         + ("; ".join(writers.found[:5]) or "none"))
+    table(f"real guests in the cluster in a box ({accel}: booted Linux, NBD disks with leases, bridged network)")
+    steps.done()
+
+
+if __name__ == "__main__":
+    main()
