@@ -158,6 +158,7 @@ class DaemonConfig:
     arp_interval: float = 0.02
     handover_timeout: float = 30.0
     api_config: str = ""
+    self_fence_command: str = ""
     log_level: str = "info"
     log_format: str = "text"
 
@@ -211,6 +212,11 @@ DAEMON = ConfigSchema("pvcnoded", (
            "--handover-timeout", 1.0, 600.0),
     Option("api_config", str, "", "pvcapid config file: when set, the primary runs the API (it moves with it).",
            "--api-config"),
+    Option("self_fence_command", str, "",
+           "Shell command the self-fence runs once it has stopped this node's VMs, to reset the host so that no "
+           "write they left queued in its kernel (to network storage, say) leaves it later: e.g. "
+           "`echo b > /proc/sysrq-trigger`. Empty: the VMs are stopped and the host keeps running.",
+           "--self-fence-command"),
     LOG_OPTION,
     LOG_FORMAT_OPTION,
 ), DaemonConfig, _check_daemon)

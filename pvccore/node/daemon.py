@@ -50,7 +50,7 @@ class NodeDaemon:
         self.plugins = plugins
         self.stopping = threading.Event()
         self._reconcile_soon = threading.Event()
-        self._publish_soon = threading.Event()  # a VM started, stopped or moved: keepalive now
+        self._publish_soon = threading.Event()  # the running VMs changed: keepalive now
         self._domain_worker: threading.Thread | None = None
         self._loops: list[threading.Thread] = []
         self.session: Session | None = None
@@ -89,12 +89,16 @@ class NodeDaemon:
         self.session.view.add_listener(self._reconcile_soon.set)
         store.connection.subscribe(self.keepalive.on_connection)
         self.keepalive.publish(first=True)
+        # The loops start from a view that holds this node as running: the first reconcile announces
+        # the node's states, and one a step behind our own write would announce `init`.
+        self.session.view.wait_seen("node", self.name, store.last_write[1])
         # Before any loop runs: a plugin's service may be started by the first reconcile (a resumed primary).
         self.plugins.notify("pvc_node_started", node=self.name, config=cfg)
         if cfg.coordinator:
             self.monitor = FenceMonitor(ctx, lambda: self.coordinator.serving)
             self.monitor.start()
         for target, name in ((lambda: self.keepalive.loop(self._publish_soon), "keepalive"),
+                             (lambda: self.keepalive.collect_loop(self._publish_soon), "figures"),
                              (self._reconcile_loop, "reconcile"), (self.keepalive.watchdog, "watchdog")):
             t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
             t.start()
@@ -154,7 +158,8 @@ class NodeDaemon:
     # -- reconcile -------------------------------------------------------------------------
 
     def _after_work(self) -> None:
-        self._publish_soon.set()
+        # Read the figures now; the keepalive that carries them follows as soon as they are read.
+        self.keepalive.collect_soon()
         self._reconcile_soon.set()
 
     def _reconcile_loop(self) -> None:

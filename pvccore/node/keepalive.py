@@ -2,11 +2,17 @@
 
 Every keepalive also publishes the node's timing (keepalive interval, ZooKeeper session timeout) and
 the self-fence deadline it armed itself with, which are what the cluster's failure detection counts on.
+
+A keepalive never waits on libvirt: the figures are read by a thread of their own and each keepalive
+publishes the latest ones. A libvirtd slow to answer (starting twenty guests at once, say, with every
+call of the daemon's connection queued behind them) once held the keepalive up past the cluster's
+limit, and the cluster fenced a healthy node with all its VMs.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -36,22 +42,58 @@ class Keepalive:
         self.self_fenced = False
         self._armed = 0.0  # the self-fence deadline in our last written keepalive (0: disarmed)
         self._need_alive = False
+        self._figures: dict | None = None  # the latest figures read from the hypervisor
+        self._collect_soon = threading.Event()  # read the figures again now
 
     def ensure_alive(self) -> None:
         """This session's ephemeral ``alive`` znode (the cluster's quick sign of a live session)."""
         self.ctx.store.ensure_ephemeral(self.ctx.store.paths.node_alive(self.ctx.name))
 
-    def publish(self, first: bool = False) -> None:
-        """Publish this node's figures in one compare-and-set write."""
-        ctx, cfg = self.ctx, self.ctx.cfg
+    def collect(self) -> bool:
+        """Read this node's figures from the hypervisor (as slowly as it answers); whether the set of
+        running VMs changed since the last reading."""
         figures = self.hv.figures(self.hv.domains())
+        self._figures = figures
+        running = set(figures["running_vms"])
+        if running == self._running:
+            return False
+        self._running = running  # a VM stopped or appeared on its own: reconcile now
+        self._running_changed()
+        return True
+
+    def collect_soon(self) -> None:
+        """Read the figures now (a VM started, stopped or moved), not at the next tick."""
+        self._collect_soon.set()
+
+    def collect_loop(self, kick: threading.Event) -> None:
+        """Read the figures every keepalive interval, or at once when a keepalive asks; when the running
+        VMs changed, set ``kick`` so that the next keepalive carries them without waiting for its tick."""
+        while not self.ctx.stopping.is_set():
+            self._collect_soon.wait(self.ctx.cfg.keepalive_interval)
+            self._collect_soon.clear()
+            if self.ctx.stopping.is_set():
+                break
+            try:
+                if self.collect():
+                    kick.set()
+            except Exception as exc:  # libvirt away: the keepalives go on with the last figures
+                log.warning("could not read the node's figures: %s", exc)
+
+    def publish(self, first: bool = False) -> None:
+        """Publish this node's latest figures in one compare-and-set write.
+
+        Only the first keepalive (or one before any figures were read) reads the hypervisor itself;
+        the others take what :meth:`collect_loop` last read and ask it for a fresh reading.
+        """
+        ctx, cfg = self.ctx, self.ctx.cfg
+        if first or self._figures is None:
+            self.collect()
+        else:
+            self.collect_soon()
+        figures = dict(self._figures)
         snap = ctx.view.snapshot()
         figures["memory_provisioned_mib"] = sum(vm.memory_mib for vm in snap.vms.values() if vm.node == ctx.name)
         figures["vm_count"] = len(figures["running_vms"])
-        running = set(figures["running_vms"])
-        if running != self._running:  # a VM stopped or appeared on its own: reconcile now
-            self._running = running
-            self._running_changed()
         armed = self.self_fence_deadline(snap.config)
 
         def update(node: Node) -> Node:
@@ -142,4 +184,18 @@ class Keepalive:
                     log.error("self-fence: could not stop %s: %s", name, exc)
         log.error("self-fence: no keepalive written for %.1fs (deadline %gs): stopped %d VM(s): %s",
                   now - since, deadline, len(stopped), ", ".join(stopped) or "none")
+        self.reset_host()
         return True
+
+    def reset_host(self) -> None:
+        """Run ``self_fence_command`` (if set): a stopped QEMU's last writes to network storage can sit in
+        this host's TCP queues while the link is down, and reach the storage when it comes back, after
+        the cluster started the VM elsewhere. Only a host reset drops them."""
+        command = self.ctx.cfg.self_fence_command
+        if not command:
+            return
+        log.error("self-fence: resetting the host: %s", command)
+        try:
+            subprocess.run(["sh", "-c", command], timeout=30, stdin=subprocess.DEVNULL, capture_output=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("self-fence: the reset command failed: %s", exc)

@@ -56,7 +56,8 @@ def test_start_of_a_vm_parked_on_a_flushed_node_places_it_or_refuses(cluster):
     with pytest.raises(ConflictError, match="cannot start: its node hv1 is flushed"):
         cluster.set_state("pinned", "start")  # its limit leaves it nowhere else
     assert cluster.store.get_vm("pinned").state == "stop"
-    assert "pinned" not in cluster.view.snapshot().nodes["hv1"].running_vms
+    # Figures are published as soon as they are read, a moment after the VM stopped: wait for them.
+    assert cluster.view.wait_for(lambda c: "pinned" not in c.nodes["hv1"].running_vms, 5)
 
     cluster.set_meta("pinned", {"node_limit": ["hv1", "hv2"]})
     started = cluster.set_state("pinned", "start")

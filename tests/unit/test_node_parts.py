@@ -466,6 +466,52 @@ def test_self_fence_stops_the_vms_only_when_armed_and_only_after_the_published_d
     assert not keepalive.self_fenced and hv.running == {}
 
 
+def test_the_self_fence_resets_the_host_with_its_command_after_stopping_the_vms(tmp_path):
+    cluster = MemoryCluster(ClusterConfig().updated({"failed_fence": "recover", "self_fence_deadline": 10.0}))
+    cluster.add_node(Node("hv1", daemon_state=DaemonState.RUN))
+    mark = tmp_path / "reset"
+    ctx = node_context(cluster, "hv1", plugins(), keepalive_interval=1.0,
+                       self_fence_command=f"echo $(ls {tmp_path}) > {mark}")
+    hv = FakeHypervisor("hv1")
+    hv.run("web1")
+    keepalive = Keepalive(ctx, hv, live=True)
+    keepalive.publish(first=True)
+    assert not keepalive.check_deadline(time.monotonic() + 5.0) and not mark.exists()  # not before the deadline
+    assert keepalive.check_deadline(time.monotonic() + 10.5)
+    assert hv.running == {} and mark.exists()  # the VMs stopped, then the host reset
+
+
+def test_a_keepalive_never_waits_on_a_hypervisor_slow_to_answer():
+    """libvirt stuck (twenty guests starting at once held every call of the daemon's connection): the
+    keepalives go on with the last figures, and the figures catch up once it answers."""
+    cluster = MemoryCluster(ClusterConfig())
+    cluster.add_node(Node("hv1", daemon_state=DaemonState.RUN))
+    ctx = node_context(cluster, "hv1", plugins(), keepalive_interval=0.05)
+    hv = FakeHypervisor("hv1")
+    keepalive = Keepalive(ctx, hv, live=True)
+    keepalive.publish(first=True)
+    assert cluster.nodes["hv1"].running_vms == ()
+    kick = threading.Event()
+    collector = threading.Thread(target=keepalive.collect_loop, args=(kick,), daemon=True)
+    collector.start()
+    try:
+        with hv.lock:  # every hypervisor call blocks from here on
+            hv.running["web1"] = (512, 1)
+            before = cluster.nodes["hv1"].keepalive
+            for _ in range(3):
+                done = threading.Thread(target=keepalive.publish, daemon=True)
+                done.start()
+                done.join(2.0)
+                assert not done.is_alive(), "a keepalive waited on the hypervisor"
+            assert cluster.nodes["hv1"].keepalive > before and cluster.nodes["hv1"].running_vms == ()
+        assert kick.wait(5.0), "the figures were not read again once the hypervisor answered"
+        keepalive.publish()
+        assert cluster.nodes["hv1"].running_vms == ("web1",)
+    finally:
+        ctx.stopping.set()
+        collector.join(5.0)
+
+
 def test_hook_pvc_vm_state_changed(world):
     cluster, rec, node = world
     a = node("hv1")
