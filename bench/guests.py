@@ -5,13 +5,20 @@ write a journal record to their disk every 100 ms.
 - ``guest_boot_s``: define -> the guest answers ping from the client host;
 - ``guest_migration_s_median``: request -> running on the target, 10 live migrations;
 - ``guest_migration_lost_pings_median`` / ``_max``: pings lost per migration, the client pinging every 10 ms;
+  ``guest_migration_pause_ms_median`` / ``_max``: how long the guest was paused (QEMU's downtime, read from
+  libvirt's completed job on the target), which the lost pings follow (one per 10 ms of pause);
+- the same three with ``_md20`` after 10 more migrations with the guest's ``migration_max_downtime`` at 20 ms
+  (the setting for guests whose users feel a pause; 0, the default, leaves QEMU's 300 ms);
 - ``guest_migration_dirty_s``: a guest rewriting 64 MiB continuously, request -> running on the target
   (only where guests run under KVM: QEMU 7.2's TCG corrupts such a guest on migration; see
   tests/cluster/test_guests.py);
 - ``guest_failover_s_median`` / ``_worst``: power loss of a node running 5 guests -> every guest answers
   ping on another node, 5 runs; ``guest_failover_started_s_median``: pvc's part of it (-> the last guest
-  started on another node, from the daemons' logs);
+  started on another node, from the daemons' logs); ``guest_boot5_s``: the same 5 guests defined at once
+  -> all answer ping, the accelerator's share when 5 boot together on this machine's cores;
 - ``guest_flush20_s_p1`` / ``_p2`` / ``_p4``: flush of 20 running guests off one node, 1, 2, 4 at a time;
+  ``guest_flush20_p1_per_migration``: the p1 flush divided by the sum of its own 20 migrations (request ->
+  running on the target, from the daemons' logs): what the flush adds around them (target <= 1.2);
 - ``guest_double_writers``: over every step above, moments two nodes ran one guest (the duplicate
   watcher) plus journal records showing two writers or a lost record; target 0.
 
@@ -22,12 +29,15 @@ go on. Every figure names the accelerator the guests ran under.
 """
 
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import libvirt
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -95,30 +105,52 @@ def started_at(box: ClusterBox, name: str, since: float) -> float:
     return min(found)
 
 
+def pause_ms(box: ClusterBox, name: str, node: str) -> int:
+    """How long the last live migration of ``name`` (now on ``node``) paused it: QEMU's downtime."""
+    conn = libvirt.open(box.nodes[node].uri)
+    try:
+        return int(conn.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)["downtime"])
+    finally:
+        conn.close()
+
+
+def migrations(box: ClusterBox, guest, accel: str, suffix: str, note: str) -> None:
+    """MIGRATIONS live migrations of ``guest`` back and forth between hv1 and hv2, pinged every 10 ms."""
+    times, lost, pauses = [], [], []
+    for _ in range(MIGRATIONS):
+        target = "hv2" if box.view.vm(guest.name).node == "hv1" else "hv1"
+        pinger = box.pinger(guest.address, 0.01)
+        time.sleep(0.5)  # pings before the move: the measurement window, not synchronisation
+        t0 = time.monotonic()
+        box.ops.migrate(guest.name, target)
+        wait_moved(box, guest.name, target)
+        times.append(time.monotonic() - t0)
+        time.sleep(0.5)  # and after it
+        sent, received = pinger.stop()
+        lost.append(sent - received)
+        pauses.append(pause_ms(box, guest.name, target))
+    if not suffix:
+        emit("guest_migration_s_median", statistics.median(times), "s",
+             f"{MIGRATIONS} live migrations of a 128 MiB guest ({accel}); runs {', '.join(f'{t:.2f}' for t in times)}")
+    emit(f"guest_migration_lost_pings_median{suffix}", statistics.median(lost), "pings",
+         f"10 ms pings, {note}; per migration {lost}")
+    emit(f"guest_migration_lost_pings_max{suffix}", max(lost), "pings", "")
+    emit(f"guest_migration_pause_ms_median{suffix}", statistics.median(pauses), "ms",
+         f"the guest's pause (QEMU's downtime) per migration {pauses}")
+    emit(f"guest_migration_pause_ms_max{suffix}", max(pauses), "ms", "")
+
+
 def boot_and_migrations(box: ClusterBox, lab: GuestLab, accel: str) -> None:
     t0 = time.monotonic()
     guest = lab.define("m1", "hv1")
     emit("guest_boot_s", answering(lab, [guest], T, since=t0), "s", f"define -> the guest answers ping ({accel})")
     wait_cpu_quiet()
-    times, lost = [], []
-    for i in range(MIGRATIONS):
-        target = "hv2" if i % 2 == 0 else "hv1"
-        pinger = box.pinger(guest.address, 0.01)
-        time.sleep(0.5)  # pings before the move: the measurement window, not synchronisation
-        t0 = time.monotonic()
-        box.ops.migrate("m1", target)
-        wait_moved(box, "m1", target)
-        times.append(time.monotonic() - t0)
-        time.sleep(0.5)  # and after it
-        sent, received = pinger.stop()
-        lost.append(sent - received)
+    migrations(box, guest, accel, "", "migration_max_downtime 0 (QEMU's 300 ms)")
+    box.cli("vm", "meta", "m1", "--max-downtime", "20")
+    migrations(box, guest, accel, "_md20", "migration_max_downtime 20 ms")
     done = [line for n in box.nodes.values() for line in n.daemon_log.read_text().splitlines()
             if "VM m1: migrated from" in line]
-    assert len(done) == MIGRATIONS and all("(live, " in line for line in done), done
-    emit("guest_migration_s_median", statistics.median(times), "s",
-         f"{MIGRATIONS} live migrations of a 128 MiB guest ({accel}); runs {', '.join(f'{t:.2f}' for t in times)}")
-    emit("guest_migration_lost_pings_median", statistics.median(lost), "pings", f"10 ms pings; per migration {lost}")
-    emit("guest_migration_lost_pings_max", max(lost), "pings", "")
+    assert len(done) == 2 * MIGRATIONS and all("(live, " in line for line in done), done
 
 
 def dirty_migration(box: ClusterBox, lab: GuestLab, accel: str) -> None:
@@ -135,9 +167,12 @@ def dirty_migration(box: ClusterBox, lab: GuestLab, accel: str) -> None:
 
 
 def failovers(box: ClusterBox, lab: GuestLab, accel: str) -> None:
+    wait_cpu_quiet()
+    t0 = time.monotonic()
     guests = [lab.define(f"fo{i}", "hv3") for i in range(FAILOVER_GUESTS)]
     names = [g.name for g in guests]
-    answering(lab, guests, T)
+    emit("guest_boot5_s", answering(lab, guests, T, since=t0), "s",
+         f"{FAILOVER_GUESTS} guests defined at once -> all answer ping: the boot's share of a failover ({accel})")
     times, started = [], []
     for _ in range(FAILOVERS):
         assert box.view.wait_for(lambda c: all(c.vms[n].node == "hv3" and c.vms[n].state == "start"
@@ -164,6 +199,15 @@ def failovers(box: ClusterBox, lab: GuestLab, accel: str) -> None:
     emit("guest_failover_s_worst", max(times), "s", "")
 
 
+def migration_seconds(box: ClusterBox) -> dict[str, float]:
+    """Each VM's migration time (request -> running on the target) from the daemons' logs."""
+    found = {}
+    for node in box.nodes.values():
+        for m in re.finditer(r"VM (\S+): migrated from \S+ to \S+ \(\w+, ([0-9.]+)s\)", node.daemon_log.read_text()):
+            found[m[1]] = float(m[2])
+    return found
+
+
 def flush20(work: Path, parallel: int, accel: str, writers: Writers) -> None:
     with ClusterBox(str(work / f"flush-p{parallel}"), daemon_flags=("--flush-parallel", str(parallel))) as box:
         lab = GuestLab(box).up()
@@ -179,6 +223,13 @@ def flush20(work: Path, parallel: int, accel: str, writers: Writers) -> None:
         answering(lab, guests, 60)
         emit(f"guest_flush20_s_p{parallel}", took, "s",
              f"{FLUSH_GUESTS} running guests live-migrated off one node, {parallel} at a time ({accel})")
+        if parallel == 1:
+            spent = migration_seconds(box)
+            assert len(spent) == FLUSH_GUESTS, spent
+            emit("guest_flush20_p1_per_migration", took / sum(spent.values()), "ratio",
+                 f"the flush over its own migrations ({sum(spent.values()):.1f} s; "
+                 f"{min(spent.values()):.1f}-{max(spent.values()):.1f} s each, against "
+                 "guest_migration_s_median with no other guest running)")
         writers.check(lab, watch)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -64,11 +65,15 @@ class Workers:
         self._ctx = ctx
         self._after = after  # called once a worker ends (publish figures now, reconcile again)
         self._owned: dict[str, threading.Thread] = {}
+        self._ended: dict[str, float] = {}  # VM -> when its last worker ended (monotonic)
         self._lock = threading.Lock()
 
-    def busy(self, name: str) -> bool:
+    def busy(self, name: str, since: float | None = None) -> bool:
+        """A worker owns VM ``name``, or one ended after ``since``: a snapshot read at ``since`` may be from
+        before that worker's writes, and acting on it would repeat the work (the worker's end asks for
+        another reconcile, which reads them)."""
         with self._lock:
-            return name in self._owned
+            return name in self._owned or (since is not None and self._ended.get(name, float("-inf")) >= since)
 
     def spawn(self, name: str, fn: Callable, *args, **kwargs) -> None:
         """Run ``fn(*args, **kwargs)`` in a worker thread that owns VM ``name`` until it ends (no-op while owned)."""
@@ -90,6 +95,7 @@ class Workers:
         finally:
             with self._lock:
                 self._owned.pop(name, None)
+                self._ended[name] = time.monotonic()
             self._after()
 
     def join(self, timeout: float) -> None:

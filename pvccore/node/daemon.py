@@ -176,13 +176,14 @@ class NodeDaemon:
     def reconcile(self) -> None:
         if not self.session.connection.connected or self.keepalive.self_fenced:
             return  # the view may be stale: act only on what ZooKeeper says now
+        since = time.monotonic()
         snap = self.ctx.view.snapshot()
         me = snap.nodes.get(self.name)
         if me is None:
             return
         self.lifecycle.announce_node(me)
         self.coordinator.reconcile(snap)
-        self.lifecycle.reconcile(snap.vms, self.hv.domains())
+        self.lifecycle.reconcile(snap.vms, self.hv.domains(), since)
         if me.domain_state in (DomainState.FLUSH, DomainState.UNFLUSH) \
                 and not (self._domain_worker and self._domain_worker.is_alive()):
             work = flush.run_flush if me.domain_state == DomainState.FLUSH else flush.run_unflush

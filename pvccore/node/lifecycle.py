@@ -32,8 +32,9 @@ class VMLifecycle:
         self._seen_node: dict[str, str] = {}  # kind -> this node's state last announced
         self._was_running: set[str] = set()
 
-    def reconcile(self, vms, local: dict[str, Domain]) -> None:
-        """One look at every VM ZooKeeper places here (or sends here) and every domain libvirt has."""
+    def reconcile(self, vms, local: dict[str, Domain], since: float | None = None) -> None:
+        """One look at every VM ZooKeeper places here (or sends here) and every domain libvirt has; ``vms`` as
+        read at ``since`` (monotonic): a VM whose worker ended after that is left to the next look."""
         me = self.ctx.name
         was_running, self._was_running = self._was_running, {n for n, d in local.items() if d.running}
         mine = set()
@@ -44,10 +45,10 @@ class VMLifecycle:
             if vm.node == me:
                 mine.add(vm.name)
                 self._announce_vm(vm)
-            if involved and not self.workers.busy(vm.name):
+            if involved and not self.workers.busy(vm.name, since):
                 self.act(vm, local.get(vm.name), vm.name in was_running)
         for name, dom in local.items():
-            if not self.workers.busy(name):
+            if not self.workers.busy(name, since):
                 self.remove_stray(name, dom, vms.get(name))
         for gone in set(self._seen_vm) - mine:
             del self._seen_vm[gone]

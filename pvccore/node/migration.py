@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from pvccore.domain.models import VM, Node
@@ -133,9 +134,10 @@ class Migrations:
     def abandon(self, vm: VM, reason: str) -> VM | None:
         """Give up a migration that has not left the source: the VM stays (and runs) here."""
         log.warning("VM %s: migration to %s abandoned: %s", vm.name, vm.migration.target, reason)
-        same = _in_phase(vm, Phase.REQUESTED, Phase.PREPARE, Phase.READY)
-        written = self.ctx.write_vm(vm.name, lambda v: migration_abandoned(v, reason) if same(v) else v)
-        self._report(vm, ok=False)
+        written, ended = self._end(vm.name, _in_phase(vm, Phase.REQUESTED, Phase.PREPARE, Phase.READY),
+                                   lambda v: migration_abandoned(v, reason))
+        if ended:
+            self._report(vm, ok=False)
         return written
 
     def restart_here(self, vm: VM) -> VM | None:
@@ -175,16 +177,27 @@ class Migrations:
         elif not running:
             return ctx.set_vm(vm.name, _in_phase(vm, Phase.SENT), migration=replace(
                 mig, phase=Phase.FAILED, reason=f"not running on {ctx.name} after live migration"))
-        same = _in_phase(vm, mig.phase)
-        written = ctx.write_vm(vm.name, lambda v: migration_done(v) if same(v) else v)
-        if written is None or written.migration is not None or written.node != ctx.name:
-            return written  # someone else ended it meanwhile
+        written, ended = self._end(vm.name, _in_phase(vm, mig.phase), migration_done)
+        if not ended or written is None or written.migration is not None or written.node != ctx.name:
+            return written  # ended meanwhile (by us, from a reconcile's older snapshot, or by someone else)
         self._report(vm, ok=True)
         if mig.reason:
             log.warning("VM %s: %s", vm.name, mig.reason)
         return written
 
     # -- both ------------------------------------------------------------------------------------
+
+    def _end(self, name: str, same: Callable[[VM], bool], change: Callable[[VM], VM]) -> tuple[VM | None, bool]:
+        """Compare-and-set ``change`` while ``same`` holds: the document as written, and whether this write
+        made the change (a worker started from a reconcile's older snapshot finds it made already)."""
+        ended = False
+
+        def update(v: VM) -> VM:
+            nonlocal ended  # the last try of the compare-and-set decides
+            ended = same(v)
+            return change(v) if ended else v
+
+        return self.ctx.write_vm(name, update), ended
 
     def _report(self, vm: VM, ok: bool) -> None:
         """Log, count and announce (``pvc_migration_finished``) how a migration ended."""

@@ -45,7 +45,8 @@ class FakeNode:
                               cpu_count=8, live_migration=live, migration_uri=self.hv.uri))
 
     def reconcile(self) -> None:
-        self.lifecycle.reconcile(self.cluster.snapshot().vms, self.hv.domains())
+        since = time.monotonic()
+        self.lifecycle.reconcile(self.cluster.snapshot().vms, self.hv.domains(), since)
 
     def close(self) -> None:
         self.ctx.stopping.set()
@@ -595,3 +596,35 @@ def test_a_stopping_coordinator_that_is_not_primary_hands_nothing_over():
     coords["hv1"].serving = True  # believes it serves (a takeover that failed half-way, say)
     coords["hv1"].step_down(cluster.snapshot())
     assert cluster.handover is None and not coords["hv1"].serving
+
+
+def test_a_take_over_from_an_older_snapshot_reports_the_migration_once(world):
+    """A reconcile that read the VM before the target's own take-over write (and ran after that worker ended)
+    takes it over a second time: that one changes nothing, and the migration is counted and announced once."""
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2")
+    running_vm(cluster, a, "web1")
+    cluster.update_vm("web1", lambda v: migration_request(v, MigrationKind.MIGRATE, "hv2"))
+    stale = cluster.update_vm("web1", lambda v: replace(v, migration=replace(v.migration, phase="sent", method="live")))
+    del a.hv.running["web1"]
+    b.hv.run("web1", 512, 1)  # the source has sent it: it runs on the target
+    assert b.lifecycle.migrations.take_over(stale, True).node == "hv2"
+    again = b.lifecycle.migrations.take_over(stale, True)
+    assert (again.node, again.migration) == ("hv2", None)
+    assert len(rec.of("pvc_migration_finished")) == 1
+    assert cluster.stats == {"migrations": 1}
+
+
+def test_a_reconcile_leaves_a_vm_whose_worker_ended_after_its_snapshot_to_the_next_one(world):
+    cluster, rec, node = world
+    a = node("hv1")
+    gate, done = threading.Event(), threading.Event()
+    before = time.monotonic()  # a snapshot read now cannot show what the worker writes
+    a.workers.spawn("web1", lambda: (gate.wait(T), done.set()))
+    assert a.workers.busy("web1") and a.workers.busy("web1", before)
+    gate.set()
+    assert done.wait(T)
+    a.workers.join(T)
+    assert not a.workers.busy("web1")  # owned by no one now
+    assert a.workers.busy("web1", before)  # but that snapshot is older than its end
+    assert not a.workers.busy("web1", time.monotonic())  # a fresh one is not
