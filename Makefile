@@ -7,7 +7,7 @@ DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 i
 # The cluster-in-a-box tier: a libvirtd with QEMU per node namespace, tini as each node's init.
 BOX_DEBS := libvirt-daemon-system qemu-system-x86 tini util-linux
 
-.PHONY: deps venv test soak bench bench-driver docs demo demo-stop demo-status clean
+.PHONY: deps venv test soak bench bench-driver bench-peer docs demo demo-stop demo-status clean
 
 deps:
 	@scripts/debs.sh $(DEBS)
@@ -38,6 +38,11 @@ bench: venv
 	@$(PY) bench/api.py
 	@$(PY) bench/box.py
 	@$(PY) bench/guests.py
+
+# pvc and Pacemaker + corosync side by side on the same box, guests, BMCs and faults (about 25 minutes).
+bench-peer: venv
+	@scripts/debs.sh pacemaker pacemaker-cli-utils corosync resource-agents fence-agents
+	@$(PY) bench/peer_pacemaker.py
 
 # The same flush, handover and failover figures on the lighter tiers (libvirt's test driver).
 bench-driver: venv

@@ -105,6 +105,13 @@ class GuestLab:
     def define(self, name: str, node: str, memory_mib: int = 128, dirty_mib: int = 0, start: bool = True,
                meta: dict | None = None) -> Guest:
         """A guest with a fresh journal disk, defined through pvc on ``node``."""
+        guest, xml = self.prepare(name, memory_mib, dirty_mib)
+        self.box.ops.define_vm(xml, meta or {}, target=node, start=start)
+        return guest
+
+    def prepare(self, name: str, memory_mib: int = 128, dirty_mib: int = 0) -> tuple[Guest, str]:
+        """A guest's fresh journal disk, its lease and its storage server: the guest and its domain XML,
+        for any cluster manager to define."""
         index = len(self.guests)
         address = f"198.18.0.{FIRST_GUEST + index}"
         disk = new_disk(self.dir / f"{name}.img")
@@ -123,8 +130,7 @@ class GuestLab:
         _wait_port(self.box.net.exec(self.box.mgmt), self.storage_address, port, storage)
         guest = Guest(name, address, disk, self.dir / f"{name}.console", storage)
         self.guests[name] = guest
-        self.box.ops.define_vm(self.xml(guest, port, memory_mib, dirty_mib), meta or {}, target=node, start=start)
-        return guest
+        return guest, self.xml(guest, port, memory_mib, dirty_mib)
 
     def xml(self, guest: Guest, port: int, memory_mib: int, dirty_mib: int) -> str:
         cmdline = f"console=ttyS0 quiet panic=-1 pvc.ip={guest.address}/24"
@@ -132,7 +138,8 @@ class GuestLab:
             cmdline += f" pvc.dirty={dirty_mib}"
         mac = "52:54:00:12:%02x:%02x" % divmod(int(guest.address.rsplit(".", 1)[1]), 256)
         return f"""<domain type='{self.domain_type}'>
-  <name>{guest.name}</name><uuid>{uuid.uuid4()}</uuid>
+  <name>{guest.name}</name>
+  <uuid>{uuid.uuid4()}</uuid>
   <memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{self.image.kernel}</kernel><initrd>{self.image.initrd}</initrd><cmdline>{cmdline}</cmdline></os>

@@ -141,8 +141,7 @@ class BoxNode:
 
     def power_on(self, timeout: float = 30.0) -> None:
         """Boot: a fresh PID namespace with libvirtd as its init's child, then the node daemon."""
-        binds = "; ".join(f"mount --bind {self.dir / sub} {target}" for sub, target in MOUNTS.items())
-        script = (f"hostname {self.name}; {binds}; "
+        script = (f"hostname {self.name}; {self.boot_mounts()}; "
                   "virtlockd --daemon -f /etc/libvirt/virtlockd.conf -p /run/libvirt/virtlockd.pid && "
                   "exec tini -s -- libvirtd --listen "
                   "-p /run/libvirt/libvirtd.pid -f /etc/libvirt/libvirtd.conf")
@@ -178,6 +177,17 @@ class BoxNode:
             time.sleep(0.05)  # polling a daemon that is starting, under a deadline
         self.start_daemon()
 
+    def boot_mounts(self) -> str:
+        """The shell commands that give a booting node its own libvirt directories, and a hosts file that
+        names every node (as a cluster's hosts resolve each other; libvirt looks its own name up when it
+        migrates, and a lookup left to an unreachable DNS server stalls it, seen once wedging a libvirtd)."""
+        return "; ".join([*(f"mount --bind {self.dir / sub} {target}" for sub, target in MOUNTS.items()),
+                          f"mount --bind {self.box.hosts} /etc/hosts"])
+
+    def nsenter(self) -> list[str]:
+        """A command prefix that runs inside this node (its network, mounts, host name and processes)."""
+        return ["nsenter", "-t", str(self.init_pid), "--net", "--mount", "--uts", "--pid"]
+
     def _libvirt_answers(self) -> bool:
         try:
             libvirt.open(self.uri).close()
@@ -189,7 +199,7 @@ class BoxNode:
 
     def start_daemon(self) -> None:
         box = self.box
-        cmd = ["nsenter", "-t", str(self.init_pid), "--net", "--mount", "--uts", "--pid", f"--wd={REPO}",
+        cmd = [*self.nsenter(), f"--wd={REPO}",
                sys.executable, "-m", "pvccore.node.daemon", "--node", self.name, "--zookeeper", box.zk_hosts,
                "--root", ROOT, "--libvirt", "qemu:///system", "--migration-address", self.address,
                "--coordinator", "--floating-ip", f"{FLOATING_IP}/24@eth0", "--api-config", str(box.api_config),
@@ -246,6 +256,8 @@ class ClusterBox:
     ``with ClusterBox(workdir) as box: box.ops.define_vm(tiny_domain_xml("vm1"))``
     """
 
+    node_class = BoxNode
+
     def __init__(self, workdir: str | None = None, nodes: int = 3, bmc: str = "dedicated",
                  settings: dict | None = None, daemon_flags: tuple[str, ...] = (), env: dict | None = None,
                  tag: str = "box"):
@@ -254,7 +266,7 @@ class ClusterBox:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="pvc-box-"))
         self.serial = os.getpid() % 65536
         self.net = NetLab(nodes + 2, tag=tag)
-        self.nodes = {f"hv{i}": BoxNode(self, i) for i in range(1, nodes + 1)}
+        self.nodes = {f"hv{i}": self.node_class(self, i) for i in range(1, nodes + 1)}
         self.client, self.mgmt = nodes + 1, nodes + 2
         self.bmc_mode = bmc
         self.settings = settings or {}
@@ -269,6 +281,7 @@ class ClusterBox:
         self.zk_hosts = ",".join(z.hosts for z in self.zk)
         self.api_config = self.dir / "api.toml"
         self.lockspace = self.dir / "shared" / "leases"  # the nodes' disk-lock space (see BoxNode.configure)
+        self.hosts = self.dir / "hosts"  # every node's /etc/hosts
         self.api_url = f"http://{FLOATING_IP}:{API_PORT}"
         self.bmcs: dict[str, subprocess.Popen] = {}
         self.reap: list[subprocess.Popen] = []
@@ -294,10 +307,7 @@ class ClusterBox:
 
     def _up(self, timeout: float) -> None:
         self.net.up()
-        mgmt = self.net.ns(self.mgmt)
-        for node in self.nodes.values():
-            where = mgmt if self.bmc_mode == "dedicated" else node.ns
-            subprocess.run(["ip", "-n", where, "addr", "add", f"{node.bmc_address}/24", "dev", "eth0"], check=True)
+        self.add_bmc_addresses()
         for z in self.zk:
             z.start(wait=False)
         for z in self.zk:
@@ -311,13 +321,10 @@ class ClusterBox:
         if self.settings:
             self.store.update_config(lambda c: c.updated(self.settings))
         self.lockspace.mkdir(parents=True, exist_ok=True)
+        self.write_hosts()
         for node in self.nodes.values():
             node.configure()
-            where = self.net.exec(self.mgmt if self.bmc_mode == "dedicated" else node.index)
-            with open(node.dir / "bmc.log", "ab") as log:
-                self.bmcs[node.name] = subprocess.Popen(
-                    [*where, sys.executable, str(BMCSIM), "--address", node.bmc_address, "--pidns-file",
-                     str(node.dir / "pidns")], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        self.start_bmcs()
         for node in self.nodes.values():
             node.power_on(timeout)
         self.view = Session.on(self.store).view
@@ -326,6 +333,24 @@ class ClusterBox:
         for node in self.nodes.values():
             self.ops.set_fence_config(node.name, [self.ipmi(node.name)])
         self.wait_primary(timeout)
+
+    def add_bmc_addresses(self) -> None:
+        mgmt = self.net.ns(self.mgmt)
+        for node in self.nodes.values():
+            where = mgmt if self.bmc_mode == "dedicated" else node.ns
+            subprocess.run(["ip", "-n", where, "addr", "add", f"{node.bmc_address}/24", "dev", "eth0"], check=True)
+
+    def write_hosts(self) -> None:
+        self.hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{n.address} {n.name}\n" for n in self.nodes.values()))
+
+    def start_bmcs(self) -> None:
+        for node in self.nodes.values():
+            where = self.net.exec(self.mgmt if self.bmc_mode == "dedicated" else node.index)
+            with open(node.dir / "bmc.log", "ab") as log:
+                self.bmcs[node.name] = subprocess.Popen(
+                    [*where, sys.executable, str(BMCSIM), "--address", node.bmc_address, "--pidns-file",
+                     str(node.dir / "pidns"), "--netns", node.ns], stdout=subprocess.DEVNULL, stderr=log,
+                    start_new_session=True)
 
     def down(self) -> None:
         """Tear everything down; safe to call twice and after a failure half-way up."""
