@@ -72,6 +72,12 @@ class Fencer:
       for a wrapper that passes any param through (a typo never shows a credential);
     - a param named in ``secret`` is secret whatever ``public`` says, and a fencer that
       declares neither has every param secret.
+
+    Optionally ``is_off(node, params)`` looks at the power without changing it and returns True
+    only when the node is reported powered off right now (False when on or unknown). The
+    primary asks it as soon as a node is suspect: a node already off (a power loss) is fenced
+    at once, without the saving throw that protects a healthy node which is only slow. It runs
+    in its own thread and should give up within a few seconds.
     """
 
     name: str
@@ -81,6 +87,8 @@ class Fencer:
     secret: frozenset[str] = frozenset()
     #: params that may be shown; when given, every param not named here is secret
     public: frozenset[str] = frozenset()
+    #: a read-only power check: True only when the node is reported off (see above)
+    is_off: Optional[Callable[[str, dict], bool]] = None
 
     def is_secret(self, param: str) -> bool:
         """Whether ``param`` is masked, by the rules above."""

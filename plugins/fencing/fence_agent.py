@@ -61,8 +61,19 @@ def _fence(params: dict) -> FenceResult:
     return FenceResult(False, f"{name}: not confirmed off (exit {rc}): {msg}")
 
 
+def is_off(node: str, params: dict) -> bool:
+    """The agent's ``status`` action reports the node off (exit 2, by the fence-agents convention)."""
+    name = str(params.get("agent", ""))
+    agent = shutil.which(name) if _AGENT.match(name) else None
+    if agent is None:
+        return False
+    rc, msg = _run(agent, params, "status")
+    return rc == 2 or msg.strip().lower().endswith("off")
+
+
 FENCER = Fencer("fence-agent", "any fence-agents agent (stdin key=value interface)", fence,
-                secret=frozenset({"password", "passwd", "hexadecimal_kg", "kg", "community"}), public=PUBLIC)
+                secret=frozenset({"password", "passwd", "hexadecimal_kg", "kg", "community"}), public=PUBLIC,
+                is_off=is_off)
 
 
 @hookimpl

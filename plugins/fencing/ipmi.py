@@ -58,9 +58,17 @@ def _fence(params: dict) -> FenceResult:
         time.sleep(0.2)  # polling the BMC for the power state, under the deadline above
 
 
+def is_off(node: str, params: dict) -> bool:
+    """The BMC reports the chassis power off (one status query; no power command)."""
+    if not params.get("host"):
+        return False
+    rc, msg = _ipmitool(params, "chassis", "power", "status")
+    return rc == 0 and msg.strip().lower().endswith("off")
+
+
 FENCER = Fencer("ipmi", "power off over IPMI lanplus (ipmitool), then confirm", fence,
                 secret=frozenset({"password"}),
-                public=frozenset({"host", "port", "username", "cipher", "retries", "timeout"}))
+                public=frozenset({"host", "port", "username", "cipher", "retries", "timeout"}), is_off=is_off)
 
 
 @hookimpl

@@ -14,6 +14,14 @@ When the watcher's own ZooKeeper connection drops (a leader election in the
 ensemble, say), every node's clock restarts: a cluster-wide hiccup is nobody's
 death.
 
+The saving throw protects a healthy node that is only slow; a node whose power is
+off is not one. So as soon as a node is suspect, the fencer acting on it asks its
+fencers that can look at the power without changing it (``is_off``), in a thread of
+its own, once per silence. A node reported off is declared dead and fenced at
+once: the fence confirms what the BMC already says, and a power loss is recovered
+``fence_grace`` (and the wait for the node's ZooKeeper session) sooner. A node
+reported on, or whose power nobody can tell, waits out the saving throw as before.
+
 Fencing tries the node's fence configuration in order until a fencer confirms
 power off. Then the node is ``fenced`` and, with ``successful_fence = recover``,
 its VMs are placed elsewhere (selector and node limits; those with no target
@@ -56,6 +64,12 @@ class FenceMonitor:
         self._seen: dict[str, tuple[float, float]] = {}  # node -> (keepalive value, when we saw it change)
         self._suspect: dict[str, float] = {}  # node -> since when
         self._retry: dict[str, tuple[float, float]] = {}  # node -> (next attempt at, current back-off)
+        # Power checks of suspect nodes (see the module docstring), each keyed by the keepalive value of the
+        # silence it was made in: a node that writes again, then falls silent, is looked at afresh.
+        self._looked: dict[str, float] = {}  # node -> the silence a check was started for
+        self._off: dict[str, float] = {}  # node -> the silence in which it was reported powered off
+        self._looks_lock = threading.Lock()
+        self._wake = threading.Event()
         self._reset = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,6 +79,7 @@ class FenceMonitor:
         self._thread.start()
 
     def join(self, timeout: float) -> None:
+        self._wake.set()  # (the daemon has set ``stopping``)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -74,7 +89,11 @@ class FenceMonitor:
 
     def _loop(self) -> None:
         tick = min(0.5, self.ctx.cfg.keepalive_interval / 2)
-        while not self.ctx.stopping.wait(tick):
+        while True:
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self.ctx.stopping.is_set():
+                return
             try:
                 self.tick(self._clock())
             except Exception:
@@ -87,6 +106,9 @@ class FenceMonitor:
             self._reset.clear()
             self._seen.clear()  # we were cut off ourselves: start every node's clock again
             self._suspect.clear()
+            with self._looks_lock:
+                self._looked.clear()
+                self._off.clear()
             return
         snap = self.ctx.view.snapshot()
         cfg = snap.config
@@ -114,13 +136,57 @@ class FenceMonitor:
             if node.daemon_state == DaemonState.RUN:
                 started = self._suspect.setdefault(name, now)
                 if now - started < cfg.fence_grace or now - since < dead_after:
-                    continue
+                    if not self._reported_off(node):
+                        continue
+                    log.warning("node %s: silent for %.1fs and reported powered off: no saving throw", name,
+                                now - since)
             next_try, _ = self._retry.get(name, (0.0, 0.0))
             if now >= next_try or (node.daemon_state == DaemonState.DEAD and self._confirmed_off(node)):
                 self._fence(node, now, now - since)
 
+    def _reported_off(self, node: Node) -> bool:
+        """Whether ``node`` was reported powered off in this silence; starts the check if none was made."""
+        with self._looks_lock:
+            if self._off.get(node.name) == node.keepalive:
+                return True
+            if self._looked.get(node.name) == node.keepalive:
+                return False
+            self._looked[node.name] = node.keepalive
+        threading.Thread(target=self._look, args=(node.name, node.keepalive), daemon=True,
+                         name=f"{self.ctx.name}-power-{node.name}").start()
+        return False
+
+    def _look(self, name: str, keepalive: float) -> None:
+        off = self.power_is_off(name)
+        if off:
+            with self._looks_lock:
+                if self._looked.get(name) == keepalive:  # still the same silence
+                    self._off[name] = keepalive
+            self._wake.set()  # the monitor acts on it now, not at its next tick
+
+    def power_is_off(self, name: str) -> bool:
+        """Whether a fencer of the node's configuration that can look at the power reports it off."""
+        try:
+            entries = self.ctx.store.get_fence_config(name)
+        except Exception as exc:  # ZooKeeper gone, say: no answer, and the saving throw applies
+            log.warning("node %s: cannot read its fence configuration to check its power: %s", name, exc)
+            return False
+        for entry in entries:
+            fencer = self.ctx.plugins.fencers.get(entry.get("fencer", ""))
+            if fencer is None or fencer.is_off is None:
+                continue
+            try:
+                if fencer.is_off(name, dict(entry.get("params") or {})) is True:
+                    return True
+            except Exception:  # a fencer bug is no answer; the saving throw still applies
+                log.exception("fencer %s raised checking the power of %s", fencer.name, name)
+        return False
+
     def _forget(self, name: str) -> None:
         self._suspect.pop(name, None)
+        with self._looks_lock:
+            self._looked.pop(name, None)
+            self._off.pop(name, None)
         if self._retry.pop(name, None) is not None:
             try:
                 self.ctx.store.set_fencing(name, None)

@@ -270,3 +270,36 @@ def test_escalation_to_a_fence_agents_agent(box):
     message = b.events.wait(1, "fenced", node="hv3")[0]["message"]
     assert message.startswith("#2 fence-agent: fence_ipmilan: status off") and "secret" not in message
     assert b.settled() == []
+
+
+def test_the_built_in_fencers_look_at_the_power_without_changing_it(tmp_path):
+    """``is_off`` of ``ipmi`` and ``fence-agent`` against a simulated BMC: on, then off, then no BMC."""
+    node = subprocess.Popen(["sleep", "300"], start_new_session=True)  # the "node" the BMC powers
+    (tmp_path / "pgid").write_text(str(node.pid))
+    port = free_port()
+    bmc = subprocess.Popen([sys.executable, str(BMCSIM), "--port", str(port), "--pgid-file", str(tmp_path / "pgid")])
+    try:
+        fencers = load_plugins(disabled=()).fencers
+        ipmi = {"host": "127.0.0.1", "port": port, "username": "admin", "password": "secret", "retries": 0}
+        agent = {"agent": "fence_ipmilan", "ip": "127.0.0.1", "ipport": port, "username": "admin",
+                 "password": "secret", "lanplus": 1, "cipher": 3}
+        deadline = time.monotonic() + T
+        while subprocess.run(["ipmitool", "-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", str(port), "-U",
+                              "admin", "-P", "secret", "chassis", "power", "status"], capture_output=True).returncode:
+            assert time.monotonic() < deadline, "the simulated BMC does not answer"
+            time.sleep(0.1)  # the BMC is starting: polled under a deadline
+        assert fencers["ipmi"].is_off("n1", ipmi) is False
+        assert fencers["fence-agent"].is_off("n1", agent) is False
+        assert node.poll() is None  # looking changed nothing
+        node.kill()
+        node.wait()
+        assert fencers["ipmi"].is_off("n1", ipmi) is True
+        assert fencers["fence-agent"].is_off("n1", agent) is True
+        assert fencers["ipmi"].is_off("n1", {**ipmi, "port": free_port()}) is False  # no BMC there: unknown
+        assert fencers["ipmi"].is_off("n1", {}) is False
+        assert fencers["fence-agent"].is_off("n1", {**agent, "agent": "rm -rf"}) is False
+    finally:
+        if node.poll() is None:
+            node.kill()
+        bmc.terminate()
+        bmc.wait()

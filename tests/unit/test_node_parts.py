@@ -253,10 +253,14 @@ def test_a_flush_that_is_cancelled_stops_at_its_next_step(world):
 
 
 class Fencers:
-    """Fencers named ``first`` and ``second`` whose answers a test sets; every call is kept."""
+    """Fencers named ``first`` and ``second`` whose answers a test sets; every call is kept.
 
-    def __init__(self, first: bool, second: bool):
+    ``power`` gives a fencer a power check (``is_off``) answering that value (an exception is raised).
+    """
+
+    def __init__(self, first: bool, second: bool, power: dict | None = None):
         self.answers, self.calls = {"first": first, "second": second}, []
+        self.power, self.looks = power or {}, []
 
     def _fence(self, name):
         def fence(node, params):
@@ -264,14 +268,23 @@ class Fencers:
             return FenceResult(self.answers[name], f"{name} says {'off' if self.answers[name] else 'no'}")
         return fence
 
+    def _is_off(self, name):
+        def is_off(node, params):
+            self.looks.append((name, node))
+            if isinstance(self.power[name], Exception):
+                raise self.power[name]
+            return self.power[name]
+        return is_off if name in self.power else None
+
     @hookimpl
     def pvc_register_fencers(self):
-        return [Fencer(n, "test", self._fence(n), public=frozenset({"host"})) for n in ("first", "second")]
+        return [Fencer(n, "test", self._fence(n), public=frozenset({"host"}), is_off=self._is_off(n))
+                for n in ("first", "second")]
 
 
-def fence_world(first: bool, second: bool, **config):
+def fence_world(first: bool, second: bool, power: dict | None = None, **config):
     cluster = MemoryCluster(ClusterConfig().updated(config))
-    rec, fencers = Recorder(), Fencers(first, second)
+    rec, fencers = Recorder(), Fencers(first, second, power)
     ps = plugins(rec, fencers)
     for name in ("hv1", "hv2", "hv3"):
         cluster.add_node(Node(name, daemon_state=DaemonState.RUN, keepalive=100.0, memory_total_mib=8192,
@@ -357,6 +370,59 @@ def test_failed_fencing_recovers_nothing_and_retries_with_a_doubling_back_off(wo
     assert cluster.nodes["hv3"].daemon_state == DaemonState.DEAD
     assert all(v.node == "hv3" and v.state == "start" for v in cluster.vms.values())  # nothing recovered
     assert rec.of("pvc_node_recovered") == []
+
+
+def ticks_until(monitor, now: float, done, timeout: float = T) -> bool:
+    """The monitor's looks at the same instant ``now`` until ``done()`` (its power check runs in a thread)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        monitor.tick(now)
+        time.sleep(0.01)  # the check's thread: polled under a deadline
+    return True
+
+
+def test_a_suspect_node_reported_powered_off_is_fenced_without_the_saving_throw(world):
+    """Power loss: once suspect (3 s of silence), its power is checked; reported off, it is fenced at once,
+    2 s before the saving throw would have ended, by the fencers in order as always."""
+    cluster, rec, fencers, monitor = fence_world(first=True, second=True, power={"second": True})
+    monitor.tick(0.0)
+    monitor.tick(2.5)
+    assert fencers.looks == []  # not yet suspect: nobody looks
+    assert ticks_until(monitor, 3.5, lambda: cluster.nodes["hv3"].daemon_state == DaemonState.FENCED)
+    assert fencers.looks == [("second", "hv3")] and fencers.calls == [("first", "hv3")]
+    assert {v.node for v in cluster.vms.values()} <= {"hv1", "hv2"}  # recovered
+    assert [c["new"] for c in rec.of("pvc_node_state_changed")] == ["dead", "fenced"]
+
+
+def test_a_suspect_node_reported_on_or_unknown_waits_out_the_saving_throw_and_is_looked_at_once(world):
+    for power in ({"first": False}, {"first": RuntimeError("BMC bug")}, {}):
+        cluster, rec, fencers, monitor = fence_world(first=True, second=False, power=power)
+        monitor.tick(0.0)
+        keep_alive(cluster, "hv2")
+        monitor.tick(3.5)
+        assert ticks_until(monitor, 3.5, lambda: len(fencers.looks) == len(power))
+        for now in (3.6, 4.0, 4.5, 4.9):
+            keep_alive(cluster, "hv2")
+            monitor.tick(now)
+        assert cluster.nodes["hv3"].daemon_state == DaemonState.RUN and fencers.calls == [], power
+        assert len(fencers.looks) == len(power)  # once per silence
+        monitor.tick(5.5)
+        assert cluster.nodes["hv3"].daemon_state == DaemonState.FENCED, power
+
+
+def test_a_node_that_was_on_when_looked_at_is_looked_at_again_in_its_next_silence(world):
+    cluster, rec, fencers, monitor = fence_world(first=True, second=False, power={"first": False})
+    monitor.tick(0.0)
+    assert ticks_until(monitor, 3.5, lambda: len(fencers.looks) == 1)
+    keep_alive(cluster, "hv3", "hv2")  # it was only slow: it writes again
+    monitor.tick(4.0)
+    fencers.power["first"] = True  # then it loses its power
+    keep_alive(cluster, "hv2")
+    monitor.tick(6.0)
+    assert ticks_until(monitor, 7.5, lambda: cluster.nodes["hv3"].daemon_state == DaemonState.FENCED)
+    assert len(fencers.looks) == 2
 
 
 def test_a_node_that_writes_again_is_forgotten_and_its_failed_status_cleared(world):
