@@ -179,8 +179,8 @@ class BoxNode:
 
     def boot_mounts(self) -> str:
         """The shell commands that give a booting node its own libvirt directories, and a hosts file that
-        names every node (as a cluster's hosts resolve each other; libvirt looks its own name up when it
-        migrates, and a lookup left to an unreachable DNS server stalls it, seen once wedging a libvirtd)."""
+        names every node, as a cluster's hosts resolve each other (libvirt looks its own name up when it
+        migrates; once a libvirtd that had just failed that lookup wedged in a forked child)."""
         return "; ".join([*(f"mount --bind {self.dir / sub} {target}" for sub, target in MOUNTS.items()),
                           f"mount --bind {self.box.hosts} /etc/hosts"])
 
