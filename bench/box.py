@@ -16,7 +16,6 @@ ensemble, BMCs answering real IPMI, the API on the primary's floating IP (tests/
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,9 +71,7 @@ def failover(box: ClusterBox) -> list[float]:
         assert wait_running_on(box, vms, "hv3")
         assert not box.settled()
         t0 = time.monotonic()
-        subprocess.run([*box.net.exec(box.client), "ipmitool", "-I", "lanplus", "-C", "3", "-H",
-                        box.nodes["hv3"].bmc_address, "-U", "admin", "-P", "secret", "chassis", "power", "off"],
-                       check=True, capture_output=True)
+        box.bmc("hv3", "chassis", "power", "off")
         deadline = time.monotonic() + 120
         while True:  # every VM running on another node, by that node's libvirt
             running = box.running()

@@ -180,9 +180,7 @@ def failovers(box: ClusterBox, lab: GuestLab, accel: str) -> None:
         answering(lab, guests, T)
         wait_cpu_quiet()
         t0, wall = time.monotonic(), time.time()
-        subprocess.run([*box.net.exec(box.client), "ipmitool", "-I", "lanplus", "-C", "3", "-H",
-                        box.nodes["hv3"].bmc_address, "-U", "admin", "-P", "secret", "chassis", "power", "off"],
-                       check=True, capture_output=True)
+        box.bmc("hv3", "chassis", "power", "off")
         times.append(answering(lab, guests, T, since=t0))
         assert all(box.view.vm(n).node != "hv3" for n in names), box.logs()
         started.append(max(started_at(box, n, wall) for n in names) - wall)

@@ -34,7 +34,6 @@ writers or a lost record, over every scenario (target 0 for both).
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,8 +139,7 @@ class Pacemaker:
 
     def remove(self, names) -> None:
         for name in names:
-            self.box.crm("crm_resource", "--resource", name, "--meta", "--set-parameter", "target-role",
-                         "--parameter-value", "Stopped")
+            self.box.target_role(name, "Stopped")
         self.box.idle(T)
         for name in names:
             self.box.crm("cibadmin", "--delete", "--xml-text", f'<rsc_location id="{name}-home"/>')
@@ -255,9 +253,7 @@ def power_losses(system, guests, accel: str) -> None:
         steady(system, guests, "hv3")
         leaders.append("hv3" if system.leader() == "hv3" else "other")
         t0 = time.monotonic()
-        subprocess.run([*box.net.exec(box.client), "ipmitool", "-I", "lanplus", "-C", "3", "-H",
-                        box.nodes["hv3"].bmc_address, "-U", "admin", "-P", "secret", "chassis", "power", "off"],
-                       check=True, capture_output=True)
+        box.bmc("hv3", "chassis", "power", "off")
         with ThreadPoolExecutor(1) as pool:  # libvirt polled beside the pings
             running = pool.submit(placed, box, names, lambda n: n != "hv3", T, t0)
             times.append(answering(lab, guests, T, since=t0))

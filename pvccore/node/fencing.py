@@ -66,8 +66,7 @@ class FenceMonitor:
         self._retry: dict[str, tuple[float, float]] = {}  # node -> (next attempt at, current back-off)
         # Power checks of suspect nodes (see the module docstring), each keyed by the keepalive value of the
         # silence it was made in: a node that writes again, then falls silent, is looked at afresh.
-        self._looked: dict[str, float] = {}  # node -> the silence a check was started for
-        self._off: dict[str, float] = {}  # node -> the silence in which it was reported powered off
+        self._looks: dict[str, tuple[float, bool]] = {}  # node -> (the silence looked at, reported off)
         self._looks_lock = threading.Lock()
         self._wake = threading.Event()
         self._reset = threading.Event()
@@ -107,8 +106,7 @@ class FenceMonitor:
             self._seen.clear()  # we were cut off ourselves: start every node's clock again
             self._suspect.clear()
             with self._looks_lock:
-                self._looked.clear()
-                self._off.clear()
+                self._looks.clear()
             return
         snap = self.ctx.view.snapshot()
         cfg = snap.config
@@ -147,11 +145,10 @@ class FenceMonitor:
     def _reported_off(self, node: Node) -> bool:
         """Whether ``node`` was reported powered off in this silence; starts the check if none was made."""
         with self._looks_lock:
-            if self._off.get(node.name) == node.keepalive:
-                return True
-            if self._looked.get(node.name) == node.keepalive:
-                return False
-            self._looked[node.name] = node.keepalive
+            silence, off = self._looks.get(node.name, (None, False))
+            if silence == node.keepalive:
+                return off
+            self._looks[node.name] = (node.keepalive, False)
         threading.Thread(target=self._look, args=(node.name, node.keepalive), daemon=True,
                          name=f"{self.ctx.name}-power-{node.name}").start()
         return False
@@ -160,8 +157,8 @@ class FenceMonitor:
         off = self.power_is_off(name)
         if off:
             with self._looks_lock:
-                if self._looked.get(name) == keepalive:  # still the same silence
-                    self._off[name] = keepalive
+                if self._looks.get(name, (None,))[0] == keepalive:  # still the same silence
+                    self._looks[name] = (keepalive, True)
             self._wake.set()  # the monitor acts on it now, not at its next tick
 
     def power_is_off(self, name: str) -> bool:
@@ -185,8 +182,7 @@ class FenceMonitor:
     def _forget(self, name: str) -> None:
         self._suspect.pop(name, None)
         with self._looks_lock:
-            self._looked.pop(name, None)
-            self._off.pop(name, None)
+            self._looks.pop(name, None)
         if self._retry.pop(name, None) is not None:
             try:
                 self.ctx.store.set_fencing(name, None)

@@ -320,6 +320,16 @@ class ClusterBox:
         self.store = Store.connect(self.zk_hosts, ROOT, auth=self.zk_auth)
         if self.settings:
             self.store.update_config(lambda c: c.updated(self.settings))
+        self.boot_nodes(timeout)
+        self.view = Session.on(self.store).view
+        self.ops = Operations(self.store, self.view, load_plugins())
+        self.wait_running(self.nodes, timeout)
+        for node in self.nodes.values():
+            self.ops.set_fence_config(node.name, [self.ipmi(node.name)])
+        self.wait_primary(timeout)
+
+    def boot_nodes(self, timeout: float) -> None:
+        """Every node configured, its BMC started, and powered on (its daemon started)."""
         self.lockspace.mkdir(parents=True, exist_ok=True)
         self.write_hosts()
         for node in self.nodes.values():
@@ -327,12 +337,6 @@ class ClusterBox:
         self.start_bmcs()
         for node in self.nodes.values():
             node.power_on(timeout)
-        self.view = Session.on(self.store).view
-        self.ops = Operations(self.store, self.view, load_plugins())
-        self.wait_running(self.nodes, timeout)
-        for node in self.nodes.values():
-            self.ops.set_fence_config(node.name, [self.ipmi(node.name)])
-        self.wait_primary(timeout)
 
     def add_bmc_addresses(self) -> None:
         mgmt = self.net.ns(self.mgmt)
@@ -384,6 +388,14 @@ class ClusterBox:
     def ipmi(self, node: str) -> dict:
         return {"fencer": "ipmi", "params": {"host": self.nodes[node].bmc_address, "username": "admin",
                                              "password": "secret", "timeout": 5}}
+
+    def bmc(self, node: str, *command: str) -> str:
+        """ipmitool against a node's BMC, from the client host (as an operator's tooling would)."""
+        res = subprocess.run([*self.net.exec(self.client), "ipmitool", "-I", "lanplus", "-C", "3", "-H",
+                              self.nodes[node].bmc_address, "-U", "admin", "-P", "secret", *command],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
 
     def wait_running(self, nodes, timeout: float = 60.0) -> None:
         ok = self.view.wait_for(lambda c: all(n in c.nodes and c.nodes[n].daemon_state == "run" for n in nodes),

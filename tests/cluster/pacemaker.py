@@ -80,10 +80,12 @@ NODE_ENTRY = """    node {{
         ring0_addr: {address}
     }}"""
 
-# Directories a node has of its own: (its subdirectory, the path it is mounted on, owner, mode).
-PEER_MOUNTS = (("corosync", "/etc/corosync", "root", 0o755), ("corosync-lib", "/var/lib/corosync", "root", 0o755),
-               ("pcmk-lib", "/var/lib/pacemaker", "hacluster", 0o750),
-               ("pcmk-log", "/var/log/pacemaker", "hacluster", 0o770))
+# Directories a node has of its own: (its subdirectory, the path it is mounted on, owner:group, mode).
+PEER_MOUNTS = (("corosync", "/etc/corosync", "root:root", "0755"),
+               ("corosync-lib", "/var/lib/corosync", "root:root", "0755"),
+               ("pcmk-lib", "/var/lib/pacemaker", "hacluster:haclient", "0750"),
+               ("pcmk-log", "/var/log/pacemaker", "hacluster:haclient", "0770"))
+PCMK_LIB_PARTS = ("cib", "pengine", "blackbox", "cores")  # under /var/lib/pacemaker, hacluster:haclient 0750
 
 PROPERTIES = {"stonith-enabled": "true", "stonith-action": "off", "no-quorum-policy": "stop",
               "load-threshold": "400%", "node-action-limit": "4"}
@@ -94,15 +96,11 @@ class PacemakerNode(BoxNode):
 
     def configure(self) -> None:
         super().configure()
-        for sub, _, owner, mode in PEER_MOUNTS:
-            path = self.dir / sub
-            path.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["chown", f"{owner}:haclient" if owner != "root" else "root:root", str(path)], check=True)
-            path.chmod(mode)
-            if sub == "pcmk-lib":
-                for part in ("cib", "pengine", "blackbox", "cores"):
-                    subprocess.run(["install", "-d", "-o", "hacluster", "-g", "haclient", "-m", "0750",
-                                    str(path / part)], check=True)
+        dirs = [(self.dir / sub, owner, mode) for sub, _, owner, mode in PEER_MOUNTS]
+        dirs += [(self.dir / "pcmk-lib" / part, "hacluster:haclient", "0750") for part in PCMK_LIB_PARTS]
+        for path, owner, mode in dirs:
+            user, group = owner.split(":")
+            subprocess.run(["install", "-d", "-o", user, "-g", group, "-m", mode, str(path)], check=True)
         (self.dir / "corosync" / "corosync.conf").write_text(self.box.corosync_conf)
         subprocess.run(["install", "-m", "0400", str(self.box.authkey), str(self.dir / "corosync" / "authkey")],
                        check=True)
@@ -156,13 +154,7 @@ class PacemakerBox(ClusterBox):
         self.add_bmc_addresses()
         self.dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["corosync-keygen", "-k", str(self.authkey)], check=True, capture_output=True)
-        self.write_hosts()
-        self.lockspace.mkdir(parents=True, exist_ok=True)
-        for node in self.nodes.values():
-            node.configure()
-        self.start_bmcs()
-        for node in self.nodes.values():
-            node.power_on(timeout)
+        self.boot_nodes(timeout)
         self.wait_online(self.nodes, timeout)
         for name, value in PROPERTIES.items():
             self.crm("crm_attribute", "--type", "crm_config", "--name", name, "--update", value)
@@ -232,8 +224,11 @@ class PacemakerBox(ClusterBox):
             {"monitor": ("10s", "30s"), "start": ("0", "60s"), "stop": ("0", "30s"), "migrate_to": ("0", "60s"),
              "migrate_from": ("0", "60s")}))
         self.create("constraints", f'<rsc_location id="{name}-home" rsc="{name}" node="{node}" score="50"/>')
+        self.target_role(name, "Started")
+
+    def target_role(self, name: str, role: str) -> None:
         self.crm("crm_resource", "--resource", name, "--meta", "--set-parameter", "target-role",
-                 "--parameter-value", "Started")
+                 "--parameter-value", role)
 
     def move(self, name: str, node: str) -> None:
         self.crm("crm_resource", "--resource", name, "--move", "--node", node)

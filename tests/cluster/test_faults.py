@@ -17,15 +17,6 @@ from .harness import DuplicateWatch, tiny_domain_xml
 T = 60
 
 
-def ipmi(box, node: str, *command: str) -> str:
-    """ipmitool against a node's BMC, from the client host (as an operator's tooling would)."""
-    res = subprocess.run([*box.net.exec(box.client), "ipmitool", "-I", "lanplus", "-C", "3", "-H",
-                          box.nodes[node].bmc_address, "-U", "admin", "-P", "secret", *command],
-                         capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
-
-
 def runs_on(box, name) -> list[str]:
     return sorted(n for n, names in box.running().items() if name in names)
 
@@ -54,8 +45,8 @@ def test_power_loss_fenced_over_ipmi_and_recovered(make_box, round_):
     define_on(box, "hv3", {"lim": ["hv2", "hv3"], "free": [], "pinned": ["hv3"]})
     with DuplicateWatch(box) as watch:
         t0 = time.monotonic()
-        ipmi(box, "hv3", "chassis", "power", "off")  # power loss: daemon, libvirtd and QEMU gone at once
-        assert ipmi(box, "hv3", "chassis", "power", "status").endswith("off")
+        box.bmc("hv3", "chassis", "power", "off")  # power loss: daemon, libvirtd and QEMU gone at once
+        assert box.bmc("hv3", "chassis", "power", "status").endswith("off")
         assert state(box, "hv3", "fenced"), box.logs()
         assert not box.check("recovery")
         recovered = time.monotonic() - t0
@@ -206,7 +197,7 @@ def test_primary_killed_another_takes_over_after_the_fence(make_box, round_):
     old = box.view.snapshot().primary.node
     define_on(box, old, {"on-primary": []})
     with DuplicateWatch(box) as watch:
-        ipmi(box, old, "chassis", "power", "off")
+        box.bmc(old, "chassis", "power", "off")
         assert state(box, old, "fenced"), box.logs()
         new = box.wait_primary()  # elected after the fence, and its API answers on the floating IP
         assert new != old

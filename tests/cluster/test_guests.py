@@ -96,7 +96,7 @@ def test_a_real_guest_on_a_node_that_loses_power_boots_elsewhere_and_its_journal
     """Power loss: the node is fenced over IPMI, the guest boots on another node from the same disk, and its
     journal shows the old boot's records, then the new boot's, never both at once."""
     from .harness import DuplicateWatch
-    from .test_faults import ipmi, state
+    from .test_faults import state
 
     box = make_box()
     lab = GuestLab(box).up()
@@ -105,7 +105,7 @@ def test_a_real_guest_on_a_node_that_loses_power_boots_elsewhere_and_its_journal
     assert grown(guest, 10)
     with DuplicateWatch(box) as watch:
         t0 = time.monotonic()
-        ipmi(box, "hv3", "chassis", "power", "off")
+        box.bmc("hv3", "chassis", "power", "off")
         assert state(box, "hv3", "fenced", T), box.logs()
         back = lab.answers(guest, T)
         took = time.monotonic() - t0
