@@ -412,6 +412,26 @@ def test_a_suspect_node_reported_on_or_unknown_waits_out_the_saving_throw_and_is
         assert cluster.nodes["hv3"].daemon_state == DaemonState.FENCED, power
 
 
+def test_a_power_look_that_cannot_read_the_fence_config_or_gets_no_true_answer_changes_nothing(world, monkeypatch):
+    """Hostile or broken answers: ZooKeeper gone when the look reads the node's fence configuration, or a
+    fencer answering a truthy non-True ("off", 1): none of them skips the saving throw."""
+    for answer in ("off", 1, None):
+        cluster, rec, fencers, monitor = fence_world(first=True, second=False, power={"first": answer})
+        monitor.tick(0.0)
+        monitor.tick(3.5)
+        assert ticks_until(monitor, 3.5, lambda: len(fencers.looks) == 1)
+        monitor.tick(4.9)
+        assert cluster.nodes["hv3"].daemon_state == DaemonState.RUN and fencers.calls == [], answer
+    cluster, rec, fencers, monitor = fence_world(first=True, second=False, power={"first": True})
+
+    def gone(name):
+        raise ConnectionError("ZooKeeper is not reachable")
+
+    monkeypatch.setattr(cluster, "get_fence_config", gone)
+    assert monitor.monitor.power_is_off("hv3") is False
+    assert fencers.looks == []
+
+
 def test_a_node_that_was_on_when_looked_at_is_looked_at_again_in_its_next_silence(world):
     cluster, rec, fencers, monitor = fence_world(first=True, second=False, power={"first": False})
     monitor.tick(0.0)
