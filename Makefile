@@ -7,7 +7,7 @@ DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 i
 # The cluster-in-a-box tier: a libvirtd with QEMU per node namespace, tini as each node's init.
 BOX_DEBS := libvirt-daemon-system qemu-system-x86 tini util-linux
 
-.PHONY: deps venv test soak bench bench-driver bench-peer docs demo demo-stop demo-status clean
+.PHONY: deps venv test soak bench bench-driver bench-peer bench-scale docs demo demo-stop demo-status clean
 
 deps:
 	@scripts/debs.sh $(DEBS)
@@ -43,6 +43,11 @@ bench: venv
 bench-peer: venv
 	@scripts/debs.sh pacemaker pacemaker-cli-utils corosync resource-agents fence-agents
 	@$(PY) bench/peer_pacemaker.py
+
+# N = 100, 300 and 1,000 node daemons (20 VMs each) on one 3-server ZooKeeper ensemble: what the cluster costs
+# at rest, and failover and flush at that size (about 25 minutes; `bench/scale.py 300` for one size).
+bench-scale: venv
+	@$(PY) bench/scale.py
 
 # The same flush, handover and failover figures on the lighter tiers (libvirt's test driver).
 bench-driver: venv

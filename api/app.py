@@ -109,8 +109,10 @@ def create_app(deps: Deps) -> falcon.App:
 
 def build_deps(cfg: ApiConfig) -> Deps:
     """Connect to ZooKeeper, start the watched view, load plugins."""
+    # Every node and VM document, but not the liveness records: the coordinators time silences, and a worker
+    # following N records a keepalive apart would cost the ensemble N watch events a second for nothing shown.
     session = Session.open(cfg.zookeeper_hosts, cfg.zookeeper_root, timeout=cfg.zookeeper_session_timeout,
-                           auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT)
+                           auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT, liveness=False)
     ops = Operations(session.store, session.view, load_plugins())
     return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout, op_timeout=OP_TIMEOUT,
                 max_waiting=max(1, cfg.threads // 2))

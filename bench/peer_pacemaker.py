@@ -11,7 +11,9 @@ would for fast failover, within what its own rules call safe:
 - pvc as bench/guests.py runs it (the box's daemon flags), with keepalives every 0.5 s, a 2 s ZooKeeper
   session (the ensemble's ``tickTime`` is 500 ms) and the smallest ``keepalive_limit`` (1.5 s) and
   ``fence_grace`` (1 s) its checks accept for those (docs/operator.md, "Reliability settings and their
-  bounds"): a node is declared dead after 2.5 s of silence instead of 5 s; ``flush_parallel`` 4.
+  bounds"): a node is declared dead after 2.5 s of silence instead of 5 s; ``flush_parallel`` 4; and
+  the ZooKeeper ensemble's ``syncLimit`` at 2 ticks (1 s, as corosync's ``token``) instead of 4, since a
+  link cut that takes the ensemble's leader stalls every client for that long plus an election.
 
 - ``failover_s_median``: power loss of a node running 5 guests (through its BMC) -> every guest answers
   ping from the client host on another node; ``FAILOVERS`` runs. ``failover_started_s_median`` is the
@@ -66,6 +68,7 @@ FIGURES = ("failover_s_median", "failover_started_s_median", "migration_lost_pin
 # pvc tuned for fast failover (see the module docstring)
 PVC_FLAGS = ("--flush-parallel", str(PARALLEL), "--keepalive-interval", "0.5", "--zookeeper-session-timeout", "2")
 PVC_SETTINGS = {"keepalive_limit": 1.5, "fence_grace": 1.0}
+PVC_ZK_SYNC_LIMIT = 2  # ticks of 500 ms: the ensemble gives up on an unreachable leader after 1 s, as corosync's token
 
 
 class Pvc:
@@ -74,7 +77,8 @@ class Pvc:
     name = "pvc"
 
     def __init__(self, work: Path):
-        self.box = ClusterBox(str(work / "pvc"), daemon_flags=PVC_FLAGS, settings=PVC_SETTINGS)
+        self.box = ClusterBox(str(work / "pvc"), daemon_flags=PVC_FLAGS, settings=PVC_SETTINGS,
+                              zk_sync_limit=PVC_ZK_SYNC_LIMIT)
         self.lab: GuestLab | None = None
 
     def up(self) -> None:

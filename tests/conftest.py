@@ -94,7 +94,11 @@ class Events:
 
 @pytest.fixture
 def cluster(zk_server, zk_root, recorder_site, tmp_path):
-    """Three pvcnoded processes (hv1..hv3) on private test:/// hypervisors, and Operations to drive them."""
+    """Three pvcnoded processes (hv1..hv3) on private test:/// hypervisors, and Operations to drive them.
+
+    hv1 and hv2 are coordinators (whole-cluster views); hv3 is not, so every test here also runs a daemon
+    whose view is scoped to its own node and VMs.
+    """
     from pvccore.demo.cluster import LocalCluster
     from pvccore.operations import Operations
     from pvccore.zk.session import Session
@@ -102,7 +106,7 @@ def cluster(zk_server, zk_root, recorder_site, tmp_path):
     events = tmp_path / "events.jsonl"
     env = {"PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(events)}
     local = LocalCluster(zk_server.hosts, zk_root, workdir=str(tmp_path / "cluster"), env=env,
-                         node_flags={n: ("--coordinator",) for n in ("hv1", "hv2", "hv3")})
+                         node_flags={n: ("--coordinator",) for n in ("hv1", "hv2")})
     (tmp_path / "cluster").mkdir()
     store = Store.connect(zk_server.hosts, zk_root)
     local.start()

@@ -44,12 +44,15 @@ class LocalZooKeeper:
     """
 
     def __init__(self, data_dir: str | None = None, port: int | None = None, host: str = "127.0.0.1",
-                 peers: tuple[str, ...] = (), myid: int = 0, wrap: list[str] | None = None):
+                 peers: tuple[str, ...] = (), myid: int = 0, wrap: list[str] | None = None, sync_limit: int = 4):
         self.host = host
         self.port = port or free_port(host)
         self._own_dir = data_dir is None
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="pvc-zk-"))
         self.peers, self.myid, self.wrap = peers, myid, wrap or []
+        # An ensemble's followers give up on a silent leader after syncLimit ticks (2 s by default), and
+        # every client waits that long plus an election when the leader's host is lost.
+        self.sync_limit = sync_limit
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -80,7 +83,7 @@ class LocalZooKeeper:
             main = QUORUM_MAIN_CLASS
             (self.dir / "data" / "myid").write_text(f"{self.myid}\n")
             with cfg.open("a") as fh:
-                fh.write("initLimit=10\nsyncLimit=4\n")
+                fh.write(f"initLimit=10\nsyncLimit={self.sync_limit}\n")
                 for i, peer in enumerate(self.peers, start=1):
                     fh.write(f"server.{i}={peer}:2888:3888\n")
         log = open(self.dir / "zookeeper.log", "ab")

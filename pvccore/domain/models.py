@@ -9,6 +9,7 @@ where it is read.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
@@ -174,6 +175,14 @@ class VM(_JSONModel):
         check(_VCPUS, vm.vcpus)
         return replace(vm, state=parse(VMState, vm.state, "state"))
 
+    @property
+    def involved(self) -> frozenset[str]:
+        """The nodes whose daemons act on this VM: where it is (or starts), and both ends of its migration."""
+        nodes = {self.node} if self.node else set()
+        if self.migration is not None:
+            nodes.update(n for n in (self.migration.source, self.migration.target) if n)
+        return frozenset(nodes)
+
     def to_dict(self) -> dict:
         # Written out by hand: asdict() is too slow for listing thousands of VMs.
         m, mig = self.meta, self.migration
@@ -218,6 +227,8 @@ class Node(_JSONModel):
     #: the self-fence deadline this node last armed itself with (0: it keeps its VMs when cut off);
     #: the cluster trusts a silent node to have stopped its VMs only on this value
     self_fence_deadline: float = 0.0
+    #: migrations at a time when this node is flushed (its daemon's setting; 0: never published)
+    flush_parallel: int = 0
 
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Node":
@@ -236,6 +247,28 @@ class Node(_JSONModel):
     def takes_primary(self) -> bool:
         """A running coordinator that is not primary: one the primary role can be handed to."""
         return self.coordinator_state == CoordinatorState.SECONDARY and self.daemon_state == DaemonState.RUN
+
+
+def encode_keepalive(at: float) -> bytes:
+    """A node's liveness record (``nodes/<node>/keepalive``): when it last wrote, by its own clock."""
+    return json.dumps({"keepalive": at}, separators=(",", ":")).encode()
+
+
+def decode_keepalive(data: bytes | None) -> float | None:
+    """The time in a liveness record; None for an absent or unreadable one (the node document's value stands)."""
+    try:
+        value = json.loads(data)["keepalive"] if data else None
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) and value > 0 else None
+
+
+def with_keepalive(node: "Node", keepalive: float | None) -> "Node":
+    """``node`` dated by its liveness record (None: it has none, as a node of an older version: its document's
+    date stands). The node writes the record with every keepalive, its document included, so the record is
+    always its latest; another writer's change to the document carries an older date and must not count."""
+    return node if keepalive is None else replace(node, keepalive=keepalive)
 
 
 # --------------------------------------------------------------------------

@@ -135,6 +135,17 @@ class Coordinator:
         self._add_ips(old)
         self._start_services(old)
         self._set_state(CoordinatorState.PRIMARY)
+        self._index_vms()
+
+    def _index_vms(self) -> None:
+        """Make sure every VM is indexed under the nodes that act on it (a cluster written by an older version)."""
+        try:
+            made = self.ctx.store.index_vms(self.ctx.view.snapshot().vms.values())
+        except Exception as exc:  # ZooKeeper away, say: the next primary looks again
+            log.warning("could not check the VM index: %s", getattr(exc, "message", exc))
+            return
+        if made:
+            log.warning("indexed %d VM placement(s) that were missing", made)
 
     def _drop_ips(self) -> None:
         for fip in self.ips:
@@ -273,6 +284,7 @@ class Coordinator:
             self._set_state(CoordinatorState.PRIMARY)
             self._phase(h, (Phase.IPS_RELEASED,), Phase.DONE)
             log.info("handover %s: primary now (epoch %d)", h.id, won.epoch)
+            self._index_vms()
         except (HandoverFailed, PVCError) as exc:
             why = getattr(exc, "message", str(exc))
             log.error("handover %s failed on %s: %s", h.id, self.ctx.name, why)

@@ -51,7 +51,7 @@ class NodeDaemon:
         self.stopping = threading.Event()
         self._reconcile_soon = threading.Event()
         self._publish_soon = threading.Event()  # the running VMs changed: keepalive now
-        self._domain_worker: threading.Thread | None = None
+        self._domain_workers: dict[str, threading.Thread] = {}  # node -> its flush or ready (on the primary)
         self._loops: list[threading.Thread] = []
         self.session: Session | None = None
         self.hv: Hypervisor | None = None
@@ -75,7 +75,9 @@ class NodeDaemon:
         try:
             self._check_timing(store)
             self._register(store)
-            self.session = Session.on(store)
+            # A coordinator fences, recovers and drives flushes: it follows the whole cluster and every node's
+            # liveness. Any other node follows only itself and the VMs it acts on.
+            self.session = Session.on(store, liveness=cfg.coordinator, scope=None if cfg.coordinator else self.name)
         except BaseException:
             store.close()
             raise
@@ -126,8 +128,8 @@ class NodeDaemon:
             self.monitor.join(5)
         self.session.view.stop()  # wakes every worker waiting on the view
         self.workers.join(5)
-        if self._domain_worker:
-            self._domain_worker.join(5)
+        for worker in list(self._domain_workers.values()):
+            worker.join(5)
         store = self.session.store
         try:
             store.update_node(self.name, lambda n: replace(n, daemon_state=DaemonState.STOP, keepalive=time.time()))
@@ -154,6 +156,7 @@ class NodeDaemon:
             store.create_node(Node(self.name, daemon_state=DaemonState.INIT, coordinator_state=role))
         except ConflictError:
             store.update_node(self.name, lambda n: replace(n, daemon_state=DaemonState.INIT, coordinator_state=role))
+        store.client.ensure_path(store.paths.node_placed(self.name))  # where the VMs it acts on are indexed
 
     # -- reconcile -------------------------------------------------------------------------
 
@@ -183,19 +186,30 @@ class NodeDaemon:
             return
         self.lifecycle.announce_node(me)
         self.coordinator.reconcile(snap)
-        self.lifecycle.reconcile(snap.vms, self.hv.domains(), since)
-        if me.domain_state in (DomainState.FLUSH, DomainState.UNFLUSH) \
-                and not (self._domain_worker and self._domain_worker.is_alive()):
-            work = flush.run_flush if me.domain_state == DomainState.FLUSH else flush.run_unflush
-            self._domain_worker = threading.Thread(target=self._run_domain_work, args=(work,), daemon=True,
-                                                   name=f"{self.name}-{me.domain_state}")
-            self._domain_worker.start()
+        local = self.hv.domains()
+        self.lifecycle.reconcile(self.lifecycle.with_strays(snap.vms, local), local, since)
+        if self.coordinator.serving and snap.primary is not None and snap.primary.node == self.name:
+            self._drive_domains(snap)
 
-    def _run_domain_work(self, work) -> None:
+    def _drive_domains(self, snap) -> None:
+        """As primary: a worker for each node being flushed or readied (pvccore.node.flush)."""
+        for node in snap.nodes.values():
+            if node.domain_state not in (DomainState.FLUSH, DomainState.UNFLUSH):
+                continue
+            worker = self._domain_workers.get(node.name)
+            if worker is not None and worker.is_alive():
+                continue
+            work = flush.run_flush if node.domain_state == DomainState.FLUSH else flush.run_unflush
+            worker = threading.Thread(target=self._run_domain_work, args=(work, node.name), daemon=True,
+                                      name=f"{self.name}-{node.domain_state}-{node.name}")
+            self._domain_workers[node.name] = worker
+            worker.start()
+
+    def _run_domain_work(self, work, node: str) -> None:
         try:
-            work(self.ctx)
+            work(self.ctx, node, lambda: self.coordinator.serving)
         except Exception as exc:
-            report_failure(self.ctx, work.__name__, exc)
+            report_failure(self.ctx, f"{work.__name__} of {node}", exc)
             self.stopping.wait(self.cfg.keepalive_interval)  # retry back-off: not in a tight loop
         finally:
             self._reconcile_soon.set()

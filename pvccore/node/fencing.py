@@ -73,6 +73,8 @@ class FenceMonitor:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if not getattr(self.ctx.view, "follows_liveness", True):
+            raise RuntimeError("a fence monitor needs a view that follows the nodes' liveness records")
         self.ctx.store.connection.subscribe(self._on_connection)
         self._thread = threading.Thread(target=self._loop, name=f"{self.ctx.name}-fence", daemon=True)
         self._thread.start()

@@ -1,7 +1,14 @@
-"""The node's keepalive (its figures, published in one compare-and-set) and its self-fence.
+"""The node's keepalive (its liveness, and its figures when they change) and its self-fence.
 
-Every keepalive also publishes the node's timing (keepalive interval, ZooKeeper session timeout) and
-the self-fence deadline it armed itself with, which are what the cluster's failure detection counts on.
+Every keepalive interval the node writes its liveness record, a few bytes that only the coordinators
+watch (they time every node's silence), and only while its document is as it last wrote it: one
+changed by another writer (the primary declared the node dead) is read and answered first. The
+document, with its figures, its timing (keepalive interval, ZooKeeper session timeout) and the
+self-fence deadline it armed itself with, is rewritten (a compare-and-set, in one transaction with
+the liveness record) only when something in it changed: a VM started or stopped, a setting, memory
+by ``MEMORY_STEP_MIB``, the load by a fifth and at least ``LOAD_STEP``; and at least every
+``FIGURES_REFRESH`` seconds. Every node and the API watch the documents, so a
+cluster of N nodes costs N small writes a keepalive and no N x N stream of figures nobody acts on.
 
 A keepalive never waits on libvirt: the figures are read by a thread of their own and each keepalive
 publishes the latest ones. A libvirtd slow to answer (starting twenty guests at once, say, with every
@@ -25,6 +32,27 @@ from pvccore.zk.connection import CONNECTED, LOST
 
 log = logging.getLogger("pvcnoded")
 
+MEMORY_STEP_MIB = 128
+LOAD_STEP, LOAD_SHARE = 0.5, 0.2
+FIGURES_REFRESH = 30.0  # seconds
+
+
+def moved(before: dict | None, after: dict) -> bool:
+    """Whether the published figures ``after`` differ enough from ``before`` to be written now."""
+    if before is None or before.keys() != after.keys():
+        return True
+    for key, value in after.items():
+        old = before[key]
+        if key == "load_1m":
+            if abs(value - old) >= max(LOAD_STEP, LOAD_SHARE * old):
+                return True
+        elif key in ("memory_free_mib", "memory_used_mib"):
+            if abs(value - old) >= MEMORY_STEP_MIB:
+                return True
+        elif value != old:
+            return True
+    return False
+
 
 class Keepalive:
     """Publishes this node's figures, and stops its VMs when it could not for the self-fence deadline.
@@ -43,6 +71,8 @@ class Keepalive:
         self._armed = 0.0  # the self-fence deadline in our last written keepalive (0: disarmed)
         self._need_alive = False
         self._figures: dict | None = None  # the latest figures read from the hypervisor
+        self._published: dict | None = None  # what the node document carries since our last write of it
+        self._doc_written = float("-inf")  # when we last wrote it (monotonic)
         self._collect_soon = threading.Event()  # read the figures again now
 
     def ensure_alive(self) -> None:
@@ -80,7 +110,8 @@ class Keepalive:
                 log.warning("could not read the node's figures: %s", exc)
 
     def publish(self, first: bool = False) -> None:
-        """Publish this node's latest figures in one compare-and-set write.
+        """Write this node's keepalive: its liveness record, or its document when its figures moved (see the module
+        docstring).
 
         Only the first keepalive (or one before any figures were read) reads the hypervisor itself;
         the others take what :meth:`collect_loop` last read and ask it for a fresh reading.
@@ -95,11 +126,21 @@ class Keepalive:
         figures["memory_provisioned_mib"] = sum(vm.memory_mib for vm in snap.vms.values() if vm.node == ctx.name)
         figures["vm_count"] = len(figures["running_vms"])
         armed = self.self_fence_deadline(snap.config)
+        published = dict(figures, live_migration=self.live, migration_uri=cfg.migration_uri,
+                         keepalive_interval=cfg.keepalive_interval, session_timeout=cfg.zookeeper_session_timeout,
+                         self_fence_deadline=armed, flush_parallel=cfg.flush_parallel)
+        me = snap.nodes.get(ctx.name)
+        back = me is None or me.daemon_state in (DaemonState.DEAD, DaemonState.FENCED)
+        tick, now = time.monotonic(), time.time()
+        if not (first or back or moved(self._published, published) or tick - self._doc_written >= FIGURES_REFRESH):
+            if ctx.store.write_keepalive(ctx.name, now):
+                self._written(tick)
+                return
+            # Another writer changed our document since we published it (declared us dead, say): read it and
+            # answer with the whole document below, never with the liveness record alone.
 
         def update(node: Node) -> Node:
-            node = replace(node, **figures, keepalive=time.time(), live_migration=self.live,
-                           migration_uri=cfg.migration_uri, keepalive_interval=cfg.keepalive_interval,
-                           session_timeout=cfg.zookeeper_session_timeout, self_fence_deadline=armed)
+            node = replace(node, **published, keepalive=now)
             back = node.daemon_state in (DaemonState.DEAD, DaemonState.FENCED)
             if back and not first:
                 # Declared dead (or even fenced) while we were cut off or stalled: we are back.
@@ -107,9 +148,13 @@ class Keepalive:
                 log.error("node %s was marked %s by the cluster; rejoining", ctx.name, node.daemon_state)
             return replace(node, daemon_state=DaemonState.RUN) if first or back else node
 
-        ctx.store.update_node(ctx.name, update)
-        self._last_written = time.monotonic()
+        ctx.store.publish_node(ctx.name, update, now)
+        self._published, self._doc_written = published, tick
         self._armed = armed  # published: from now on the cluster may count on it
+        self._written(tick)
+
+    def _written(self, tick: float) -> None:
+        self._last_written = tick
         self.self_fenced = False
         if self._need_alive:
             self._need_alive = False

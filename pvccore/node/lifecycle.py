@@ -8,15 +8,19 @@ never from what happened before, so a daemon that restarts picks up where the cl
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import time
+from typing import Callable, Mapping
 
 from pvccore.domain.models import VM, Node
 from pvccore.domain.states import MIGRATION_STATES, VMState
+from pvccore.errors import NotFoundError, ValidationError
 from pvccore.node.context import NodeContext, Workers
 from pvccore.node.hypervisor import Domain, HypervisorError
 from pvccore.node.migration import Migrations
 
 log = logging.getLogger("pvcnoded")
+
+STRAY_RECHECK = 30.0  # seconds before a domain unknown to the cluster is looked up again
 
 
 class VMLifecycle:
@@ -31,6 +35,35 @@ class VMLifecycle:
         self._seen_vm: dict[str, str] = {}  # VM -> state last announced
         self._seen_node: dict[str, str] = {}  # kind -> this node's state last announced
         self._was_running: set[str] = set()
+        self._unknown: dict[str, float] = {}  # domain -> when the cluster last said it has no such VM
+
+    def with_strays(self, vms: Mapping[str, VM], local: Mapping[str, object]) -> Mapping[str, VM]:
+        """``vms`` plus the documents of the domains here that a view scoped to this node does not hold.
+
+        Such a domain belongs elsewhere (a VM migrated away, or recovered elsewhere while this node was
+        cut off) or to no VM at all: :meth:`remove_stray` needs to know which, as it does with the whole
+        cluster in view, so each is read from ZooKeeper. A name with no VM is asked again every
+        ``STRAY_RECHECK`` seconds only.
+        """
+        if getattr(self.ctx.view, "scope", None) is None:
+            return vms
+        now = time.monotonic()
+        missing = [name for name in local if name not in vms and now - self._unknown.get(name, -STRAY_RECHECK)
+                   >= STRAY_RECHECK]
+        if not missing:
+            return vms
+        out = dict(vms)
+        for name in missing:
+            try:
+                out[name] = self.ctx.store.get_vm(name)
+                self._unknown.pop(name, None)
+            except (NotFoundError, ValidationError):  # no such VM (or a name no VM can have)
+                self._unknown[name] = now
+            except Exception as exc:  # ZooKeeper away: left alone this time, asked again at the next look
+                log.warning("could not look up domain %s in the cluster: %s", name, getattr(exc, "message", exc))
+        for name in set(self._unknown) - set(local):
+            del self._unknown[name]
+        return out
 
     def reconcile(self, vms, local: dict[str, Domain], since: float | None = None) -> None:
         """One look at every VM ZooKeeper places here (or sends here) and every domain libvirt has; ``vms`` as

@@ -28,6 +28,7 @@ from pvccore.domain.states import ACCEPTING, DaemonState, MigrationMethod, VMSta
 from pvccore.domain.states import MigrationPhase as Phase
 from pvccore.domain.transitions import migration_abandoned, migration_done
 from pvccore.node.context import NodeContext, Workers
+from pvccore.errors import NotFoundError
 from pvccore.node.hypervisor import HypervisorError
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,17 @@ class Migrations:
             return MigrationMethod.LIVE, ""
         return ("", why) if live_only else (MigrationMethod.SHUTDOWN, why)
 
+    def _read_node(self, name: str) -> Node | None:
+        try:
+            return self.ctx.store.get_node(name)
+        except NotFoundError:
+            return None
+
     def send(self, vm: VM, running: bool) -> VM | None:
         """Source side: choose the method, wait for the target's answer, then send the VM (or stop it)."""
         ctx, cfg = self.ctx, self.ctx.cfg
         mig = vm.migration
-        target = ctx.view.node(mig.target)
+        target = ctx.view.node(mig.target) or self._read_node(mig.target)  # (a node's scoped view lacks it)
         method, why_not = self.choose_method(vm, target, running)
         if not method:
             return self.abandon(vm, f"live migration impossible: {why_not}")

@@ -7,12 +7,15 @@ ZooKeeper by using different roots)::
     <root>/stats                   counters (migrations, fences) for metrics, JSON object of ints
     <root>/primary                 PrimaryRecord JSON: which coordinator is primary
     <root>/handover                Handover JSON: the current or last primary handover and its phase
-    <root>/nodes/<node>            Node JSON (states + figures from keepalive)
+    <root>/nodes/<node>            Node JSON (states, and figures written when they change)
+    <root>/nodes/<node>/keepalive  the node's liveness record, written every keepalive interval (tiny)
     <root>/nodes/<node>/alive      ephemeral, present while the node daemon's session lives
     <root>/nodes/<node>/fence      the node's fence configuration: JSON list of {fencer, params} (secret)
     <root>/fencing                 FenceStatus JSON per node: the last fence attempt and its result
     <root>/vms/<vm>                VM JSON (state, node, last node, metadata)
     <root>/vms/<vm>/xml            the VM's libvirt domain XML
+    <root>/placed/<node>/<vm>      empty: one per VM that node's daemon acts on (``VM.involved``), written in
+                                   the same transaction as the VM document; a daemon watches its own only
     <root>/locks/<name>            lock recipes (kazoo Lock / ReadLock / WriteLock)
 """
 
@@ -31,7 +34,7 @@ _LOCK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 class Schema:
     """Path builder for one cluster root."""
 
-    __slots__ = ("root", "config", "stats", "primary", "handover", "fencing", "nodes", "vms", "locks")
+    __slots__ = ("root", "config", "stats", "primary", "handover", "fencing", "nodes", "vms", "placed", "locks")
 
     def __init__(self, root: str = DEFAULT_ROOT):
         if not isinstance(root, str) or not _ROOT_RE.match(root):
@@ -44,6 +47,7 @@ class Schema:
         self.fencing = f"{root}/fencing"
         self.nodes = f"{root}/nodes"
         self.vms = f"{root}/vms"
+        self.placed = f"{root}/placed"
         self.locks = f"{root}/locks"
 
     def node(self, name: str) -> str:
@@ -51,6 +55,9 @@ class Schema:
 
     def node_alive(self, name: str) -> str:
         return f"{self.node(name)}/alive"
+
+    def node_keepalive(self, name: str) -> str:
+        return f"{self.node(name)}/keepalive"
 
     def node_fence(self, name: str) -> str:
         return f"{self.node(name)}/fence"
@@ -61,6 +68,12 @@ class Schema:
     def vm_xml(self, name: str) -> str:
         return f"{self.vm(name)}/xml"
 
+    def node_placed(self, name: str) -> str:
+        return f"{self.placed}/{check_name(name, 'node')}"
+
+    def placed_vm(self, node: str, vm: str) -> str:
+        return f"{self.node_placed(node)}/{check_name(vm, 'VM')}"
+
     def lock(self, name: str) -> str:
         if not _LOCK_RE.match(name):
             raise ValidationError(f"invalid lock name {name!r}")
@@ -68,4 +81,4 @@ class Schema:
 
     def containers(self) -> tuple[str, ...]:
         """Paths that must exist before anything else is written."""
-        return (self.nodes, self.vms, self.locks)
+        return (self.nodes, self.vms, self.placed, self.locks)

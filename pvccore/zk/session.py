@@ -18,20 +18,24 @@ class Session:
 
     @classmethod
     def open(cls, hosts: str, root: str = DEFAULT_ROOT, *, timeout: float = 10.0, auth: str | None = None,
-             op_timeout: float | None = None, view_timeout: float = 30.0) -> "Session":
-        """Connect to ``hosts`` (see :meth:`Store.connect` for the arguments) and load the view of ``root``."""
+             op_timeout: float | None = None, view_timeout: float = 30.0, liveness: bool = True,
+             scope: str | None = None) -> "Session":
+        """Connect to ``hosts`` (see :meth:`Store.connect` for the arguments) and load the view of ``root``
+        (``liveness`` and ``scope``: see :class:`ClusterView`)."""
         store = Store.connect(hosts, root, timeout=timeout, auth=auth, op_timeout=op_timeout)
         try:
-            view = ClusterView(store.connection, store.paths).start(view_timeout)
+            view = ClusterView(store.connection, store.paths, liveness, scope).start(view_timeout)
         except BaseException:
             store.close()
             raise
         return cls(store.connection, store, view)
 
     @classmethod
-    def on(cls, store: Store, view_timeout: float = 30.0) -> "Session":
+    def on(cls, store: Store, view_timeout: float = 30.0, liveness: bool = True,
+           scope: str | None = None) -> "Session":
         """A view on the session of an existing store."""
-        return cls(store.connection, store, ClusterView(store.connection, store.paths).start(view_timeout))
+        view = ClusterView(store.connection, store.paths, liveness, scope).start(view_timeout)
+        return cls(store.connection, store, view)
 
     def close(self) -> None:
         self.view.stop()

@@ -23,7 +23,7 @@ from pvccore.zk import locks
 from pvccore.zk.connection import Connection
 from pvccore.errors import ConflictError, NotFoundError, Unavailable
 from pvccore.domain.models import (VM, ClusterConfig, FenceStatus, Handover, Node, PrimaryRecord, decode_fencing,
-                                   encode_fencing)
+                                   decode_keepalive, encode_fencing, encode_keepalive, with_keepalive)
 from pvccore.zk.schema import DEFAULT_ROOT, Schema
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,28 @@ class _Bounded:
 
     def get(self, path: str):
         return self._wait(self.client.get_async(path), f"read {path}")
+
+    def get_all(self, *paths: str) -> list:
+        """Reads sent together (one round trip for all): each ``(data, stat)``, or None where the znode is absent."""
+        pending = [(path, self.client.get_async(path)) for path in paths]
+        out = []
+        for path, result in pending:
+            try:
+                out.append(self._wait(result, f"read {path}"))
+            except NoNodeError:
+                out.append(None)
+        return out
+
+    def get_children_all(self, paths) -> list:
+        """Children lists read together (one round trip for all), None where the znode is absent."""
+        pending = [(path, self.client.get_children_async(path)) for path in paths]
+        out = []
+        for path, result in pending:
+            try:
+                out.append(self._wait(result, f"list {path}"))
+            except NoNodeError:
+                out.append(None)
+        return out
 
     def get_children(self, path: str):
         return self._wait(self.client.get_children_async(path), f"list {path}")
@@ -96,6 +118,10 @@ class Transaction:
         self._txn.delete(path, version)
         self._ops.append(f"delete {path}@{version}")
         return self
+
+    def attempt(self) -> list:
+        """Commit; each operation's result, a failed one's exception in its place (all or nothing applied)."""
+        return self._zk.commit(self._txn)
 
     def commit(self) -> list:
         results = self._zk.commit(self._txn)
@@ -166,6 +192,7 @@ class Store:
         self.zk = _Bounded(self.client, op_timeout)
         self.paths = Schema(root)
         self._local = threading.local()
+        self._own_versions: dict[str, int] = {}  # node -> version of the document this store last published
 
     @property
     def last_write(self) -> tuple[str, int]:
@@ -351,7 +378,57 @@ class Store:
         return sorted(self.zk.get_children(self.paths.nodes))
 
     def get_node(self, name: str) -> Node:
-        return self._read(self.paths.node(name), Node.from_json, f"node {name!r}")[0]
+        """The node's document, dated by its liveness record (:func:`with_keepalive`)."""
+        doc, live = self.zk.get_all(self.paths.node(name), self.paths.node_keepalive(name))
+        if doc is None:
+            raise NotFoundError(f"node {name!r} not found")
+        return with_keepalive(Node.from_json(doc[0]), decode_keepalive(live[0]) if live else None)
+
+    def publish_node(self, name: str, fn: Callable[[Node], Node], at: float) -> Node:
+        """A node daemon's write of its own document (compare-and-set with ``fn``, as :meth:`update_node`) and
+        of its liveness record, dated ``at``, in one transaction: the record is always the node's latest
+        keepalive, and nobody else's write to the document re-dates the node."""
+        path, live, data = self.paths.node(name), self.paths.node_keepalive(name), encode_keepalive(at)
+        create = False
+        for _ in range(CAS_RETRIES):
+            current, version, _zxid = self._read_stat(path, Node.from_json, f"node {name!r}")
+            new = fn(current)
+            txn = self.transaction().set(path, new.to_json(), version)
+            (txn.create if create else txn.set)(live, data)
+            results = txn.attempt()
+            failed = _first_failure(results)
+            if failed is None:
+                self._own_versions[name] = results[0].version
+                self._local.write = (path, results[0].mzxid)
+                return new
+            at_op, error = failed
+            if at_op == 0 and isinstance(error, NoNodeError):
+                raise NotFoundError(f"node {name!r} not found")
+            if at_op == 1 and isinstance(error, (NoNodeError, NodeExistsError)):
+                create = isinstance(error, NoNodeError)  # the first record, or one made meanwhile
+            elif not (at_op == 0 and isinstance(error, BadVersionError)):
+                raise ConflictError(f"publishing node {name!r} failed: {type(error).__name__}")
+        raise ConflictError(f"node {name!r}: gave up after {CAS_RETRIES} conflicting concurrent updates")
+
+    def write_keepalive(self, name: str, at: float) -> bool:
+        """Node ``name``'s liveness record, dated ``at``: one small write, made only while the node's document is
+        the one this store last published. Whether it was written: not when another writer changed the
+        document meanwhile (the primary declared the node dead, say), which the node must read and answer
+        with :meth:`publish_node`."""
+        version = self._own_versions.get(name)
+        if version is None:
+            return False
+        path, live, data = self.paths.node(name), self.paths.node_keepalive(name), encode_keepalive(at)
+        for create in (False, True):
+            txn = self.transaction().check(path, version)
+            (txn.create if create else txn.set)(live, data)
+            failed = _first_failure(txn.attempt())
+            if failed is None:
+                return True
+            at_op, error = failed
+            if at_op == 0 or not isinstance(error, NoNodeError):
+                return False
+        return False
 
     def list_nodes(self) -> list[Node]:
         """Read every node one by one (what the watched view exists to avoid)."""
@@ -411,26 +488,30 @@ class Store:
 
     def create_vm(self, vm: VM, xml: str) -> VM:
         """Create the VM document and its XML together, or neither."""
-        try:
-            (self.transaction()
-             .create(self.paths.vm(vm.name), vm.to_json())
-             .create(self.paths.vm_xml(vm.name), xml.encode())
-             .commit())
-        except ConflictError:
-            raise ConflictError(f"VM {vm.name!r} already exists", "name") from None
+        if self._write_vm(vm.name, None, vm, None, xml) is None:
+            raise ConflictError(f"VM {vm.name!r} already exists", "name")
         return vm
 
     def update_vm(self, name: str, fn: Callable[[VM], VM]) -> VM:
-        return self._update(self.paths.vm(name), VM.from_json, fn, f"VM {name!r}")
+        """The compare-and-set of a VM document (as :meth:`_update`), its index entries following it."""
+        path = self.paths.vm(name)
+        for _ in range(CAS_RETRIES):
+            current, version, zxid = self._read_stat(path, VM.from_json, f"VM {name!r}")
+            new = fn(current)
+            if new is None or new == current:
+                self._local.write = (path, zxid)  # nothing written: what was read is what to wait for
+                return current
+            if self._write_vm(name, current, new, version) is not None:
+                return new
+            log.debug("lost a compare-and-set race on %s, retrying", path)
+        raise ConflictError(f"VM {name!r}: gave up after {CAS_RETRIES} conflicting concurrent updates")
 
     def replace_vm_xml(self, name: str, xml: str, update: Callable[[VM], VM]) -> VM:
         """Write new XML and the VM document ``update`` derives, together, if the VM is unchanged since read."""
         vm, version = self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")
         new = update(vm)
-        (self.transaction()
-         .set(self.paths.vm(name), new.to_json(), version)
-         .set(self.paths.vm_xml(name), xml.encode())
-         .commit())
+        if self._write_vm(name, vm, new, version, xml) is None:
+            raise ConflictError(f"VM {name!r} changed meanwhile; try again")
         return new
 
     def delete_vm(self, name: str, check: Callable[[VM], None] | None = None) -> None:
@@ -438,10 +519,76 @@ class Store:
         vm, version = self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")
         if check:
             check(vm)
-        (self.transaction()
-         .delete(self.paths.vm_xml(name))
-         .delete(self.paths.vm(name), version)
-         .commit())
+        if self._write_vm(name, vm, None, version) is None:
+            raise ConflictError(f"VM {name!r} changed meanwhile; try again")
+
+    def _write_vm(self, name: str, old: VM | None, new: VM | None, version: int | None, xml: str | None = None):
+        """One transaction: the VM document created (``old`` None), set at ``version``, or deleted (``new``
+        None), with its XML when given, and its index entries (``placed/<node>/<vm>``) following
+        :attr:`VM.involved`. The document's new stat (an empty tuple for a deletion), or None when the
+        document was not as expected (another writer won, or it exists already)."""
+        path, xml_path = self.paths.vm(name), self.paths.vm_xml(name)
+        before = old.involved if old is not None else frozenset()
+        after = new.involved if new is not None else frozenset()
+        # Index entries found already there (left by a write around the store), or already gone. One already
+        # there is deleted and created again, so that its node's children watch fires as for a new one.
+        present, absent = set(), set()
+        for _ in range(CAS_RETRIES):
+            txn = self.transaction()
+            if old is None:
+                txn.create(path, new.to_json())
+                txn.create(xml_path, xml.encode())
+            elif new is None:
+                txn.delete(xml_path)
+                txn.delete(path, version)
+            else:
+                txn.set(path, new.to_json(), version)
+                if xml is not None:
+                    txn.set(xml_path, xml.encode())
+            entries = [op for n in sorted(after - before)
+                       for op in ((("delete", n), ("create", n)) if n in present else (("create", n),))] \
+                + [("delete", n) for n in sorted(before - after - absent)]
+            for op, node in entries:
+                getattr(txn, op)(self.paths.placed_vm(node, name))
+            results = txn.attempt()
+            failed = _first_failure(results)
+            if failed is None:
+                stat = results[0] if old is not None and new is not None else None
+                self._local.write = (path, stat.mzxid if stat is not None else -1)
+                return stat if stat is not None else ()
+            at, error = failed
+            head = len(results) - len(entries)
+            if at < head:  # the document itself: not as expected
+                if isinstance(error, (BadVersionError, NodeExistsError, NoNodeError)):
+                    if isinstance(error, NoNodeError) and old is not None:
+                        raise NotFoundError(f"VM {name!r} not found")
+                    return None
+                raise ConflictError(f"writing VM {name!r} failed: {type(error).__name__}")
+            op, node = entries[at - head]
+            if op == "create" and isinstance(error, NodeExistsError):
+                present.add(node)
+            elif op == "delete" and isinstance(error, NoNodeError):
+                (present.discard if node in present else absent.add)(node)
+            elif op == "create" and isinstance(error, NoNodeError):
+                self.client.ensure_path(self.paths.node_placed(node))  # a node never registered (yet)
+            else:
+                raise ConflictError(f"indexing VM {name!r} on node {node!r} failed: {type(error).__name__}")
+        raise ConflictError(f"VM {name!r}: its index entries kept changing under us")
+
+    def index_vms(self, vms) -> int:
+        """Create the index entries the VMs ``vms`` should have and lack (a cluster written before the index
+        existed, or a document written around the store); how many. It never deletes one: an entry that is
+        not needed only costs its node a watch, and one deleted in a race with a writer would hide a VM
+        from its node."""
+        nodes = sorted({n for vm in vms for n in vm.involved})
+        listed = self.zk.get_children_all([self.paths.node_placed(n) for n in nodes])
+        have = {n: set(children or ()) for n, children in zip(nodes, listed)}
+        made = 0
+        for vm in vms:
+            for node in vm.involved - {n for n in have if vm.name in have[n]}:
+                self.client.ensure_path(self.paths.placed_vm(node, vm.name))
+                made += 1
+        return made
 
     # -- locks -----------------------------------------------------------------------
 
@@ -470,6 +617,14 @@ class Store:
 
     def lock_contenders(self, name: str, kind: str = "exclusive") -> list[str]:
         return locks.holders(self.client, self.paths.lock(name), kind)
+
+
+def _first_failure(results: list) -> tuple[int, Exception] | None:
+    """The operation that made a transaction fail, and why (the others answer RolledBack or RuntimeInconsistency)."""
+    for i, result in enumerate(results):
+        if isinstance(result, Exception) and not isinstance(result, RolledBackError):
+            return i, result
+    return None
 
 
 def decode_fence_config(data: bytes | None) -> list[dict]:

@@ -260,7 +260,7 @@ class ClusterBox:
 
     def __init__(self, workdir: str | None = None, nodes: int = 3, bmc: str = "dedicated",
                  settings: dict | None = None, daemon_flags: tuple[str, ...] = (), env: dict | None = None,
-                 tag: str = "box"):
+                 tag: str = "box", zk_sync_limit: int = 4):
         assert nodes >= 3, "the ZooKeeper ensemble takes one server on each of the first three nodes"
         assert bmc in ("dedicated", "shared")
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="pvc-box-"))
@@ -277,7 +277,7 @@ class ClusterBox:
         self.daemon_flags, self.env = daemon_flags, {AUTH_ENV: self.zk_auth, **(env or {})}
         self.zk = [LocalZooKeeper(data_dir=str(self.dir / f"zk{i}"), host=f"198.18.0.{i}", port=2181,
                                   peers=tuple(f"198.18.0.{j}" for j in (1, 2, 3)), myid=i,
-                                  wrap=self.net.exec(i)) for i in (1, 2, 3)]
+                                  wrap=self.net.exec(i), sync_limit=zk_sync_limit) for i in (1, 2, 3)]
         self.zk_hosts = ",".join(z.hosts for z in self.zk)
         self.api_config = self.dir / "api.toml"
         self.lockspace = self.dir / "shared" / "leases"  # the nodes' disk-lock space (see BoxNode.configure)

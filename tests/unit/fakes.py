@@ -131,6 +131,21 @@ class MemoryCluster:
     def update_node(self, name, fn):
         return self._update(self.nodes, "node", name, fn)
 
+    def publish_node(self, name, fn, at):
+        return self._update(self.nodes, "node", name, fn)
+
+    def write_keepalive(self, name, at):
+        """The liveness record, as a view that follows liveness shows it: the node dated anew."""
+        with self.cond:
+            if name not in self.nodes:
+                raise NotFoundError(f"node {name!r} not found")
+            self.nodes[name] = replace(self.nodes[name], keepalive=at)
+            self._wrote("keepalive", name, at)
+            return True
+
+    def index_vms(self, vms):
+        return 0  # (no index: views of this cluster are never scoped)
+
     def create_node(self, node):
         with self.cond:
             if node.name in self.nodes:

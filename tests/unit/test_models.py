@@ -3,7 +3,7 @@
 import pytest
 
 from pvccore.errors import ValidationError
-from pvccore.domain.models import VM, ClusterConfig, Node, Timing, VMMeta
+from pvccore.domain.models import VM, ClusterConfig, Node, Timing, VMMeta, decode_keepalive, encode_keepalive
 from pvccore.zk.schema import Schema
 
 
@@ -137,3 +137,13 @@ def test_migration_max_downtime_is_whole_milliseconds_up_to_a_minute():
     for bad in (-1, 60001, 2.5, True, "300", None):
         with pytest.raises(ValidationError, match="migration_max_downtime must be an integer"):
             VMMeta().updated({"migration_max_downtime": bad})
+
+
+def test_a_liveness_record_round_trips_and_anything_else_reads_as_none():
+    assert decode_keepalive(encode_keepalive(1764070000.25)) == 1764070000.25
+    assert decode_keepalive(b'{"keepalive": 5}') == 5.0
+    deep = b'{"keepalive": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    for bad in (None, b"", b"\xff\xfe", b"null", b"[]", b'"5"', b"{}", b'{"keepalive": "5"}', b'{"keepalive": true}',
+                b'{"keepalive": NaN}', b'{"keepalive": Infinity}', b'{"keepalive": -1}', b'{"keepalive": 0}',
+                b'{"keepalive": {"a": 1}}', b'{"keepalive": 1e999}', deep):
+        assert decode_keepalive(bad) is None, bad[:40]

@@ -22,8 +22,8 @@ from pvccore.node import flush
 from pvccore.node.context import Workers
 from pvccore.node.coordinator import Coordinator
 from pvccore.node.fencing import FenceMonitor
-from pvccore.node.keepalive import Keepalive
-from pvccore.node.lifecycle import VMLifecycle
+from pvccore.node.keepalive import FIGURES_REFRESH, Keepalive, moved
+from pvccore.node.lifecycle import STRAY_RECHECK, VMLifecycle
 from pvccore.node.migration import Migrations
 from pvccore import hookimpl
 
@@ -196,7 +196,7 @@ def set_domain(cluster, node, state):
 
 
 def run_domain_work(work, ctx):
-    t = threading.Thread(target=work, args=(ctx,), daemon=True)
+    t = threading.Thread(target=work, args=(ctx, ctx.name), daemon=True)
     t.start()
     return t
 
@@ -247,6 +247,55 @@ def test_a_flush_that_is_cancelled_stops_at_its_next_step(world):
     worker.join(T)
     assert not worker.is_alive() and cluster.nodes["hv1"].domain_state == DomainState.READY
     assert sum(v.node == "hv2" for v in cluster.vms.values()) == 1
+
+
+class ScopedView:
+    """A node's scoped view over a MemoryCluster (pvccore.zk.view): its node, and the VMs it acts on."""
+
+    def __init__(self, cluster: MemoryCluster, scope: str):
+        self.cluster, self.scope = cluster, scope
+
+    def snapshot(self):
+        snap = self.cluster.snapshot()
+        return replace(snap, nodes={self.scope: snap.nodes[self.scope]},
+                       vms={n: v for n, v in snap.vms.items() if self.scope in v.involved})
+
+
+class CountingStore:
+    """The cluster as a store, counting the VM documents read."""
+
+    def __init__(self, cluster: MemoryCluster):
+        self.cluster, self.reads = cluster, []
+
+    def get_vm(self, name):
+        self.reads.append(name)
+        return self.cluster.get_vm(name)
+
+
+def test_a_scoped_daemon_looks_up_the_domains_its_view_lacks_and_stops_a_copy_that_belongs_elsewhere(world):
+    """Never two copies, with a view that holds only this node's VMs: a domain running here whose VM the view
+    does not hold is read from the cluster, and stopped when it belongs elsewhere; a domain no VM has is left
+    alone, and asked about again only after STRAY_RECHECK."""
+    cluster, rec, node = world
+    a, b = node("hv1"), node("hv2")
+    running_vm(cluster, b, "web1")
+    a.hv.run("web1")  # a copy here (left from before a recovery, say)
+    a.hv.run("foreign")  # not a pvc VM
+    running_vm(cluster, a, "mine")
+    store = CountingStore(cluster)
+    a.lifecycle.ctx = replace(a.ctx, view=ScopedView(cluster, "hv1"), store=store)
+    snap = a.lifecycle.ctx.view.snapshot()
+    assert set(snap.vms) == {"mine"}
+    vms = a.lifecycle.with_strays(snap.vms, a.hv.domains())
+    assert set(vms) == {"mine", "web1"} and vms["web1"].node == "hv2" and sorted(store.reads) == ["foreign", "web1"]
+    a.lifecycle.reconcile(vms, a.hv.domains(), time.monotonic())
+    a.workers.join(T)
+    assert "web1" not in a.hv.running and "foreign" in a.hv.running and "mine" in a.hv.running
+    store.reads.clear()
+    assert set(a.lifecycle.with_strays(snap.vms, a.hv.domains())) == {"mine"} and store.reads == []
+    a.lifecycle._unknown["foreign"] -= STRAY_RECHECK
+    a.lifecycle.with_strays(snap.vms, a.hv.domains())
+    assert store.reads == ["foreign"]
 
 
 # -- fencing ----------------------------------------------------------------------------------------------
@@ -566,6 +615,47 @@ def test_the_self_fence_resets_the_host_with_its_command_after_stopping_the_vms(
     assert not keepalive.check_deadline(time.monotonic() + 5.0) and not mark.exists()  # not before the deadline
     assert keepalive.check_deadline(time.monotonic() + 10.5)
     assert hv.running == {} and mark.exists()  # the VMs stopped, then the host reset
+
+
+def test_a_keepalive_rewrites_the_node_document_only_when_something_in_it_moved():
+    cluster = MemoryCluster(ClusterConfig())
+    cluster.add_node(Node("hv1", daemon_state=DaemonState.RUN))
+    ctx = node_context(cluster, "hv1", plugins(), keepalive_interval=1.0)
+    hv = FakeHypervisor("hv1")
+    keepalive = Keepalive(ctx, hv, live=True)
+    keepalive.publish(first=True)
+
+    def written(action) -> list[str]:
+        mark = len(cluster.history)
+        action()
+        return [kind for kind, _name, _value in cluster.history[mark:]]
+
+    before = cluster.nodes["hv1"].keepalive
+    assert written(keepalive.publish) == ["keepalive"]  # nothing moved: the liveness record only
+    assert cluster.nodes["hv1"].keepalive > before
+    hv.run("web1")
+    keepalive.collect()
+    assert written(keepalive.publish) == ["node"] and cluster.nodes["hv1"].running_vms == ("web1",)
+    assert written(keepalive.publish) == ["keepalive"]
+    cluster.config = ClusterConfig().updated({"failed_fence": "recover", "self_fence_deadline": 10.0})
+    assert written(keepalive.publish) == ["node"] and cluster.nodes["hv1"].self_fence_deadline == 10.0
+    cluster.update_node("hv1", lambda n: replace(n, daemon_state=DaemonState.DEAD))  # declared dead meanwhile
+    assert written(keepalive.publish) == ["node"] and cluster.nodes["hv1"].daemon_state == DaemonState.RUN
+    keepalive._doc_written -= FIGURES_REFRESH  # nothing moved for the refresh interval: rewritten anyway
+    assert written(keepalive.publish) == ["node"]
+    assert written(keepalive.publish) == ["keepalive"]
+
+
+def test_figures_count_as_moved_by_their_step_not_by_every_wobble():
+    base = {"load_1m": 1.0, "memory_free_mib": 8000, "memory_used_mib": 8384, "running_vms": ("a",), "cpu_count": 8}
+    assert not moved(base, dict(base))
+    assert moved(None, base) and moved(base, {**base, "extra": 1})
+    assert not moved(base, {**base, "load_1m": 1.4}) and moved(base, {**base, "load_1m": 1.5})
+    assert not moved({**base, "load_1m": 10.0}, {**base, "load_1m": 11.9})  # a fifth of 10
+    assert moved({**base, "load_1m": 10.0}, {**base, "load_1m": 12.0})
+    assert not moved(base, {**base, "memory_free_mib": 7900, "memory_used_mib": 8484})
+    assert moved(base, {**base, "memory_free_mib": 7800})
+    assert moved(base, {**base, "running_vms": ("a", "b")}) and moved(base, {**base, "cpu_count": 4})
 
 
 def test_a_keepalive_never_waits_on_a_hypervisor_slow_to_answer():
