@@ -348,20 +348,21 @@ class Scale:
              f"GET /vm of {self.n * VMS_PER_NODE} VMs, median of 5: {', '.join(f'{t * 1000:.0f}' for t in times)}")
 
     def measure_flush(self) -> None:
-        names = [f"{DRAINED}-{i:02d}" for i in range(VMS_PER_NODE)]
-        t0 = time.monotonic()
-        self.ops.flush(DRAINED)
-        settle(self.session.view, lambda c: running_where(c, names, lambda n: n != DRAINED), T, "flush")
-        emit(f"scale_{self.n}_flush_s", time.monotonic() - t0, "s",
-             f"node flush of {DRAINED} -> its {VMS_PER_NODE} VMs running on other nodes (shutdown + start)")
+        self._moved_off("flush_s", DRAINED, lambda: self.ops.flush(DRAINED), f"node flush of {DRAINED}",
+                        "(shutdown + start)")
 
     def measure_failover(self) -> None:
-        names = [f"{VICTIM}-{i:02d}" for i in range(VMS_PER_NODE)]
+        self._moved_off("failover_s", VICTIM, lambda: self.local.kill(VICTIM), f"{VICTIM}'s daemon and hypervisor "
+                        "killed", "")
+
+    def _moved_off(self, figure: str, node: str, action, what: str, how: str) -> None:
+        """Seconds from ``action`` until the node's VMS_PER_NODE VMs run on other nodes."""
+        names = [f"{node}-{i:02d}" for i in range(VMS_PER_NODE)]
         t0 = time.monotonic()
-        self.local.kill(VICTIM)
-        settle(self.session.view, lambda c: running_where(c, names, lambda n: n != VICTIM), T, "failover")
-        emit(f"scale_{self.n}_failover_s", time.monotonic() - t0, "s",
-             f"{VICTIM}'s daemon and hypervisor killed -> its {VMS_PER_NODE} VMs running elsewhere")
+        action()
+        settle(self.session.view, lambda c: running_where(c, names, lambda n: n != node), T, figure)
+        emit(f"scale_{self.n}_{figure}", time.monotonic() - t0, "s",
+             f"{what} -> its {VMS_PER_NODE} VMs running on other nodes {how}".rstrip())
 
     def down(self) -> None:
         if self.api is not None:

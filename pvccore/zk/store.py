@@ -55,22 +55,18 @@ class _Bounded:
 
     def get_all(self, *paths: str) -> list:
         """Reads sent together (one round trip for all): each ``(data, stat)``, or None where the znode is absent."""
-        pending = [(path, self.client.get_async(path)) for path in paths]
-        out = []
-        for path, result in pending:
-            try:
-                out.append(self._wait(result, f"read {path}"))
-            except NoNodeError:
-                out.append(None)
-        return out
+        return self._together(self.client.get_async, paths, "read")
 
     def get_children_all(self, paths) -> list:
         """Children lists read together (one round trip for all), None where the znode is absent."""
-        pending = [(path, self.client.get_children_async(path)) for path in paths]
+        return self._together(self.client.get_children_async, paths, "list")
+
+    def _together(self, call, paths, verb: str) -> list:
+        pending = [(path, call(path)) for path in paths]
         out = []
         for path, result in pending:
             try:
-                out.append(self._wait(result, f"list {path}"))
+                out.append(self._wait(result, f"{verb} {path}"))
             except NoNodeError:
                 out.append(None)
         return out

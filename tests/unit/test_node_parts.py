@@ -617,13 +617,18 @@ def test_the_self_fence_resets_the_host_with_its_command_after_stopping_the_vms(
     assert hv.running == {} and mark.exists()  # the VMs stopped, then the host reset
 
 
-def test_a_keepalive_rewrites_the_node_document_only_when_something_in_it_moved():
+def published_node(interval: float):
+    """A running node hv1 whose keepalive published once: (cluster, hypervisor, keepalive)."""
     cluster = MemoryCluster(ClusterConfig())
     cluster.add_node(Node("hv1", daemon_state=DaemonState.RUN))
-    ctx = node_context(cluster, "hv1", plugins(), keepalive_interval=1.0)
     hv = FakeHypervisor("hv1")
-    keepalive = Keepalive(ctx, hv, live=True)
+    keepalive = Keepalive(node_context(cluster, "hv1", plugins(), keepalive_interval=interval), hv, live=True)
     keepalive.publish(first=True)
+    return cluster, hv, keepalive
+
+
+def test_a_keepalive_rewrites_the_node_document_only_when_something_in_it_moved():
+    cluster, hv, keepalive = published_node(1.0)
 
     def written(action) -> list[str]:
         mark = len(cluster.history)
@@ -661,12 +666,8 @@ def test_figures_count_as_moved_by_their_step_not_by_every_wobble():
 def test_a_keepalive_never_waits_on_a_hypervisor_slow_to_answer():
     """libvirt stuck (twenty guests starting at once held every call of the daemon's connection): the
     keepalives go on with the last figures, and the figures catch up once it answers."""
-    cluster = MemoryCluster(ClusterConfig())
-    cluster.add_node(Node("hv1", daemon_state=DaemonState.RUN))
-    ctx = node_context(cluster, "hv1", plugins(), keepalive_interval=0.05)
-    hv = FakeHypervisor("hv1")
-    keepalive = Keepalive(ctx, hv, live=True)
-    keepalive.publish(first=True)
+    cluster, hv, keepalive = published_node(0.05)
+    ctx = keepalive.ctx
     assert cluster.nodes["hv1"].running_vms == ()
     kick = threading.Event()
     collector = threading.Thread(target=keepalive.collect_loop, args=(kick,), daemon=True)
