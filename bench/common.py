@@ -51,15 +51,22 @@ class Steps:
             raise SystemExit(f"failed steps: {', '.join(self.failed)}")
 
 
+def cpu_sample() -> tuple[int, int]:
+    """The host's CPU ticks so far (from /proc/stat): total, and idle + iowait."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def busy_between(first: tuple[int, int], second: tuple[int, int]) -> float:
+    """The host's CPU use between two :func:`cpu_sample` readings, 0..1 of all cores."""
+    return 1 - (second[1] - first[1]) / max(1, second[0] - first[0])
+
+
 def cpu_busy(window: float = 1.0) -> float:
-    """The host's CPU use over ``window`` seconds, 0..1 of all cores (from /proc/stat)."""
-    def sample():
-        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-    t1, i1 = sample()
+    """The host's CPU use over ``window`` seconds, 0..1 of all cores."""
+    first = cpu_sample()
     time.sleep(window)  # the measurement window
-    t2, i2 = sample()
-    return 1 - (i2 - i1) / max(1, t2 - t1)
+    return busy_between(first, cpu_sample())
 
 
 def wait_cpu_quiet(below: float = 0.35, timeout: float = 90.0) -> float:

@@ -56,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Steps, emit, table  # noqa: E402
+from common import Steps, busy_between, cpu_sample, emit, table  # noqa: E402
 
 from pvccore import config as configmod  # noqa: E402
 from pvccore.demo.cluster import LocalCluster, sample_domain_xml  # noqa: E402
@@ -311,12 +311,14 @@ class Scale:
         primary_pid = self.local.procs[primary].pid
         hosts = [p.pid for p in self.host_procs]
         zk0, cpu_hosts0, cpu_primary0 = zk_counters(self.ensemble), cpu_seconds(hosts), cpu_seconds([primary_pid])
+        machine0 = cpu_sample()
         t0 = time.monotonic()
         lag.recording = True
         time.sleep(self.idle)  # the idle window itself
         lag.recording = False
         window = time.monotonic() - t0
         zk1, cpu_hosts1, cpu_primary1 = zk_counters(self.ensemble), cpu_seconds(hosts), cpu_seconds([primary_pid])
+        busy, load = busy_between(machine0, cpu_sample()), os.getloadavg()[0]
         n = self.n
         rate = {k: (zk1[k] - zk0[k]) / window for k in zk0}
         # The lag watcher is this bench's instrument, not the cluster's: each keepalive it saw cost one watch
@@ -337,6 +339,9 @@ class Scale:
              f"the primary ({primary}) process, idle")
         fences = view.shown("stats").get("fences", 0) - fences0
         emit(f"scale_{n}_false_fences", fences, "count", f"fences over {window:.0f}s with every node healthy")
+        # What the whole machine (ensemble, daemons, coordinators, this bench) had left: the first thing to break.
+        emit(f"scale_{n}_machine_busy_pct", busy * 100, "%", f"all {os.cpu_count()} cores over the idle window; "
+             f"load average {load:.0f} at its end")
 
     def measure_api(self) -> None:
         times = []
@@ -389,8 +394,14 @@ def run_size(n: int, work: Path, ensemble, idle: float) -> None:
     scale = Scale(n, work, ensemble, idle)
     steps = Steps()
     try:
-        scale.up()
-        scale.measure_idle()
+        try:
+            scale.up()
+            scale.measure_idle()
+        except Exception as exc:  # the size did not fit this machine: say so as a figure, then what broke
+            emit(f"scale_{n}_held", 0, "", f"did not hold: {str(exc).splitlines()[0][:160]}; load average "
+                 f"{os.getloadavg()[0]:.0f}")
+            raise
+        emit(f"scale_{n}_held", 1, "", "every daemon up, every VM running, the idle window measured")
         steps.run(f"N={n} API", lambda: (scale.start_api(), scale.measure_api()))
         steps.run(f"N={n} flush", scale.measure_flush)
         steps.run(f"N={n} failover", scale.measure_failover)

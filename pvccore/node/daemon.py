@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import replace
 
+from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 
 from pvccore import config as configmod
@@ -117,7 +118,10 @@ class NodeDaemon:
         ctx = self.ctx
         ctx.leaving.set()  # from now on this node takes no new work (and no primary role)
         if not self.coordinator.serving:  # nobody should pick this node for anything now
-            ctx.set_node(lambda n: True, daemon_state=DaemonState.STOP)
+            try:
+                ctx.set_node(lambda n: True, daemon_state=DaemonState.STOP)
+            except (PVCError, KazooException) as exc:  # ZooKeeper gone, or our session ended: stop all the same
+                log.warning("could not record the stop before stepping down: %r", exc)
         self.coordinator.join(self.cfg.handover_timeout)  # let a handover under way end first
         self.coordinator.step_down(ctx.view.snapshot())
         self.stopping.set()
@@ -134,8 +138,8 @@ class NodeDaemon:
         try:
             store.update_node(self.name, lambda n: replace(n, daemon_state=DaemonState.STOP, keepalive=time.time()))
             store.drop_ephemeral(store.paths.node_alive(self.name))
-        except PVCError as exc:
-            log.warning("could not record the stop: %s", exc)
+        except (PVCError, KazooException) as exc:
+            log.warning("could not record the stop: %r", exc)
         self.plugins.notify("pvc_node_stopped", node=self.name)
         store.close()
         self.hv.close()
