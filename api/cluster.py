@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from pvccore.domain.fields import CLUSTER_SETTINGS
 from pvccore.domain.states import FenceOutcome
+from pvccore.errors import PVCError
+from pvccore.operations import NPlusOne
 
 from .guards import fresh
 from .inputs import body
@@ -25,6 +28,10 @@ class Status:
         resp.media = {"message": "cluster settings updated", "config": config.to_dict()}
 
 
+MAINTENANCE = ("maintenance mode is on: silent nodes are reported but not fenced, their VMs not recovered, and no "
+               "node self-fences (pvc cluster maintenance off)")
+
+
 def status(ops, guards=None) -> dict:
     """The cluster at a glance; while ZooKeeper is away (``guards``), from the watched view as last seen."""
     snap = ops.view.snapshot()
@@ -39,15 +46,33 @@ def status(ops, guards=None) -> dict:
         if f.state == FenceOutcome.FAILED:
             problems.append(f"node {node}: fencing failed (attempt {f.attempts}): {f.message}; "
                             f"its VMs are not recovered; retrying every {f.retry_in:g}s at most")
+        elif f.state == FenceOutcome.HELD:
+            problems.append(f"node {node}: silent since {time.strftime('%H:%M:%S', time.localtime(f.at))}; "
+                            "maintenance mode: not fenced, its VMs not recovered")
     h = snap.handover
     if h is not None and h.phase == "failed":
         problems.append(f"last handover from {h.source} to {h.target} failed: {h.reason}")
     if stale is not None:
         problems.insert(0, f"ZooKeeper unreachable for {stale:.0f}s: this is the last known state")
+    warnings = [MAINTENANCE] if config.maintenance else []
+    try:
+        check = ops.n_plus_one()
+    except PVCError as exc:  # e.g. the cluster's default selector is not registered in this API
+        check = NPlusOne(None)
+        warnings.append(f"N+1 check failed: {exc.message}")
+    at_risk = check.at_risk or {}
+    if check.at_risk is None:
+        warnings.append("N+1 check not done yet (a large cluster: it runs in the background)")
+    warnings += [f"N+1: losing node {node} would leave {len(plan.parked)} VM(s) stopped ({few(plan.parked)}); "
+                 f"pvc node what-if-fail {node} shows why" for node, plan in sorted(at_risk.items())]
     return {
+        "maintenance": config.maintenance,
         "healthy": not problems,
         "stale": stale is not None,
         "problems": problems,
+        "warnings": warnings,
+        "n_plus_one": {"ok": None if check.at_risk is None else not at_risk, "age": round(check.age, 1),
+                       "stranded": {n: list(p.parked) for n, p in sorted(at_risk.items())}},
         "primary": primary.node if primary else None,
         "handover": h.to_dict() if h is not None else None,
         "fencing": {node: f.to_dict() for node, f in sorted(fencing.items())},
@@ -59,3 +84,8 @@ def status(ops, guards=None) -> dict:
         # Read, not taken from this worker's view: a setting just changed through another worker shows.
         "config": config.to_dict(),
     }
+
+
+def few(names, shown: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

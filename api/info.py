@@ -7,6 +7,7 @@ from collections import Counter
 import falcon
 
 from pvccore.domain.states import DaemonState, DomainState, VMState
+from pvccore.errors import PVCError
 
 from . import openapi
 
@@ -68,6 +69,16 @@ def metrics_text(ops) -> str:
     for counter, help_ in (("migrations", "Migrations finished."), ("migrations_failed", "Migrations that failed."),
                            ("fences", "Nodes fenced (confirmed off)."), ("fences_failed", "Fence attempts that failed.")):
         family(f"pvc_{counter}_total", "counter", help_, [("", stats.get(counter, 0))])
+    try:
+        at_risk = ops.n_plus_one().at_risk
+    except PVCError:
+        at_risk = None
+    if at_risk is not None:  # (not checked yet, or the check failed: no sample rather than a wrong one)
+        family("pvc_n_plus_one_ok", "gauge", "1 when the loss of any one node leaves every VM a node to run on.",
+               [("", 0 if at_risk else 1)])
+        family("pvc_n_plus_one_stranded_vms", "gauge", "VMs that would stay stopped if this node failed now.",
+               [(f'{{node="{n.name}"}}', len(at_risk[n.name].parked) if n.name in at_risk else 0)
+                for n in snap.nodes.values() if n.daemon_state == DaemonState.RUN])
     family("pvc_node_memory_free_mib", "gauge", "Free memory per node.",
            [(f'{{node="{n.name}"}}', n.memory_free_mib) for n in snap.nodes.values()])
     family("pvc_node_load", "gauge", "1-minute load per node.",

@@ -70,6 +70,11 @@ class Nodes:
         resp.media = {"message": f"node {node} confirmed off: the primary takes it as fenced and recovers its VMs",
                       "node": node}
 
+    def on_get_whatif(self, req, resp, node):
+        """Where the node's VMs would go if it failed now (the plan its recovery would carry out), and which
+        would stay stopped for want of a node, and why."""
+        resp.media = self.deps.ops.what_if_fail(node).to_dict()
+
     def on_post_coordinator(self, req, resp, node):
         """``{"state": "primary" | "secondary", "wait": bool}``: a planned primary handover."""
         ops = self.deps.ops

@@ -143,7 +143,11 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
         "FenceConfig": {"type": "object", "properties": {"node": {"type": "string"},
                                                          "entries": {"type": "array", "items": {"type": "object"}}}},
         "ClusterStatus": {"type": "object", "properties": {
+            "maintenance": {"type": "boolean", "description": "Maintenance mode: nobody is fenced"},
             "healthy": {"type": "boolean"}, "problems": {"type": "array", "items": {"type": "string"}},
+            "warnings": {"type": "array", "items": {"type": "string"},
+                         "description": "Not failures yet: e.g. a node whose loss would leave VMs stopped (N+1)"},
+            "n_plus_one": {"type": "object", "description": "ok, and per node the VMs its loss would leave stopped"},
             "stale": {"type": "boolean", "description": "ZooKeeper is unreachable: this is the last known state"},
             "primary": {"type": ["string", "null"]}, "handover": {"type": ["object", "null"]},
             "fencing": {"type": "object"},
@@ -152,6 +156,14 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
         "Placement": {"type": "object", "properties": {
             "vm": {"type": "string"}, "selector": {"type": "string"}, "target": {"type": ["string", "null"]},
             "nodes": {"type": "array", "items": {"type": "object"}}}},
+        "RecoveryPlan": {"type": "object", "properties": {
+            "node": {"type": "string"},
+            "moves": {"type": "array", "items": {"type": "object", "properties": {
+                "vm": {"type": "string"}, "target": {"type": "string"}, "selector": {"type": "string"},
+                "score": {"type": "number"}}}},
+            "parked": {"type": "array", "items": {"type": "object", "properties": {
+                "vm": {"type": "string"}, "selector": {"type": "string"}, "reason": {"type": "string"}}}},
+            "stays": {"type": "array", "items": {"type": "string"}}}},
         "Selectors": {"type": "array", "items": {"type": "object", "properties": {
             "name": {"type": "string"}, "description": {"type": "string"}, "plugin": {"type": "string"}}}},
         "Plugins": {"type": "array", "items": {"type": "object", "properties": {
@@ -197,6 +209,9 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
             codes=(400, 401, 404, 409), body=_obj({"node": NAME}, ("node",))),
             "responses": {"202": {"description": "Recorded; the primary acts on it", **_json(_ref("Message"))},
                           **_errors((400, 401, 404, 409), body=True)}}},
+        "/api/v1/node/{node}/what-if-fail": {"get": _op(
+            "Where the node's VMs would go if it failed now (its recovery's plan), and which would stay stopped",
+            "RecoveryPlan", params=node_p, codes=(400, 401, 404))},
         "/api/v1/vm": {
             "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
                 _query("node", {"type": "string"}, "Only VMs on this node"),

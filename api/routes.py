@@ -49,6 +49,7 @@ ROUTES = (
     Route("node_coordinator_state", "/node/{node}/coordinator-state", "node", "coordinator", ("POST",)),
     Route("node_fence_config", "/node/{node}/fence-config", "node", "fence", ("GET", "POST")),
     Route("node_confirm_off", "/node/{node}/confirm-off", "node", "confirm", ("POST",)),
+    Route("node_what_if_fail", "/node/{node}/what-if-fail", "node", "whatif", ("GET",)),
     Route("vms", "/vm", "vm", None, ("GET", "POST")),
     Route("vm", "/vm/{vm}", "vm", "one", ("GET", "POST", "PUT", "DELETE")),
     Route("vm_meta", "/vm/{vm}/meta", "vm", "meta", ("GET", "POST")),

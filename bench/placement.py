@@ -1,4 +1,5 @@
-"""Placement decision time: watched view vs. reading each node from ZooKeeper.
+"""Placement decision time: watched view vs. reading each node from ZooKeeper; the what-if of a node's failure
+and the cluster-wide N+1 check.
 
 10, 100 and 1,000 nodes with 20 VMs per node, all in a real ZooKeeper. The VM
 has no node limit, so every node is scored. Targets: <= 1 ms a decision at 1,000
@@ -19,6 +20,7 @@ from common import emit, median_seconds, table  # noqa: E402
 from pvccore.demo.zookeeper import LocalZooKeeper  # noqa: E402
 from pvccore.domain.models import VM, Cluster, Node, VMMeta  # noqa: E402
 from pvccore.domain.placement import place  # noqa: E402
+from pvccore.domain.whatif import n_plus_one, plan_recovery  # noqa: E402
 from pvccore.plugins import load_plugins  # noqa: E402
 from pvccore.zk.store import Store, delete_tree  # noqa: E402
 from pvccore.zk.view import ClusterView  # noqa: E402
@@ -80,6 +82,12 @@ def main() -> None:
                  "from the view, with VMs not yet in keepalives counted (cached)")
             emit(f"placement_zk_ms_{nodes}_nodes", t_zk * 1000, "ms", "reading each node from ZooKeeper")
             emit(f"placement_speedup_{nodes}_nodes", t_zk / t_view, "x")
+            snap = view.placement_snapshot()
+            t_plan = median_seconds(lambda: plan_recovery(snap, "hv0000", selectors), 20 if nodes < 1000 else 3)
+            t_n1 = median_seconds(lambda: n_plus_one(snap, selectors), 3 if nodes < 1000 else 1)
+            emit(f"what_if_fail_ms_{nodes}_nodes", t_plan * 1000, "ms",
+                 f"one node's recovery plan ({VMS_PER_NODE} VMs placed in turn)")
+            emit(f"n_plus_one_ms_{nodes}_nodes", t_n1 * 1000, "ms", "every node's recovery plan")
             view.stop()
             delete_tree(store.client, store.paths.root)
             store.close()

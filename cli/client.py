@@ -110,6 +110,9 @@ class Client:
     def confirm_off(self, name: str) -> dict:
         return self.post(route("node_confirm_off", node=name), {"node": name})[1]
 
+    def what_if_fail(self, name: str) -> dict:
+        return self.get(route("node_what_if_fail", node=name))
+
     def vms(self, node: str | None = None, state: str | None = None, limit: str | None = None) -> list[dict]:
         return self.get(route("vms"), node=node, state=state, limit=limit)
 

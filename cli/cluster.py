@@ -34,11 +34,24 @@ def set_(client, **options) -> None:
     click.echo(client.set_cluster(**settings)["message"])
 
 
+@group.command("maintenance")
+@click.argument("mode", type=click.Choice(("on", "off")), metavar="on|off")
+@click.pass_obj
+def maintenance(client, mode: str) -> None:
+    """Maintenance mode on or off. While on, silent nodes are reported but neither fenced nor recovered, and no
+    node self-fences; turned off, every node's silence is timed afresh (a node that died meanwhile is fenced
+    then)."""
+    client.set_cluster(maintenance=mode == "on")
+    click.echo(f"maintenance mode {mode}" + (": nobody is fenced until it is turned off" if mode == "on" else
+                                              ": failed nodes are fenced and recovered again"))
+
+
 def _table(s: dict) -> str:
     def counts(d: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "-"
 
     lines = [pairs([
+        ("maintenance", "ON: nobody is fenced" if s.get("maintenance") else "off"),
         ("health", "healthy" if s["healthy"] else "DEGRADED"),
         ("primary", s["primary"]),
         ("last handover", f"{s['handover']['source']} -> {s['handover']['target']}: {s['handover']['phase']}"
@@ -52,4 +65,5 @@ def _table(s: dict) -> str:
          or None),
     ])]
     lines += [f"problem: {p}" for p in s["problems"]]
+    lines += [f"warning: {w}" for w in s.get("warnings", ())]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``pvc node``: list, info, flush, ready."""
+"""``pvc node``: list, info, flush, ready, handover, fencing, what-if-fail."""
 
 from __future__ import annotations
 
@@ -179,3 +179,28 @@ def confirm_off(client, node: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Is {node} powered off? Its VMs will be started elsewhere", abort=True)
     emit(client.confirm_off(node), "table", lambda d: d["message"])
+
+
+@group.command("what-if-fail")
+@click.argument("node")
+@format_option
+@click.pass_obj
+def what_if_fail(client, node: str, fmt: str) -> None:
+    """Where NODE's VMs would go if it failed now (the plan its recovery would carry out), and which would
+    stay stopped for want of a node. Nothing is changed."""
+    emit(client.what_if_fail(node), fmt, _plan_table)
+
+
+def _plan_table(plan: dict) -> str:
+    if not (plan["moves"] or plan["parked"] or plan["stays"]):
+        return f"{plan['node']} runs no VMs: its loss moves nothing"
+    rows = [{"vm": m["vm"], "outcome": f"-> {m['target']}", "why": f"{m['selector']} score {m['score']:.2f}"}
+            for m in plan["moves"]]
+    rows += [{"vm": p["vm"], "outcome": "STOPPED (autostart on its return)", "why": p["reason"]}
+             for p in plan["parked"]]
+    rows += [{"vm": vm, "outcome": "stays where it is", "why": f"was migrating to {plan['node']}"}
+             for vm in plan["stays"]]
+    head = (f"if {plan['node']} failed now: {len(plan['moves'])} VM(s) recovered elsewhere, "
+            f"{len(plan['parked'])} left stopped")
+    return head + "\n" + columns(rows, (("VM", lambda r: r["vm"]), ("OUTCOME", lambda r: r["outcome"]),
+                                        ("WHY", lambda r: r["why"])))

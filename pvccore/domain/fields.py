@@ -228,6 +228,10 @@ CLUSTER_SETTINGS = table(
           detail="At least the nodes' ZooKeeper session timeout plus two keepalive intervals."),
     Field("fence_retry_max", Kind.FLOAT, 60.0, low=1.0, high=3600.0, unit="seconds",
           help="Longest back-off between fence attempts, seconds."),
+    Field("maintenance", Kind.BOOL, False,
+          help="Maintenance mode: silent nodes are reported but neither fenced nor recovered, and no node "
+               "self-fences.",
+          detail="Turned off, every node's silence is timed afresh: a node that died meanwhile is fenced then."),
 )
 
 #: Per-VM placement metadata (``VMMeta``).

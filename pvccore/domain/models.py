@@ -443,7 +443,7 @@ class ClusterConfig(_SettingFields, _JSONModel):
     interval and ZooKeeper session timeout by :meth:`check_timing`.
 
     The fields (``default_selector``, ``allow_overcommit``, ``keepalive_limit``, ``fence_grace``,
-    ``successful_fence``, ``failed_fence``, ``self_fence_deadline``, ``fence_retry_max``), their kinds,
+    ``successful_fence``, ``failed_fence``, ``self_fence_deadline``, ``fence_retry_max``, ``maintenance``), their kinds,
     bounds and meaning are defined once, in :data:`pvccore.domain.fields.CLUSTER_SETTINGS`.
     """
 
@@ -460,8 +460,8 @@ class ClusterConfig(_SettingFields, _JSONModel):
 
     @property
     def self_fence_armed(self) -> bool:
-        """Whether nodes stop their own VMs when cut off (see the class docstring)."""
-        return self.failed_fence == FenceAction.RECOVER
+        """Whether nodes stop their own VMs when cut off (see the class docstring); never in maintenance mode."""
+        return self.failed_fence == FenceAction.RECOVER and not self.maintenance
 
     def updated(self, changes: Mapping[str, Any]) -> "ClusterConfig":
         """Return a copy with ``changes`` applied, each checked against :data:`CLUSTER_SETTINGS`

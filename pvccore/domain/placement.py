@@ -246,15 +246,21 @@ def with_pending(cluster: Cluster, moves: Mapping[str, str]) -> Cluster:
     nodes = dict(cluster.nodes)
     for vm_name, target in moves.items():
         vm, node = cluster.vms.get(vm_name), nodes.get(target)
-        if vm is None or node is None or vm_name in node.running_vms:
-            continue
-        nodes[target] = replace(
-            node,
-            memory_free_mib=node.memory_free_mib - vm.memory_mib,
-            memory_used_mib=node.memory_used_mib + vm.memory_mib,
-            memory_provisioned_mib=node.memory_provisioned_mib + vm.memory_mib,
-            vcpus_allocated=node.vcpus_allocated + vm.vcpus,
-            vm_count=node.vm_count + 1,
-            running_vms=node.running_vms + (vm_name,),
-        )
+        if vm is not None and node is not None:
+            nodes[target] = with_vm(node, vm)
     return replace(cluster, nodes=MappingProxyType(nodes))
+
+
+def with_vm(node: Node, vm: VM) -> Node:
+    """``node`` with ``vm`` counted in its figures (unchanged when its figures already show it)."""
+    if vm.name in node.running_vms:
+        return node
+    return replace(
+        node,
+        memory_free_mib=node.memory_free_mib - vm.memory_mib,
+        memory_used_mib=node.memory_used_mib + vm.memory_mib,
+        memory_provisioned_mib=node.memory_provisioned_mib + vm.memory_mib,
+        vcpus_allocated=node.vcpus_allocated + vm.vcpus,
+        vm_count=node.vm_count + 1,
+        running_vms=node.running_vms + (vm.name,),
+    )

@@ -125,6 +125,7 @@ class FenceOutcome(StrEnum):
     FENCED = "fenced"
     SELF_FENCED = "self-fenced"
     FAILED = "failed"
+    HELD = "held"  # silent, and not fenced: maintenance mode is on
 
 
 def parse(enum: type[StrEnum], value, field_name: str):

@@ -14,6 +14,12 @@ When the watcher's own ZooKeeper connection drops (a leader election in the
 ensemble, say), every node's clock restarts: a cluster-wide hiccup is nobody's
 death.
 
+In maintenance mode (the cluster setting ``maintenance``) nobody is fenced: a node
+silent past ``keepalive_limit`` is only reported (fence status ``held``), nothing
+is recovered, and fence retries wait. When maintenance ends every node's clock
+restarts, as after a hiccup: a node that died meanwhile is declared dead and
+fenced once it has been silent for the usual time after that moment, not before.
+
 The saving throw protects a healthy node that is only slow; a node whose power is
 off is not one. So as soon as a node is suspect, the fencer acting on it asks its
 fencers that can look at the power without changing it (``is_off``), in a thread of
@@ -68,6 +74,8 @@ class FenceMonitor:
         # silence it was made in: a node that writes again, then falls silent, is looked at afresh.
         self._looks: dict[str, tuple[float, bool]] = {}  # node -> (the silence looked at, reported off)
         self._looks_lock = threading.Lock()
+        self._held: set[str] = set()  # nodes reported silent in maintenance mode (fence status ``held``)
+        self._maintenance = False  # maintenance mode as last seen: its end restarts every clock
         self._wake = threading.Event()
         self._reset = threading.Event()
         self._thread: threading.Thread | None = None
@@ -112,6 +120,17 @@ class FenceMonitor:
             return
         snap = self.ctx.view.snapshot()
         cfg = snap.config
+        if self._maintenance and not cfg.maintenance:
+            log.warning("maintenance mode ended: every node's silence is timed afresh from now")
+            self._seen.clear()
+            self._suspect.clear()
+            self._retry.clear()
+            with self._looks_lock:
+                self._looks.clear()
+            for name in sorted(self._held | self._held_shown()):
+                self._release(name)
+        self._maintenance = cfg.maintenance
+        self._held |= self._held_shown()  # reported by this monitor, or by an earlier primary's
         primary = snap.primary.node if snap.primary else None
         i_am_primary = primary == self.ctx.name and self._serving()
         for node in snap.nodes.values():
@@ -133,6 +152,9 @@ class FenceMonitor:
                 continue
             if not (i_am_primary or name == primary):
                 continue  # only the primary fences, except the primary itself
+            if cfg.maintenance:
+                self._hold(name, now - since)
+                continue
             if node.daemon_state == DaemonState.RUN:
                 started = self._suspect.setdefault(name, now)
                 if now - started < cfg.fence_grace or now - since < dead_after:
@@ -181,7 +203,37 @@ class FenceMonitor:
                 log.exception("fencer %s raised checking the power of %s", fencer.name, name)
         return False
 
+    def _hold(self, name: str, silent_for: float) -> None:
+        """Maintenance mode: report the silent node (once per silence), fence nothing."""
+        if name in self._held:
+            return
+        log.warning("node %s: silent for %.1fs; maintenance mode is on: not fenced, its VMs not recovered", name,
+                    silent_for)
+        try:
+            self.ctx.store.update_fencing(name, lambda cur: replace(
+                cur or FenceStatus(), state=FenceOutcome.HELD, at=time.time() - silent_for, retry_in=0.0,
+                message="silent; maintenance mode is on: not fenced, its VMs not recovered"))
+            self._held.add(name)
+        except PVCError as exc:
+            log.warning("could not report the silence of %s: %s", name, exc.message)
+
+    def _release(self, name: str) -> None:
+        """Take back a ``held`` report (the node spoke again, or maintenance ended); keep anything else."""
+        try:
+            self.ctx.store.update_fencing(name, lambda cur: cur if cur is None or cur.state != FenceOutcome.HELD
+                                          else (replace(cur, state=None, message="", at=0.0)
+                                                if cur.confirmed_off is not None else None))
+            self._held.discard(name)
+        except PVCError as exc:
+            log.warning("could not clear the held report of %s: %s", name, exc.message)
+
+    def _held_shown(self) -> set[str]:
+        """Nodes whose fence status is ``held``, as the view shows it (reported by an earlier primary, say)."""
+        return {n for n, status in self.ctx.view.shown("fencing").items() if status.state == FenceOutcome.HELD}
+
     def _forget(self, name: str) -> None:
+        if name in self._held:
+            self._release(name)
         self._suspect.pop(name, None)
         with self._looks_lock:
             self._looks.pop(name, None)

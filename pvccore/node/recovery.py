@@ -6,9 +6,9 @@ import logging
 from dataclasses import replace
 
 from pvccore.domain.models import Cluster
-from pvccore.domain.placement import place, with_pending
-from pvccore.domain.states import RUNNING_STATES, DomainState
+from pvccore.domain.states import DomainState
 from pvccore.domain.transitions import recovered, recovery_parked, target_fenced
+from pvccore.domain.whatif import plan_recovery
 from pvccore.node.context import NodeContext
 from pvccore.zk.placing import placing
 
@@ -27,23 +27,16 @@ def recover(ctx: NodeContext, dead: str) -> None:
 
 
 def _recover_placed(ctx: NodeContext, dead: str, cluster: Cluster) -> tuple[dict[str, str], list[str]]:
-    """Place and write each of the dead node's VMs (under the placement lock): VM -> node, and the parked."""
-    moved: dict[str, str] = {}
-    parked: list[str] = []
-    pending: dict[str, str] = {}
-    for vm in sorted(cluster.vms.values(), key=lambda v: v.name):
-        mig = vm.migration
-        if mig is not None and mig.target == dead and vm.node != dead:
-            # It was on its way to the dead node: it stays where it is and runs there.
-            ctx.store.update_vm(vm.name, lambda v: target_fenced(v, dead))
-            continue
-        if vm.node != dead or (vm.state not in RUNNING_STATES and mig is None):
-            continue
-        decision = place(replace(vm, migration=None), with_pending(cluster, pending), ctx.plugins.selectors)
-        if decision.target is None:
-            ctx.store.update_vm(vm.name, lambda v: recovery_parked(v, dead, decision.reason))
-            parked.append(vm.name)
-            continue
-        ctx.store.update_vm(vm.name, lambda v, t=decision.target: recovered(v, dead, t))
-        pending[vm.name] = moved[vm.name] = decision.target
-    return moved, parked
+    """Carry out the dead node's recovery plan (under the placement lock): VM -> node, and the parked.
+
+    The plan is the one ``pvc node what-if-fail`` shows (pvccore.domain.whatif), made here from the
+    snapshot taken under the lock.
+    """
+    plan = plan_recovery(cluster, dead, ctx.plugins.selectors)
+    for name in plan.stays:  # it was on its way to the dead node: it stays where it is and runs there
+        ctx.store.update_vm(name, lambda v: target_fenced(v, dead))
+    for name, target in plan.targets.items():
+        ctx.store.update_vm(name, lambda v, t=target: recovered(v, dead, t))
+    for name, decision in plan.parked.items():
+        ctx.store.update_vm(name, lambda v, why=decision.reason: recovery_parked(v, dead, why))
+    return plan.targets, list(plan.parked)

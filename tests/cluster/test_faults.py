@@ -43,6 +43,8 @@ def power_on_and_ready(box, node: str) -> None:
 def test_power_loss_fenced_over_ipmi_and_recovered(make_box, round_):
     box = make_box()
     define_on(box, "hv3", {"lim": ["hv2", "hv3"], "free": [], "pinned": ["hv3"]})
+    plan = box.cli_json("node", "what-if-fail", "hv3")  # asked before the failure, through the CLI and the API
+    assert {p["vm"] for p in plan["parked"]} == {"pinned"}
     with DuplicateWatch(box) as watch:
         t0 = time.monotonic()
         box.bmc("hv3", "chassis", "power", "off")  # power loss: daemon, libvirtd and QEMU gone at once
@@ -54,6 +56,11 @@ def test_power_loss_fenced_over_ipmi_and_recovered(make_box, round_):
     fenced = box.events.wait(1, "fenced", node="hv3")
     assert fenced and fenced[0]["off"] is True
     assert runs_on(box, "lim") == ["hv2"] and runs_on(box, "free") in (["hv1"], ["hv2"])
+    # The recovery placed every VM exactly where the what-if said, on real hypervisors.
+    said = {m["vm"]: m["target"] for m in plan["moves"]}
+    recovered_event = box.events.wait(1, "recovered", node="hv3")[0]
+    assert recovered_event["moved"] == said and recovered_event["parked"] == ["pinned"]
+    assert all(runs_on(box, vm) == [target] for vm, target in said.items())
     pinned = box.store.get_vm("pinned")
     assert pinned.state == "stop" and pinned.meta.node_autostart  # no valid target: parked
     print(f"power loss -> VMs running elsewhere in {recovered:.2f}s")

@@ -174,3 +174,33 @@ def test_node_fence_config(pvc, live, tmp_path):
     cfg.write_text("not json")
     bad = pvc("node", "fence-config", "hv2", "--set", str(cfg), ok=False)
     assert bad.exit_code == 1 and "not valid JSON" in bad.stderr
+
+
+def test_maintenance_mode_and_the_what_if_of_a_node_failure(pvc, live, tmp_path):
+    xml = tmp_path / "pin.xml"
+    xml.write_text(domain("cpin", 512))
+    pvc("vm", "define", str(xml), "--limit", "hv2", "--target", "hv2")
+    xml.write_text(domain("cfree", 512))
+    pvc("vm", "define", str(xml), "--target", "hv2")
+    assert settled(live, "cpin", node="hv2") and settled(live, "cfree", node="hv2")
+    plan = json.loads(pvc("node", "what-if-fail", "hv2", "-f", "json").output)
+    moves, parked = {m["vm"]: m["target"] for m in plan["moves"]}, {p["vm"]: p["reason"] for p in plan["parked"]}
+    assert moves["cfree"] in ("hv1", "hv3") and "outside the VM's node limit" in parked["cpin"]
+    out = pvc("node", "what-if-fail", "hv2").output.splitlines()
+    assert out[0] == f"if hv2 failed now: {len(moves)} VM(s) recovered elsewhere, {len(parked)} left stopped"
+    rows = {line.split()[0]: line for line in out[2:]}
+    assert f"-> {moves['cfree']}" in rows["cfree"] and "STOPPED" in rows["cpin"]
+    bad = pvc("node", "what-if-fail", "hv9", ok=False)
+    assert bad.exit_code == 1 and bad.stderr == "pvc: error: node 'hv9' not found\n"
+    assert "cpin" in json.loads(pvc("cluster", "status", "-f", "json").output)["n_plus_one"]["stranded"]["hv2"]
+    assert any(line.startswith("warning: N+1: losing node hv2 would leave") and "cpin" in line
+               for line in pvc("cluster", "status").output.splitlines())
+
+    assert pvc("cluster", "maintenance", "on").output.startswith("maintenance mode on")
+    status = pvc("cluster", "status").output.splitlines()
+    assert status[0].split() == ["maintenance:", "ON:", "nobody", "is", "fenced"]
+    assert json.loads(pvc("cluster", "status", "-f", "json").output)["maintenance"] is True
+    bad = pvc("cluster", "maintenance", "maybe", ok=False)
+    assert bad.exit_code == 2
+    pvc("cluster", "maintenance", "off")
+    assert json.loads(pvc("cluster", "status", "-f", "json").output)["maintenance"] is False

@@ -303,3 +303,32 @@ def test_the_built_in_fencers_look_at_the_power_without_changing_it(tmp_path):
             node.kill()
         bmc.terminate()
         bmc.wait()
+
+
+def test_maintenance_mode_holds_the_fence_then_recovery_carries_out_the_what_if(box):
+    """Maintenance: a dead node is reported, not fenced; once it ends the node is fenced after a fresh silence, and
+    its VMs go exactly where ``what-if-fail`` said they would."""
+    from pvcapi.cluster import status as cluster_status
+
+    b = box()
+    place_vms(b)
+    plan = b.ops.what_if_fail("hv3")
+    assert set(plan.targets) == {"free1", "pair1"} and list(plan.parked) == ["only3"]
+    assert plan.targets["pair1"] == "hv2"
+    assert "only3" in cluster_status(b.ops)["n_plus_one"]["stranded"]["hv3"]  # N+1: hv3's loss strands only3
+    b.ops.set_config({"maintenance": True})
+    b.local.kill("hv3")
+    assert b.view.wait_until(lambda: getattr(b.view.shown("fencing").get("hv3"), "state", None) == "held", T)
+    status = cluster_status(b.ops)
+    assert status["maintenance"] and status["warnings"][0].startswith("maintenance mode is on")
+    assert any(p.startswith("node hv3: silent since") and "not fenced" in p for p in status["problems"])
+    # Several times the detection time (1.5 s + 2 s): still not declared dead, nothing fenced or moved.
+    assert not b.view.wait_for(lambda c: c.nodes["hv3"].daemon_state != "run", 8)
+    assert b.events.all("fenced") == [] and all(b.store.get_vm(v).node == "hv3" for v in ("free1", "pair1"))
+    off = time.monotonic()
+    b.ops.set_config({"maintenance": False})
+    assert b.state("hv3", "fenced")
+    assert time.monotonic() - off >= 1.5  # a fresh silence of keepalive_limit first, not at once
+    recovered = b.events.wait(1, "recovered", node="hv3")[0]
+    assert recovered["moved"] == plan.targets and recovered["parked"] == list(plan.parked)
+    assert b.store.get_fencing()["hv3"].state == "fenced" and b.settled() == []

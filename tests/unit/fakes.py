@@ -244,6 +244,10 @@ class MemoryCluster:
     def placement_snapshot(self) -> Cluster:
         return current(self.snapshot())
 
+    def shown(self, kind: str) -> dict:
+        with self.cond:
+            return dict(self.fencing) if kind == "fencing" else dict(self.stats)
+
     def node(self, name):
         with self.cond:
             return self.nodes.get(name)

@@ -421,6 +421,45 @@ def test_failed_fencing_recovers_nothing_and_retries_with_a_doubling_back_off(wo
     assert rec.of("pvc_node_recovered") == []
 
 
+def test_maintenance_mode_reports_a_silent_node_fences_nothing_and_times_it_afresh_once_over(world):
+    cluster, rec, fencers, monitor = fence_world(first=True, second=True, maintenance=True)
+    monitor.tick(0.0)
+    now = 0.0
+    while now < 60:  # a minute of silence from hv3 in maintenance mode
+        now += 0.5
+        keep_alive(cluster, "hv2")
+        monitor.tick(now)
+    assert fencers.calls == [] and cluster.nodes["hv3"].daemon_state == DaemonState.RUN
+    assert cluster.fencing["hv3"].state == "held" and all(v.node == "hv3" for v in cluster.vms.values())
+    assert [w for w in cluster.history if w[0] == "fencing"] == [("fencing", "hv3", cluster.fencing["hv3"])]  # once
+    cluster.config = cluster.config.updated({"maintenance": False})
+    off = now
+    while not fencers.calls:
+        now += 0.5
+        keep_alive(cluster, "hv2")
+        monitor.tick(now)
+        assert now < off + 30
+    # timed from the end of maintenance: keepalive_limit (3 s) and fence_grace (2 s) after it, not at once
+    assert now - off >= 5.0
+    assert cluster.nodes["hv3"].daemon_state == DaemonState.FENCED and cluster.fencing["hv3"].state == "fenced"
+    assert {v.node for v in cluster.vms.values()} <= {"hv1", "hv2"}
+
+
+def test_a_node_that_speaks_again_in_maintenance_mode_loses_its_held_report(world):
+    cluster, rec, fencers, monitor = fence_world(first=True, second=True, maintenance=True)
+    monitor.tick(0.0)
+    monitor.tick(4.0)
+    assert cluster.fencing["hv3"].state == "held"
+    keep_alive(cluster, "hv2", "hv3")
+    monitor.tick(4.5)
+    assert "hv3" not in cluster.fencing and fencers.calls == []
+
+
+def test_maintenance_mode_disarms_the_self_fence():
+    assert ClusterConfig().updated({"failed_fence": "recover"}).self_fence_armed
+    assert not ClusterConfig().updated({"failed_fence": "recover", "maintenance": True}).self_fence_armed
+
+
 def ticks_until(monitor, now: float, done, timeout: float = T) -> bool:
     """The monitor's looks at the same instant ``now`` until ``done()`` (its power check runs in a thread)."""
     deadline = time.monotonic() + timeout
