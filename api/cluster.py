@@ -1,4 +1,5 @@
-"""``/cluster/status``: the cluster at a glance, and cluster-wide settings."""
+"""``/cluster/status``: the cluster at a glance, and cluster-wide settings; ``/cluster/faults``: what needs an
+operator."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pvccore.errors import PVCError
 from pvccore.operations import NPlusOne
 
 from .guards import fresh
-from .inputs import body
+from .inputs import body, field
 
 
 class Status:
@@ -27,6 +28,21 @@ class Status:
         config = self.deps.ops.set_config(changes)  # an empty body is refused there, naming the settings
         resp.media = {"message": "cluster settings updated", "config": config.to_dict()}
 
+    def on_get_faults(self, req, resp):
+        """Every fault record, active ones first (read from ZooKeeper: 503 while it is away)."""
+        resp.media = [f.to_dict() for f in self.deps.ops.faults()]
+
+    def on_post_fault(self, req, resp, fault):
+        """``{"acknowledged": true | false}``."""
+        acknowledged = field(body(req, {"acknowledged"}), "acknowledged", bool)
+        written = self.deps.ops.acknowledge_fault(fault, acknowledged)
+        resp.media = {"message": f"fault {fault} {'acknowledged' if acknowledged else 'no longer acknowledged'}",
+                      "fault": written.to_dict()}
+
+    def on_delete_fault(self, req, resp, fault):
+        self.deps.ops.delete_fault(fault)
+        resp.media = {"message": f"fault {fault} deleted"}
+
 
 MAINTENANCE = ("maintenance mode is on: silent nodes are reported but not fenced, their VMs not recovered, and no "
                "node self-fences (pvc cluster maintenance off)")
@@ -35,9 +51,9 @@ MAINTENANCE = ("maintenance mode is on: silent nodes are reported but not fenced
 def status(ops, guards=None) -> dict:
     """The cluster at a glance; while ZooKeeper is away (``guards``), from the watched view as last seen."""
     snap = ops.view.snapshot()
-    fencing, primary, config = fresh(guards, lambda: (ops.store.get_fencing(), ops.store.get_primary(),
-                                                      ops.store.get_config()),
-                                     lambda: (ops.view.shown("fencing"), snap.primary, snap.config))
+    fencing, primary, config, faults = fresh(
+        guards, lambda: (ops.store.get_fencing(), ops.store.get_primary(), ops.store.get_config(), ops.faults()),
+        lambda: (ops.view.shown("fencing"), snap.primary, snap.config, None))
     stale = guards.stale_for() if guards else None
     nodes, vms = snap.nodes.values(), snap.vms.values()
     problems = [f"node {n.name}: daemon {n.daemon_state}" for n in nodes if n.daemon_state not in ("run", "stop")]
@@ -71,6 +87,9 @@ def status(ops, guards=None) -> dict:
         "stale": stale is not None,
         "problems": problems,
         "warnings": warnings,
+        "faults": None if faults is None else {  # (None: ZooKeeper is away)
+            "active": sum(1 for f in faults if f.active),
+            "unacknowledged": sum(1 for f in faults if f.active and not f.acknowledged)},
         "n_plus_one": {"ok": None if check.at_risk is None else not at_risk, "age": round(check.age, 1),
                        "stranded": {n: list(p.parked) for n, p in sorted(at_risk.items())}},
         "primary": primary.node if primary else None,

@@ -6,10 +6,11 @@ from collections import Counter
 
 import falcon
 
-from pvccore.domain.states import DaemonState, DomainState, VMState
+from pvccore.domain.states import DaemonState, DomainState, FaultKind, VMState
 from pvccore.errors import PVCError
 
 from . import openapi
+from .guards import fresh
 
 
 class Info:
@@ -44,10 +45,12 @@ class Info:
 
     def on_get_metrics(self, req, resp):
         resp.content_type = "text/plain; version=0.0.4"
-        resp.text = metrics_text(self.deps.ops)
+        ops = self.deps.ops
+        resp.text = metrics_text(ops, fresh(self.deps.guards, ops.faults, lambda: None))
 
 
-def metrics_text(ops) -> str:
+def metrics_text(ops, faults: list | None = None) -> str:
+    """The metrics; ``faults`` (read from ZooKeeper by the caller, None while it is away) as ``pvc_faults``."""
     snap = ops.view.snapshot()
     stats = ops.view.shown("stats")  # watched: metrics never wait on ZooKeeper
     lines: list[str] = []
@@ -79,6 +82,12 @@ def metrics_text(ops) -> str:
         family("pvc_n_plus_one_stranded_vms", "gauge", "VMs that would stay stopped if this node failed now.",
                [(f'{{node="{n.name}"}}', len(at_risk[n.name].parked) if n.name in at_risk else 0)
                 for n in snap.nodes.values() if n.daemon_state == DaemonState.RUN])
+    if faults is not None:  # (ZooKeeper away: no sample rather than a wrong one)
+        held = Counter((f.kind, "cleared" if not f.active else "acknowledged" if f.acknowledged else "active")
+                       for f in faults)
+        family("pvc_faults", "gauge", "Fault records by kind and state (active, acknowledged, cleared).",
+               [(f'{{kind="{k}",state="{s}"}}', held[(k, s)]) for k in FaultKind
+                for s in ("active", "acknowledged", "cleared")])
     family("pvc_node_memory_free_mib", "gauge", "Free memory per node.",
            [(f'{{node="{n.name}"}}', n.memory_free_mib) for n in snap.nodes.values()])
     family("pvc_node_load", "gauge", "1-minute load per node.",

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from pvccore.domain.fields import CLUSTER_SETTINGS, VM_META_FIELDS, Field, Kind
-from pvccore.domain.states import USER_VM_STATES, DaemonState, DomainState, MigrationKind, VMState
+from pvccore.domain.models import FAULT_ID_RE
+from pvccore.domain.states import USER_VM_STATES, DaemonState, DomainState, FaultKind, MigrationKind, VMState
 
 from .guards import MAX_BODY, MAX_DEPTH, MAX_XML, STALE_HEADER
 from .vms import MAX_LIMIT
@@ -83,7 +84,7 @@ def field_schema(f: Field) -> dict:
     schema: dict = {
         Kind.BOOL: {"type": "boolean"}, Kind.STR: {"type": "string"}, Kind.INT: {"type": "integer"},
         Kind.FLOAT: {"type": "number"}, Kind.ENUM: {"type": "string", "enum": list(f.choice_values)},
-        Kind.NAMES: {"type": "array", "items": NAME},
+        Kind.NAMES: {"type": "array", "items": NAME}, Kind.TAGS: {"type": "array", "items": NAME},
         Kind.STRINGS: {"type": "array", "items": {"type": "string", "minLength": 1}}, Kind.LIST: {"type": "array"},
     }[f.kind]
     if f.low is not None:
@@ -110,6 +111,8 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
     """
     meta_props = properties(meta)
     vm_p, node_p = [_path_param("vm")], [_path_param("node")]
+    fault_p = [{"name": "fault", "in": "path", "required": True, "description": "<kind>.<subject>, as listed",
+                "schema": {"type": "string", "pattern": FAULT_ID_RE.pattern, "maxLength": 233}}]
     schemas = {
         "Error": _obj({"message": {"type": "string"}, "field": {"type": ["string", "null"]}}, ("message",)),
         "Message": {"type": "object", "properties": {"message": {"type": "string"}}},
@@ -123,8 +126,13 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
             "vcpus": {"type": "integer"}, "state": {"type": "string", "enum": [s.value for s in VMState]},
             "reason": {"type": "string"}, "node": {"type": "string"}, "last_node": {"type": "string"},
             "running": {"type": "boolean"}, "migration": {"type": ["object", "null"]}, "meta": _ref("Meta"),
-            "xml": {"type": "string"}}},
+            "xml": {"type": "string"},
+            "devices": {"type": ["object", "null"], "description": "GET /vm/{vm} only: the disks and networks "
+                        "its XML declares", "properties": {"disks": {"type": "array"}, "networks": {"type": "array"}}}}},
         "VMList": {"type": "array", "items": _ref("VM")},
+        "Tags": {"type": "object", "properties": {
+            "vm": {"type": "string"}, "tags": {"type": "array", "items": NAME},
+            "protected_tags": {"type": "array", "items": NAME}}},
         "VMResult": {"type": "object", "properties": {"message": {"type": "string"},
                                                       "vm": {"oneOf": [_ref("VM"), {"type": "null"}]}}},
         "Node": {"type": "object", "properties": {
@@ -148,6 +156,7 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
             "warnings": {"type": "array", "items": {"type": "string"},
                          "description": "Not failures yet: e.g. a node whose loss would leave VMs stopped (N+1)"},
             "n_plus_one": {"type": "object", "description": "ok, and per node the VMs its loss would leave stopped"},
+            "faults": {"type": ["object", "null"], "description": "Counts of active and unacknowledged faults"},
             "stale": {"type": "boolean", "description": "ZooKeeper is unreachable: this is the last known state"},
             "primary": {"type": ["string", "null"]}, "handover": {"type": ["object", "null"]},
             "fencing": {"type": "object"},
@@ -164,6 +173,13 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
             "parked": {"type": "array", "items": {"type": "object", "properties": {
                 "vm": {"type": "string"}, "selector": {"type": "string"}, "reason": {"type": "string"}}}},
             "stays": {"type": "array", "items": {"type": "string"}}}},
+        "Fault": {"type": "object", "properties": {
+            "id": {"type": "string"}, "kind": {"type": "string", "enum": [str(k) for k in FaultKind]},
+            "subject": {"type": "string"}, "message": {"type": "string"}, "first_seen": {"type": "number"},
+            "last_seen": {"type": "number"}, "count": {"type": "integer"}, "active": {"type": "boolean"},
+            "acknowledged": {"type": "boolean"}}},
+        "Faults": {"type": "array", "items": _ref("Fault")},
+        "FaultResult": {"type": "object", "properties": {"message": {"type": "string"}, "fault": _ref("Fault")}},
         "Selectors": {"type": "array", "items": {"type": "object", "properties": {
             "name": {"type": "string"}, "description": {"type": "string"}, "plugin": {"type": "string"}}}},
         "Plugins": {"type": "array", "items": {"type": "object", "properties": {
@@ -184,6 +200,12 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
         "/api/v1/cluster/status": {
             "get": _op("Cluster status", "ClusterStatus", codes=(401,)),
             "post": _op("Set cluster-wide settings", "Message", body=_obj(properties(settings), at_least_one=True)),
+        },
+        "/api/v1/cluster/faults": {"get": _op("What needs an operator, active first", "Faults", codes=(401, 503))},
+        "/api/v1/cluster/faults/{fault}": {
+            "post": _op("Acknowledge a fault (or take that back)", "FaultResult", params=fault_p,
+                        codes=(400, 401, 404, 503), body=_obj({"acknowledged": {"type": "boolean"}}, ("acknowledged",))),
+            "delete": _op("Forget a fault and its history", "Message", params=fault_p, codes=(400, 401, 404, 503)),
         },
         "/api/v1/node": {"get": _op("All nodes", "NodeList", codes=(401,))},
         "/api/v1/node/{node}": {"get": _op("One node, with its VMs", "Node", params=node_p, codes=(400, 401, 404))},
@@ -213,12 +235,16 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
             "Where the node's VMs would go if it failed now (its recovery's plan), and which would stay stopped",
             "RecoveryPlan", params=node_p, codes=(400, 401, 404))},
         "/api/v1/vm": {
-            "get": _op("VMs, filtered", "VMList", codes=(400, 401), params=[
+            "get": _op("VMs, filtered (every filter given must pass; a repeated one: any of its values)", "VMList",
+                       codes=(400, 401), params=[
                 _query("node", {"type": "string"}, "Only VMs on this node"),
                 _query("state", {"type": "string"}, "Only VMs in this state"),
+                _query("tag", {"type": "string"}, "Only VMs with this tag (user or protected)"),
                 _query("limit", {"type": "string", "maxLength": MAX_LIMIT},
-                       "A glob the name must match (web*, with * ? [...]), or else a part of the name "
-                       "(case-sensitive); never a regular expression")]),
+                       "A glob the name or UUID must match (web*, with * ? [...]), or else a part of the name or "
+                       "UUID (case-sensitive); never a regular expression"),
+                _query("negate", {"type": "string", "enum": ["true", "false"]},
+                       "The VMs that do not pass the filters")]),
             "post": {**_op("Define a VM from libvirt XML with metadata", codes=(400, 401, 409), body=_obj({
                 "xml": XML, **meta_props, "target": NAME,
                 "start": {"type": "boolean", "description": "Start it once defined (default true)"}}, ("xml",))),
@@ -240,6 +266,13 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
             "get": _op("Metadata only", "Meta", params=vm_p, codes=(400, 401, 404)),
             "post": _op("Set metadata (alias of POST /vm/{vm})", "VMResult", params=vm_p,
                         codes=(400, 401, 404, 409), body=_obj(meta_props, at_least_one=True)),
+        },
+        "/api/v1/vm/{vm}/tags": {
+            "get": _op("The VM's tags", "Tags", params=vm_p, codes=(400, 401, 404)),
+            "post": _op("Add or remove tags (protected: add them protected; needed to remove a protected one)", "Tags",
+                        params=vm_p, codes=(400, 401, 404, 409),
+                        body=_obj({"add": {"type": "array", "items": NAME}, "remove": {"type": "array", "items": NAME},
+                                   "protected": {"type": "boolean"}}, at_least_one=True)),
         },
         "/api/v1/vm/{vm}/state": {"post": _op(
             "Start, shut down, stop, restart or disable", "VMResult", params=vm_p, codes=(400, 401, 404, 409),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import threading
+from typing import Callable
 
 import falcon
 
 from pvccore.domain.states import USER_VM_STATES, MigrationKind
 from pvccore.errors import NotFoundError
+from pvccore.domain.domainxml import devices
 from pvccore.domain.fields import VM_META_FIELDS
 from pvccore.domain.models import Cluster, VM
 from pvccore.domain.placement import place
@@ -37,18 +39,34 @@ MAX_LIMIT = 128  # characters of a name filter
 
 
 def name_filter(limit: str | None):
-    """``limit`` as a test on VM names: a glob when it has ``*``, ``?`` or ``[``, else a substring.
+    """``limit`` as a test on a VM's name or UUID: a glob when it has ``*``, ``?`` or ``[``, else a substring.
 
     Never a regular expression: a user's pattern must not cost more than a scan of the names
     (Python's fnmatch compiles globs without catastrophic backtracking).
     """
     if not limit:
-        return lambda name: True
+        return lambda vm: True
     if len(limit) > MAX_LIMIT:
         raise BadRequest(f"limit must be at most {MAX_LIMIT} characters; got {len(limit)}", "limit")
     if any(c in limit for c in "*?["):
-        return lambda name: fnmatch.fnmatchcase(name, limit)
-    return lambda name: limit in name
+        return lambda vm: fnmatch.fnmatchcase(vm.name, limit) or fnmatch.fnmatchcase(vm.uuid, limit)
+    return lambda vm: limit in vm.name or limit in vm.uuid
+
+
+def vm_filter(req) -> Callable[[VM], bool]:
+    """The listing's filters (``node``, ``state``, ``tag`` — each may be given more than once, any matches —
+    and ``limit``), all of which a VM must pass; ``negate=true``: the VMs that do not."""
+    nodes, states, tags = ({v for value in req.get_param_as_list(p) or () for v in value.split(",") if v}
+                           for p in ("node", "state", "tag"))
+    matches = name_filter(req.get_param("limit"))
+    negate = flag(req, "negate")
+
+    def test(v: VM) -> bool:
+        passed = ((not nodes or v.node in nodes) and (not states or v.state in states)
+                  and (not tags or not tags.isdisjoint(v.meta.tags + v.meta.protected_tags)) and matches(v))
+        return passed != negate
+
+    return test
 
 
 def xml_field(data: dict) -> str:
@@ -93,12 +111,11 @@ class VMs:
     # -- collection --------------------------------------------------------------------
 
     def on_get(self, req, resp):
-        """Filters: ``node``, ``state``, ``limit`` (a glob such as ``web*``, or else a substring of the name)."""
+        """Filters: ``node``, ``state``, ``tag``, ``limit`` (a glob such as ``web*``, or else a substring of the name
+        or UUID), ``negate`` (see :func:`vm_filter`)."""
         snap = self.deps.ops.view.snapshot()
-        node, state = req.get_param("node"), req.get_param("state")
-        matches = name_filter(req.get_param("limit"))
-        chosen = [v for name, v in sorted(snap.vms.items())
-                  if (node is None or v.node == node) and (state is None or v.state == state) and matches(name)]
+        test = vm_filter(req)
+        chosen = [v for _name, v in sorted(snap.vms.items()) if test(v)]
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._encoded.listing(chosen, snap)
 
@@ -133,6 +150,7 @@ class VMs:
             raise NotFoundError(f"VM {vm!r} not found")
         data = vm_out(current, snap)
         data["xml"] = xml
+        data["devices"] = devices(xml) if xml is not None else None
         resp.media = data
 
     def on_post_one(self, req, resp, vm):
@@ -161,6 +179,21 @@ class VMs:
         self.deps.ops.undefine(vm, force=flag(req, "force"), timeout=self.deps.wait_timeout)
         resp.media = {"message": f"VM {vm} undefined"}
 
+    def on_get_tags(self, req, resp, vm):
+        """``/vm/{vm}/tags``: ``{"tags", "protected_tags"}``."""
+        meta = self._current(vm).meta
+        resp.media = {"vm": vm, "tags": list(meta.tags), "protected_tags": list(meta.protected_tags)}
+
+    def on_post_tags(self, req, resp, vm):
+        """``{"add": [...], "remove": [...], "protected": bool}``: ``protected`` adds them as protected tags, and is
+        needed to remove one."""
+        data = body(req, {"add", "remove", "protected"})
+        updated = self.deps.ops.tag_vm(vm, field(data, "add", list, []), field(data, "remove", list, []),
+                                       field(data, "protected", bool, False))
+        meta = updated.meta
+        resp.media = {"message": f"VM {vm} tags updated", "vm": vm, "tags": list(meta.tags),
+                      "protected_tags": list(meta.protected_tags)}
+
     def on_get_meta(self, req, resp, vm):
         """``/vm/{vm}/meta``: just the metadata."""
         ops = self.deps.ops
@@ -170,8 +203,18 @@ class VMs:
                 raise NotFoundError(f"VM {vm!r} not found")
             return ops.view.snapshot().vms[vm]
 
-        current = fresh(self.deps.guards, lambda: ops.store.get_vm(vm), seen)
-        resp.media = current.to_dict()["meta"]
+        resp.media = self._current(vm).to_dict()["meta"]
+
+    def _current(self, vm: str) -> VM:
+        """The VM read from ZooKeeper, or as the view last saw it while ZooKeeper is away."""
+        ops = self.deps.ops
+
+        def seen() -> VM:
+            if vm not in ops.view.snapshot().vms:
+                raise NotFoundError(f"VM {vm!r} not found")
+            return ops.view.snapshot().vms[vm]
+
+        return fresh(self.deps.guards, lambda: ops.store.get_vm(vm), seen)
 
     def on_post_meta(self, req, resp, vm):
         """Alias of ``POST /vm/{vm}``."""

@@ -41,7 +41,7 @@ class Client:
         url = self.url + path
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if query:
-            url += "?" + urllib.parse.urlencode(query)
+            url += "?" + urllib.parse.urlencode(query, doseq=True)  # a list: the parameter repeated
         try:
             data = json.dumps(body, allow_nan=False).encode() if body is not None else None
         except ValueError:
@@ -89,6 +89,15 @@ class Client:
     def set_cluster(self, **settings) -> dict:
         return self.post(route("cluster_status"), settings)[1]
 
+    def faults(self) -> list[dict]:
+        return self.get(route("faults"))
+
+    def acknowledge_fault(self, fault_id: str, acknowledged: bool = True) -> dict:
+        return self.post(route("fault", fault=fault_id), {"acknowledged": acknowledged})[1]
+
+    def delete_fault(self, fault_id: str) -> dict:
+        return self.request("DELETE", route("fault", fault=fault_id))[1]
+
     def nodes(self) -> list[dict]:
         return self.get(route("nodes"))
 
@@ -113,8 +122,17 @@ class Client:
     def what_if_fail(self, name: str) -> dict:
         return self.get(route("node_what_if_fail", node=name))
 
-    def vms(self, node: str | None = None, state: str | None = None, limit: str | None = None) -> list[dict]:
-        return self.get(route("vms"), node=node, state=state, limit=limit)
+    def vms(self, node=None, state=None, limit: str | None = None, tag=None, negate: bool = False) -> list[dict]:
+        """``node``, ``state`` and ``tag``: a value or a list of them (any matches)."""
+        return self.get(route("vms"), node=node, state=state, limit=limit, tag=tag,
+                        negate="true" if negate else None)
+
+    def vm_tags(self, name: str) -> dict:
+        return self.get(route("vm_tags", vm=name))
+
+    def tag_vm(self, name: str, add=(), remove=(), protected: bool = False) -> dict:
+        return self.post(route("vm_tags", vm=name), {"add": list(add), "remove": list(remove),
+                                                     "protected": protected})[1]
 
     def vm(self, name: str) -> dict:
         return self.get(route("vm", vm=name))

@@ -9,7 +9,8 @@ import click
 
 from pvccore.domain.fields import Field, Kind
 
-_TYPES = {Kind.STR: str, Kind.INT: int, Kind.FLOAT: float, Kind.NAMES: str}
+_TYPES = {Kind.STR: str, Kind.INT: int, Kind.FLOAT: float}
+_LISTS = (Kind.NAMES, Kind.TAGS)  # given comma-separated
 
 
 def option_name(f: Field) -> str:
@@ -23,7 +24,7 @@ def field_option(f: Field) -> Callable:
         return click.option(option_name(f), f.name, default=None, help=f.help)
     if f.kind is Kind.ENUM:
         return click.option(option_name(f), f.name, type=click.Choice(f.choice_values), help=f.help)
-    if f.kind is Kind.NAMES:
+    if f.kind in _LISTS:
         return click.option(option_name(f), f.name, help=f"{f.help} Comma-separated.")
     if f.kind in _TYPES:
         span = f" [{f.low:g} to {f.high:g}]" if f.low is not None and f.high is not None else ""
@@ -48,5 +49,5 @@ def given(table: Mapping[str, Field], options: Mapping[str, Any]) -> dict[str, A
         value = options.get(name)
         if value is None:
             continue
-        out[name] = [n.strip() for n in value.split(",") if n.strip()] if f.kind is Kind.NAMES else value
+        out[name] = [n.strip() for n in value.split(",") if n.strip()] if f.kind in _LISTS else value
     return out

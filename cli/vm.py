@@ -54,14 +54,18 @@ def meta(client, vm, **meta) -> None:
 
 @group.command("list")
 @click.argument("pattern", required=False)
-@click.option("--node", help="Only VMs on this node.")
-@click.option("--state", help="Only VMs in this state.")
+@click.option("--node", multiple=True, help="Only VMs on this node (repeat for any of several).")
+@click.option("--state", multiple=True, help="Only VMs in this state (repeat for any of several).")
+@click.option("--tag", multiple=True, help="Only VMs with this tag (repeat for any of several).")
+@click.option("--negate", is_flag=True, help="The VMs that do not pass the filters.")
 @format_option
 @click.pass_obj
-def list_(client, pattern, node, state, fmt) -> None:
-    """VMs, optionally those whose name matches PATTERN: a glob (web*, db-[0-9]?) when it has * ? or [,
-    or else a part of the name. Case-sensitive, at most 128 characters, never a regular expression."""
-    emit(client.vms(node=node, state=state, limit=pattern), fmt, lambda rows: columns(rows, VM_COLUMNS))
+def list_(client, pattern, node, state, tag, negate, fmt) -> None:
+    """VMs, optionally those whose name or UUID matches PATTERN: a glob (web*, db-[0-9]?) when it has * ? or [,
+    or else a part of the name or UUID. Case-sensitive, at most 128 characters, never a regular expression.
+    A VM is listed when it passes every filter given."""
+    emit(client.vms(node=list(node) or None, state=list(state) or None, limit=pattern, tag=list(tag) or None,
+                    negate=negate), fmt, lambda rows: columns(rows, VM_COLUMNS))
 
 
 @group.command("info")
@@ -77,6 +81,12 @@ def info(client, vm, show_xml, fmt) -> None:
         if v["migration"]:
             m = v["migration"]
             rows.append(("migration", f"{m['kind']} {m['source']} -> {m['target']} ({m['phase']})"))
+        found = v.get("devices") or {"disks": [], "networks": []}
+        rows += [(f"disk {d['target'] or '?'}", f"{d['device']} {d['source'] or '-'}"
+                  + "".join(f" {k}={d[k]}" for k in ("bus", "format") if d[k])) for d in found["disks"]]
+        rows += [(f"net {i}", f"{n['type']} {n['source'] or '-'}" + "".join(f" {k}={n[k]}" for k in ("mac", "model")
+                                                                          if n[k]))
+                 for i, n in enumerate(found["networks"])]
         return pairs(rows) + (f"\n\n{v['xml']}" if show_xml else "")
 
     emit(client.vm(vm), fmt, table)
@@ -129,6 +139,41 @@ def unmigrate(client, vm, force_live, wait) -> None:
 def move(client, vm, target, force_live, wait) -> None:
     """Move a VM for good (it forgets its last node)."""
     report_action(*client.vm_node(vm, "move", target, force_live, wait), wait)
+
+
+@group.group("tag")
+def tag() -> None:
+    """A VM's tags: labels for pvc vm list --tag and for selector plugins. Protected ones are removed only with
+    --protected."""
+
+
+@tag.command("get")
+@click.argument("vm")
+@format_option
+@click.pass_obj
+def tag_get(client, vm, fmt) -> None:
+    """The VM's tags and protected tags."""
+    emit(client.vm_tags(vm), fmt, lambda t: pairs([("tags", t["tags"]), ("protected", t["protected_tags"])]))
+
+
+@tag.command("add")
+@click.argument("vm")
+@click.argument("tags", nargs=-1, required=True)
+@click.option("--protected", is_flag=True, help="Add them as protected tags.")
+@click.pass_obj
+def tag_add(client, vm, tags, protected) -> None:
+    """Add TAGS to a VM."""
+    click.echo(client.tag_vm(vm, add=tags, protected=protected)["message"])
+
+
+@tag.command("remove")
+@click.argument("vm")
+@click.argument("tags", nargs=-1, required=True)
+@click.option("--protected", is_flag=True, help="Needed to remove a protected tag.")
+@click.pass_obj
+def tag_remove(client, vm, tags, protected) -> None:
+    """Remove TAGS from a VM."""
+    click.echo(client.tag_vm(vm, remove=tags, protected=protected)["message"])
 
 
 @group.command("undefine")

@@ -16,8 +16,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
 from pvccore.domain.domainxml import parse_domain_xml, with_uuid
-from pvccore.domain.models import (VM, Cluster, ClusterConfig, ConfirmedOff, FenceStatus, Handover, Node, Timing,
-                                   VMMeta, check_name)
+from pvccore.domain.fields import VM_META_FIELDS, check
+from pvccore.domain.models import (VM, Cluster, ClusterConfig, ConfirmedOff, Fault, FenceStatus, Handover, Node,
+                                   Timing, VMMeta, check_fault_id, check_name)
 from pvccore.domain.placement import (Placement, check_size, check_unique_uuid, choose_target, place,
                                       resolve_selector)
 from pvccore.domain.states import (ACCEPTING, RESTING_STATES, RUNNING_STATES, USER_VM_STATES, CoordinatorState, DaemonState,
@@ -74,6 +75,27 @@ class Operations:
             raise NotFoundError(f"node {name!r} not found")
         return plan_recovery(cluster, name, self.plugins.selectors)
 
+    # -- faults ---------------------------------------------------------------------------
+
+    def faults(self) -> list[Fault]:
+        """Every fault record: active ones first, then the most recently seen."""
+        return sorted(self.store.get_faults().values(), key=lambda f: (not f.active, -f.last_seen, f.id))
+
+    def acknowledge_fault(self, fault_id: str, acknowledged: bool = True) -> Fault:
+        """An operator has seen it: it no longer counts against the cluster's health, until it comes back."""
+        check_fault_id(fault_id)
+
+        def ack(current: Fault | None) -> Fault:
+            if current is None:
+                raise NotFoundError(f"fault {fault_id!r} not found")
+            return replace(current, acknowledged=acknowledged)
+
+        return self.store.update_fault(fault_id, ack)
+
+    def delete_fault(self, fault_id: str) -> None:
+        """Forget it and its history (if its condition is still there, the primary raises it again, anew)."""
+        self.store.delete_fault(check_fault_id(fault_id))
+
     def n_plus_one(self) -> "NPlusOne":
         """Every node whose loss would leave a VM with no node to run on (see :class:`NPlusOneCheck`)."""
         return self._n_plus_one.get(self.view.placement_snapshot())
@@ -85,7 +107,7 @@ class Operations:
         """Store a VM from libvirt XML with its metadata on ``target`` or a placed node."""
         spec = parse_domain_xml(xml)
         check_name(spec.name, "VM", "xml")
-        vm_meta = VMMeta().updated(meta or {})
+        vm_meta = kept_protected(VMMeta(), VMMeta().updated(meta or {}))
         cluster = self.view.placement_snapshot()
         self.validate_meta(vm_meta, cluster)
         vm = VM(name=spec.name, uuid=spec.uuid, memory_mib=spec.memory_mib, vcpus=spec.vcpus,
@@ -117,7 +139,37 @@ class Operations:
             check_size(replace(current, meta=new_meta), snapshot)
         except ValidationError as exc:
             raise ValidationError(exc.message, "node_limit") from None
-        return self._seen("vm", name, self.store.update_vm(name, lambda vm: replace(vm, meta=vm.meta.updated(changes))))
+        return self._seen("vm", name, self.store.update_vm(name, lambda vm: replace(
+            vm, meta=kept_protected(vm.meta, vm.meta.updated(changes)))))
+
+    def tag_vm(self, name: str, add: Any = (), remove: Any = (), protected: bool = False) -> VM:
+        """Add or remove a VM's tags; ``protected`` adds them as protected tags, and is needed to remove one.
+
+        :raises ValidationError: a bad tag name, or a protected tag removed without ``protected``.
+        :raises NotFoundError: a tag to remove that the VM does not have.
+        """
+        field = VM_META_FIELDS["tags"]
+        add, remove = check(field, add), check(field, remove)
+        if not add and not remove:
+            raise ValidationError("give at least one tag to add or remove", "tags")
+
+        def change(vm: VM) -> VM:
+            tags, kept = set(vm.meta.tags), set(vm.meta.protected_tags)
+            missing = [t for t in remove if t not in tags | kept]
+            if missing:
+                raise NotFoundError(f"VM {name} has no tag {missing[0]!r}")
+            locked = [t for t in remove if t in kept]
+            if locked and not protected:
+                raise ValidationError(f"tag {locked[0]!r} of VM {name} is protected: remove it with --protected "
+                                      "(\"protected\": true) if you mean to", "protected")
+            tags, kept = tags - set(remove), kept - set(remove)
+            if protected:
+                tags, kept = tags - set(add), kept | set(add)
+            else:
+                tags |= set(add) - kept
+            return replace(vm, meta=vm.meta.updated({"tags": sorted(tags), "protected_tags": sorted(kept)}))
+
+        return self._seen("vm", name, self.store.update_vm(check_name(name, "VM"), change))
 
     def replace_xml(self, name: str, xml: str) -> VM:
         """Replace a VM's XML (same name, same UUID); memory and vCPUs follow the new XML.
@@ -226,11 +278,11 @@ class Operations:
             if not self.wait_vm(name, lambda v: v is None or (not is_active(v) and not self._runs(v)), left):
                 raise ConflictError(f"VM {name!r} did not stop within {timeout:g}s", "state")
 
-        def check(v: VM) -> None:
+        def still_stopped(v: VM) -> None:
             if is_active(v):
                 raise ConflictError(f"VM {name!r} was started again meanwhile", "state")
 
-        self.store.delete_vm(name, check)
+        self.store.delete_vm(name, still_stopped)
 
     def _stop_when_settled(self, name: str, deadline: float, timeout: float) -> None:
         """Ask for ``stop`` as soon as no migration is in progress; a new one (a flush) is waited out too."""
@@ -522,6 +574,15 @@ def _check_growth(old: VM, new: VM, cluster: Cluster) -> None:
     if node.memory_free_mib < grow:
         raise ConflictError(f"VM {old.name!r} runs on {node.name}, which has {node.memory_free_mib} MiB free: "
                             f"{grow} MiB more does not fit (move it first, or allow overcommit)", "xml")
+
+
+def kept_protected(old: VMMeta, new: VMMeta) -> VMMeta:
+    """``new``, unless it drops a protected tag of ``old`` (only :meth:`Operations.tag_vm` with ``protected`` does)."""
+    dropped = sorted(set(old.protected_tags) - set(new.protected_tags))
+    if dropped:
+        raise ValidationError(f"tag {dropped[0]!r} is protected: remove it with pvc vm tag remove --protected "
+                              "(POST /vm/<vm>/tags with \"protected\": true)", "protected_tags")
+    return replace(new, tags=tuple(t for t in new.tags if t not in new.protected_tags))
 
 
 @dataclass(frozen=True)

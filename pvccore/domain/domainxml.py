@@ -145,3 +145,35 @@ def with_uuid(xml: str, uuid: str) -> str:
     el.text = uuid
     return ET.tostring(root, encoding="unicode")
 
+
+
+def devices(xml: str) -> dict:
+    """The guest's disks and network interfaces as its XML declares them (``pvc vm info``); empty lists for XML
+    that cannot be read."""
+    try:
+        root = _parse(xml)
+    except ValidationError:
+        return {"disks": [], "networks": []}
+
+    def attr(el: ET.Element | None, *names: str) -> str:
+        if el is None:
+            return ""
+        return next((el.get(n) for n in names if el.get(n)), "")
+
+    disks = []
+    for disk in root.findall("./devices/disk"):
+        source, target, driver = disk.find("source"), disk.find("target"), disk.find("driver")
+        where = attr(source, "file", "dev", "dir", "volume")
+        if source is not None and source.get("protocol"):  # a network disk: protocol://host:port/name
+            host = source.find("host")
+            server = attr(host, "name", "socket") + (f":{host.get('port')}" if host is not None and host.get("port")
+                                                     else "")
+            where = f"{source.get('protocol')}://{server}/{source.get('name') or ''}".rstrip("/")
+        disks.append({"device": disk.get("device") or "disk", "type": disk.get("type") or "", "target":
+                      attr(target, "dev"), "bus": attr(target, "bus"), "format": attr(driver, "type"),
+                      "source": where})
+    networks = []
+    for nic in root.findall("./devices/interface"):
+        networks.append({"type": nic.get("type") or "", "source": attr(nic.find("source"), "bridge", "network", "dev"),
+                         "mac": attr(nic.find("mac"), "address"), "model": attr(nic.find("model"), "type")})
+    return {"disks": disks, "networks": networks}

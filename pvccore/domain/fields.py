@@ -25,6 +25,7 @@ from pvccore.domain.states import FenceAction, MigrationMethod
 from pvccore.errors import ValidationError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_TAGS = 64  # a VM's tags (and as many protected ones): labels, not a database
 
 
 def check_name(name: Any, what: str, field_name: str = "name") -> str:
@@ -43,6 +44,7 @@ class Kind(StrEnum):
     FLOAT = "float"  # finite; an int is taken (as a float) when a float can hold it
     ENUM = "enum"  # one of ``choices``
     NAMES = "names"  # a list of node names (a set: sorted, each once)
+    TAGS = "tags"  # a list of tag names (a set: sorted, each once), named like nodes
     STRINGS = "strings"  # a list of non-empty strings
     LIST = "list"  # a JSON list, items unchecked
 
@@ -107,6 +109,7 @@ class Field:
             Kind.FLOAT: f"a number of {self.unit}" if self.unit else
                         "a number" if self.low is not None or self.high is not None else "a finite number",
             Kind.NAMES: "a list of node names",
+            Kind.TAGS: f"a list of at most {MAX_TAGS} tag names",
             Kind.STRINGS: "a list of non-empty strings",
             Kind.LIST: "a list",
         }[self.kind] + self._span()
@@ -142,9 +145,9 @@ def check(field: Field, value: Any) -> Any:
         if out is not _BAD and ((field.low is not None and out < field.low)
                                 or (field.high is not None and out > field.high)):
             out = _BAD
-    elif kind is Kind.NAMES:
-        if isinstance(value, (list, tuple)):
-            out = tuple(sorted({check_name(v, "node", field.name) for v in value}))
+    elif kind in (Kind.NAMES, Kind.TAGS):
+        if isinstance(value, (list, tuple)) and (kind is Kind.NAMES or len(value) <= MAX_TAGS):
+            out = tuple(sorted({check_name(v, "node" if kind is Kind.NAMES else "tag", field.name) for v in value}))
     elif kind is Kind.STRINGS:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
             out = tuple(value)
@@ -180,7 +183,7 @@ def _show(value: Any) -> str:
 
 
 _PYTHON_TYPES = {Kind.BOOL: bool, Kind.STR: str, Kind.INT: int, Kind.FLOAT: float, Kind.ENUM: str,
-                 Kind.NAMES: tuple, Kind.STRINGS: tuple, Kind.LIST: list}
+                 Kind.NAMES: tuple, Kind.TAGS: tuple, Kind.STRINGS: tuple, Kind.LIST: list}
 
 
 def dataclass_fields(fields: Mapping[str, Field]) -> list[tuple[str, type, Any]]:
@@ -248,4 +251,9 @@ VM_META_FIELDS = table(
                "300 ms).",
           detail="A guest that dirties memory faster than the link copies it is slowed down (auto-converge) until "
                  "the rest fits in this pause."),
+    Field("tags", Kind.TAGS, (), flag="tag",
+          help="Free-form labels: a filter for pvc vm list, and an input selector plugins may read."),
+    Field("protected_tags", Kind.TAGS, (), flag="protected-tag", column="PROTECTED",
+          help="Tags that are removed only on purpose (pvc vm tag remove --protected).",
+          detail="A change of metadata that would drop one is refused unless it says so."),
 )

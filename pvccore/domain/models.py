@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
@@ -18,7 +19,7 @@ from typing import Any, Mapping
 
 from pvccore.domain.fields import (CLUSTER_SETTINGS, VM_META_FIELDS, Field, Kind, check, check_name,
                                    dataclass_fields)
-from pvccore.domain.states import (CoordinatorState, DaemonState, DomainState, FenceAction, FenceOutcome,
+from pvccore.domain.states import (CoordinatorState, DaemonState, DomainState, FaultKind, FenceAction, FenceOutcome,
                                    HandoverPhase, MigrationKind, MigrationPhase, VMState, parse)
 from pvccore.errors import ValidationError
 
@@ -312,6 +313,47 @@ class Handover(_JSONModel):
     @property
     def active(self) -> bool:
         return self.phase not in (HandoverPhase.DONE, HandoverPhase.FAILED)
+
+
+# --------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------
+
+FAULT_ID_RE = re.compile(r"[a-z-]{1,32}\.[A-Za-z0-9_.:\[\]-]{1,200}")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault(_JSONModel):
+    """Something that needs an operator, as the primary saw it (``faults/<id>``; pvccore.domain.faults).
+
+    ``id`` is ``<kind>.<subject>`` (``node-dead.hv3``): one record per condition, whose ``count``
+    grows each time it comes back after it cleared. ``active`` is false once it cleared; an
+    acknowledged fault is no longer counted as unacknowledged, until it comes back.
+    """
+
+    id: str
+    kind: FaultKind
+    subject: str
+    message: str
+    first_seen: float
+    last_seen: float
+    count: int = 1
+    active: bool = True
+    acknowledged: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> "Fault":
+        fault = cls._construct(raw)
+        if not isinstance(fault.id, str) or not FAULT_ID_RE.fullmatch(fault.id):
+            raise ValidationError(f"invalid fault id {fault.id!r}", "id")
+        return replace(fault, kind=parse(FaultKind, fault.kind, "kind"))
+
+
+def check_fault_id(value: Any) -> str:
+    if not isinstance(value, str) or not FAULT_ID_RE.fullmatch(value):
+        raise ValidationError(f"invalid fault id {value!r}: <kind>.<subject>, as pvc cluster faults lists them",
+                              "fault")
+    return value
 
 
 # --------------------------------------------------------------------------

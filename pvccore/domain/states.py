@@ -119,6 +119,18 @@ class FenceAction(StrEnum):
     NONE = "none"
 
 
+class FaultKind(StrEnum):
+    """What needs an operator (``pvc cluster faults``)."""
+
+    NODE_DEAD = "node-dead"  # declared dead, not fenced yet
+    NODE_FENCED = "node-fenced"  # off until it boots and rejoins
+    NODE_SILENT = "node-silent"  # silent in maintenance mode: not fenced
+    FENCE_FAILED = "fence-failed"
+    VM_FAILED = "vm-failed"
+    VM_STOPPED = "vm-stopped"  # stopped for want of a node to run on; starts with its home's next ready
+    ZOOKEEPER_DOWN = "zookeeper-down"  # one server of the ensemble does not answer
+
+
 class FenceOutcome(StrEnum):
     """A node's fence status (``pvc cluster status``)."""
 

@@ -30,6 +30,7 @@ from pvccore.errors import ConflictError, PVCError, ValidationError
 from pvccore.node import flush
 from pvccore.node.context import NodeContext, Workers, report_failure
 from pvccore.node.coordinator import Coordinator
+from pvccore.node.faults import FaultMonitor
 from pvccore.node.fencing import FenceMonitor
 from pvccore.node.hypervisor import Hypervisor, HypervisorError
 from pvccore.node.keepalive import Keepalive
@@ -62,6 +63,7 @@ class NodeDaemon:
         self.lifecycle: VMLifecycle | None = None
         self.coordinator: Coordinator | None = None
         self.monitor: FenceMonitor | None = None
+        self.faults: FaultMonitor | None = None
 
     # -- start and stop --------------------------------------------------------------
 
@@ -100,6 +102,8 @@ class NodeDaemon:
         if cfg.coordinator:
             self.monitor = FenceMonitor(ctx, lambda: self.coordinator.serving)
             self.monitor.start()
+            self.faults = FaultMonitor(ctx, lambda: self.coordinator.serving)
+            self.faults.start()
         for target, name in ((lambda: self.keepalive.loop(self._publish_soon), "keepalive"),
                              (lambda: self.keepalive.collect_loop(self._publish_soon), "figures"),
                              (self._reconcile_loop, "reconcile"), (self.keepalive.watchdog, "watchdog")):
@@ -130,6 +134,8 @@ class NodeDaemon:
             t.join(10)
         if self.monitor is not None:
             self.monitor.join(5)
+        if self.faults is not None:
+            self.faults.join(5)
         self.session.view.stop()  # wakes every worker waiting on the view
         self.workers.join(5)
         for worker in list(self._domain_workers.values()):

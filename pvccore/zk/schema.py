@@ -16,6 +16,7 @@ ZooKeeper by using different roots)::
     <root>/vms/<vm>/xml            the VM's libvirt domain XML
     <root>/placed/<node>/<vm>      empty: one per VM that node's daemon acts on (``VM.involved``), written in
                                    the same transaction as the VM document; a daemon watches its own only
+    <root>/faults/<kind>.<subject> Fault JSON: something that needs an operator, kept by the primary
     <root>/locks/<name>            lock recipes (kazoo Lock / ReadLock / WriteLock)
 """
 
@@ -25,6 +26,7 @@ import re
 
 from pvccore.errors import ValidationError
 from pvccore.domain.fields import check_name
+from pvccore.domain.models import check_fault_id
 
 DEFAULT_ROOT = "/pvc"
 _ROOT_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
@@ -34,7 +36,8 @@ _LOCK_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 class Schema:
     """Path builder for one cluster root."""
 
-    __slots__ = ("root", "config", "stats", "primary", "handover", "fencing", "nodes", "vms", "placed", "locks")
+    __slots__ = ("root", "config", "stats", "primary", "handover", "fencing", "nodes", "vms", "placed", "faults",
+                 "locks")
 
     def __init__(self, root: str = DEFAULT_ROOT):
         if not isinstance(root, str) or not _ROOT_RE.match(root):
@@ -48,6 +51,7 @@ class Schema:
         self.nodes = f"{root}/nodes"
         self.vms = f"{root}/vms"
         self.placed = f"{root}/placed"
+        self.faults = f"{root}/faults"
         self.locks = f"{root}/locks"
 
     def node(self, name: str) -> str:
@@ -74,6 +78,9 @@ class Schema:
     def placed_vm(self, node: str, vm: str) -> str:
         return f"{self.node_placed(node)}/{check_name(vm, 'VM')}"
 
+    def fault(self, fault_id: str) -> str:
+        return f"{self.faults}/{check_fault_id(fault_id)}"
+
     def lock(self, name: str) -> str:
         if not _LOCK_RE.match(name):
             raise ValidationError(f"invalid lock name {name!r}")
@@ -81,4 +88,4 @@ class Schema:
 
     def containers(self) -> tuple[str, ...]:
         """Paths that must exist before anything else is written."""
-        return (self.nodes, self.vms, self.placed, self.locks)
+        return (self.nodes, self.vms, self.placed, self.faults, self.locks)

@@ -21,9 +21,9 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, Roll
 
 from pvccore.zk import locks
 from pvccore.zk.connection import Connection
-from pvccore.errors import ConflictError, NotFoundError, Unavailable
-from pvccore.domain.models import (VM, ClusterConfig, FenceStatus, Handover, Node, PrimaryRecord, decode_fencing,
-                                   decode_keepalive, encode_fencing, encode_keepalive, with_keepalive)
+from pvccore.errors import ConflictError, NotFoundError, Unavailable, ValidationError
+from pvccore.domain.models import (FAULT_ID_RE, VM, ClusterConfig, Fault, FenceStatus, Handover, Node, PrimaryRecord,
+                                   decode_fencing, decode_keepalive, encode_fencing, encode_keepalive, with_keepalive)
 from pvccore.zk.schema import DEFAULT_ROOT, Schema
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ class _Bounded:
 
     def create(self, path: str, data: bytes = b""):
         return self._wait(self.client.create_async(path, data), f"create {path}", write=True)
+
+    def delete(self, path: str):
+        return self._wait(self.client.delete_async(path), f"delete {path}", write=True)
 
     def commit(self, txn):
         return self._wait(txn.commit_async(), "transaction", write=True)
@@ -282,6 +285,35 @@ class Store:
     def count(self, name: str, by: int = 1) -> None:
         """Add ``by`` to the cluster-wide counter ``name`` (compare-and-set, never lost)."""
         self._update(self.paths.stats, _Counters.from_json, lambda c: c.plus(name, by), "stats")
+
+    # -- faults --------------------------------------------------------------------------
+
+    def get_faults(self) -> dict[str, Fault]:
+        """Every fault record (pvccore.domain.faults), by id; an unreadable one is left out."""
+        try:
+            names = self.zk.get_children(self.paths.faults)
+        except NoNodeError:
+            return {}
+        names = [n for n in names if FAULT_ID_RE.fullmatch(n)]
+        out = {}
+        for name, got in zip(names, self.zk.get_all(*(self.paths.fault(n) for n in names))):
+            if got is None:
+                continue
+            try:
+                out[name] = Fault.from_json(got[0])
+            except ValidationError:
+                log.warning("fault record %s is unreadable; left out", name)
+        return out
+
+    def update_fault(self, fault_id: str, fn: Callable[[Fault | None], Fault | None]) -> Fault | None:
+        """Compare-and-set one fault record (created when absent); ``fn`` returning None writes nothing."""
+        return self._update(self.paths.fault(fault_id), Fault.from_json, fn, f"fault {fault_id}", lambda: None)
+
+    def delete_fault(self, fault_id: str) -> None:
+        try:
+            self.zk.delete(self.paths.fault(fault_id))
+        except NoNodeError:
+            raise NotFoundError(f"fault {fault_id!r} not found") from None
 
     # -- primary coordinator and handovers ---------------------------------------------
 

@@ -97,7 +97,7 @@ def test_define_list_info_meta_xml(api):
 
     info = api.simulate_get(P + "/vm/web1", headers=H).json
     assert info["meta"] == {"node_limit": ["hv2", "hv3"], "node_selector": "vcpus", "node_autostart": True,
-                            "migration_method": "shutdown", "migration_max_downtime": 0}
+                            "migration_method": "shutdown", "migration_max_downtime": 0, "tags": [], "protected_tags": []}
     assert info["running"] is True and "<name>web1</name>" in info["xml"]
 
     r = api.simulate_post(P + "/vm/web1", headers=H, json={"node_limit": ["hv1", "hv2"], "node_autostart": False})
@@ -271,3 +271,30 @@ def test_migration_max_downtime_nan_infinity_and_huge_numbers_are_refused_as_jso
         error_shape(resp, 400)
     assert api.simulate_post(P + "/vm", headers=H, json={"xml": domain("dt3"), "start": False,
                                                         "migration_max_downtime": 0}).status_code == 201
+
+
+def test_careless_and_hostile_tag_and_fault_requests_change_nothing(api):
+    api.simulate_post(P + "/vm", headers=H, json={"xml": domain("t1"), "target": "hv1", "start": False,
+                                                  "protected_tags": ["prod"]})
+    before = api.ops.store.get_vm("t1").meta
+    for bad, field in (({"add": "web"}, "add"), ({"add": [1]}, "tags"), ({"add": ["a b"]}, "tags"),
+                       ({"add": ["x" * 65]}, "tags"), ({"remove": ["prod"]}, "protected"),
+                       ({"remove": ["nosuch"]}, None), ({"protected": "yes", "add": ["a"]}, "protected"),
+                       ({"add": [], "remove": []}, "tags"), ({"tags": ["a"]}, "tags"),
+                       ({"add": [["nested"]]}, "tags"), ({"add": [f"t{i}" for i in range(65)]}, "tags"),
+                       ({"add": ["ok"] * 100000}, "tags")):
+        r = api.simulate_post(P + "/vm/t1/tags", headers=H, json=bad)
+        assert 400 <= r.status_code < 500 and r.json["message"], (bad, r.status_code)
+        if field:
+            assert r.json.get("field") == field, (bad, r.json)
+    assert api.simulate_post(P + "/vm/nosuch/tags", headers=H, json={"add": ["a"]}).status_code == 404
+    r = api.simulate_post(P + "/vm/t1", headers=H, json={"protected_tags": []})
+    assert r.status_code == 400 and "protected" in r.json["message"]
+    assert api.ops.store.get_vm("t1").meta == before  # nothing changed
+    for fault, status in (("..", 400), ("node-dead.hv9", 404), ("x" * 300, 400), ("node-dead.a%2Fb", 404)):
+        r = api.simulate_post(P + f"/cluster/faults/{fault}", headers=H, json={"acknowledged": True})
+        assert r.status_code == status, (fault, r.status_code, r.json)
+        assert api.simulate_delete(P + f"/cluster/faults/{fault}", headers=H).status_code == status
+    r = api.simulate_post(P + "/cluster/faults/node-dead.hv9", headers=H, json={"acknowledged": "yes"})
+    assert r.status_code == 400 and r.json["field"] == "acknowledged"
+    assert api.simulate_get(P + "/cluster/faults", headers=H).json == []

@@ -79,7 +79,8 @@ def test_vm_define_meta_info_list(pvc, live, tmp_path):
     assert "VM cweb defined on hv1" in out
     info = json.loads(pvc("vm", "info", "cweb", "-f", "json").output)
     assert info["meta"] == {"node_limit": ["hv1", "hv2"], "node_selector": "vms", "node_autostart": True,
-                            "migration_method": "shutdown", "migration_max_downtime": 200}
+                            "migration_method": "shutdown", "migration_max_downtime": 200, "tags": [],
+                            "protected_tags": []}
     table = pvc("vm", "info", "cweb").output
     assert "limit:" in table and "hv1,hv2" in table and "selector:" in table and "method:" in table
     assert "downtime:" in table and "200" in table
@@ -204,3 +205,46 @@ def test_maintenance_mode_and_the_what_if_of_a_node_failure(pvc, live, tmp_path)
     assert bad.exit_code == 2
     pvc("cluster", "maintenance", "off")
     assert json.loads(pvc("cluster", "status", "-f", "json").output)["maintenance"] is False
+
+
+def test_tags_filters_and_the_devices_of_a_vm(pvc, live, tmp_path):
+    xml = tmp_path / "t.xml"
+    xml.write_text(domain("tweb", 256).replace("</domain>", "<devices><disk type='file' device='disk'><source "
+                                                "file='/srv/tweb.img'/><target dev='vda' bus='virtio'/></disk>"
+                                                "<interface type='bridge'><source bridge='br0'/></interface>"
+                                                "</devices></domain>"))
+    pvc("vm", "define", str(xml), "--tag", "web,blue", "--protected-tag", "prod", "--target", "hv1")
+    xml.write_text(domain("tdb", 256))
+    pvc("vm", "define", str(xml), "--tag", "db", "--target", "hv2", "--no-start")
+    assert settled(live, "tweb", node="hv1")
+    tags = json.loads(pvc("vm", "tag", "get", "tweb", "-f", "json").output)
+    assert (tags["tags"], tags["protected_tags"]) == (["blue", "web"], ["prod"])
+    info = pvc("vm", "info", "tweb").output
+    assert "disk vda:" in info and "disk /srv/tweb.img bus=virtio" in info and "net 0:" in info and "br0" in info
+
+    # Protected tags go only on purpose; a careless remove changes nothing.
+    bad = pvc("vm", "tag", "remove", "tweb", "prod", ok=False)
+    assert bad.exit_code == 1 and "is protected" in bad.stderr
+    bad = pvc("vm", "meta", "tweb", "--protected-tag", "other", ok=False)
+    assert bad.exit_code == 1 and "tag 'prod' is protected" in bad.stderr
+    bad = pvc("vm", "tag", "remove", "tweb", "nosuch", ok=False)
+    assert bad.exit_code == 1 and "has no tag 'nosuch'" in bad.stderr
+    bad = pvc("vm", "tag", "add", "tweb", "no spaces", ok=False)
+    assert bad.exit_code == 1 and "invalid tag name" in bad.stderr
+    assert json.loads(pvc("vm", "tag", "get", "tweb", "-f", "json").output)["protected_tags"] == ["prod"]
+    pvc("vm", "tag", "add", "tweb", "green")
+    pvc("vm", "tag", "remove", "tweb", "blue")
+    pvc("vm", "tag", "remove", "tweb", "prod", "--protected")
+    tags = json.loads(pvc("vm", "tag", "get", "tweb", "-f", "json").output)
+    assert (tags["tags"], tags["protected_tags"]) == (["green", "web"], [])
+
+    def names(*args) -> set[str]:
+        return {v["name"] for v in json.loads(pvc("vm", "list", *args, "-f", "json").output)} & {"tweb", "tdb"}
+
+    assert names("--tag", "web") == {"tweb"} and names("--tag", "db", "--tag", "web") == {"tweb", "tdb"}
+    assert names("--tag", "web", "--negate") == {"tdb"}
+    assert names("--node", "hv2") == {"tdb"} and names("--state", "stop") == {"tdb"}
+    assert names("--state", "stop", "--negate") == {"tweb"}
+    uuid = json.loads(pvc("vm", "info", "tdb", "-f", "json").output)["uuid"]
+    assert names(uuid[:13]) == {"tdb"} and names("t[dw]*") == {"tweb", "tdb"}
+    assert "PROTECTED" in pvc("vm", "list").output.splitlines()[0]

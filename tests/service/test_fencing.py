@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pvccore.errors import ConflictError
+from pvccore.errors import ConflictError, NotFoundError, ValidationError
 from pvccore.domain.transitions import invariant_violations
 from pvccore.demo.cluster import LocalCluster, sample_domain_xml as domain
 from pvccore.demo.zookeeper import free_port
@@ -33,7 +33,7 @@ BMCSIM = Path(__file__).resolve().parents[1] / "tools" / "bmcsim.py"
 class Box:
     """Three coordinator daemons, a BMC each, and a way to cut hv3 off from ZooKeeper."""
 
-    def __init__(self, zk_server, root, recorder_site, tmp_path, refuse=(), settings=None):
+    def __init__(self, zk_server, root, recorder_site, tmp_path, refuse=(), settings=None, hosts=None):
         self.dir = tmp_path
         self.events = Events(tmp_path / "events.jsonl")
         self.proxy = TcpProxy("127.0.0.1", zk_server.port)
@@ -42,7 +42,8 @@ class Box:
                                                       **(settings or {})}))
         self.local = LocalCluster(zk_server.hosts, root, workdir=str(tmp_path), env={
             "PYTHONPATH": str(recorder_site), "PVC_TEST_EVENTS": str(self.events.path)},
-            node_flags={"hv1": ("--coordinator",), "hv2": ("--coordinator",),
+            node_flags={"hv1": ("--coordinator", "--zookeeper", hosts or zk_server.hosts),
+                        "hv2": ("--coordinator", "--zookeeper", hosts or zk_server.hosts),
                         "hv3": ("--coordinator", "--zookeeper", self.proxy.hosts)})
         self.bmcs, self.ports = {}, {}
         for node in NODES:
@@ -332,3 +333,58 @@ def test_maintenance_mode_holds_the_fence_then_recovery_carries_out_the_what_if(
     recovered = b.events.wait(1, "recovered", node="hv3")[0]
     assert recovered["moved"] == plan.targets and recovered["parked"] == list(plan.parked)
     assert b.store.get_fencing()["hv3"].state == "fenced" and b.settled() == []
+
+
+def until(fn, timeout: float = T):
+    """Poll ``fn`` (it reads ZooKeeper, which the view does not follow here) until it is truthy, or the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+    return value
+
+
+def test_faults_are_raised_acknowledged_cleared_and_deleted(box):
+    from pvcapi.cluster import status as cluster_status
+    from pvcapi.info import metrics_text
+
+    b = box()
+    place_vms(b)
+    faults = lambda: {f.id: f for f in b.ops.faults()}  # noqa: E731
+    assert faults() == {}
+    b.local.kill("hv3")
+    assert b.state("hv3", "fenced")
+    assert until(lambda: {"node-fenced.hv3", "vm-stopped.only3"} <= set(faults())), faults()
+    fenced = faults()["node-fenced.hv3"]
+    assert (fenced.active, fenced.count, fenced.acknowledged, fenced.kind) == (True, 1, False, "node-fenced")
+    assert b.ops.acknowledge_fault("node-fenced.hv3").acknowledged
+    assert cluster_status(b.ops)["faults"] == {"active": 2, "unacknowledged": 1}
+    text = metrics_text(b.ops, b.ops.faults())
+    assert 'pvc_faults{kind="node-fenced",state="acknowledged"} 1' in text
+    assert 'pvc_faults{kind="vm-stopped",state="active"} 1' in text
+
+    b.restart("hv3")  # it rejoins (flushed): no longer fenced; ready starts only3 at home
+    assert until(lambda: not faults()["node-fenced.hv3"].active)
+    b.ops.ready("hv3")
+    assert until(lambda: not faults()["vm-stopped.only3"].active)
+    cleared = faults()["node-fenced.hv3"]
+    assert cleared.acknowledged and cleared.count == 1 and cleared.last_seen >= fenced.last_seen
+    b.ops.delete_fault("node-fenced.hv3")
+    assert "node-fenced.hv3" not in faults()
+    with pytest.raises(NotFoundError):
+        b.ops.delete_fault("node-fenced.hv3")
+    with pytest.raises(NotFoundError):
+        b.ops.acknowledge_fault("node-dead.hv9")
+    with pytest.raises(ValidationError):
+        b.ops.acknowledge_fault("../../config")
+
+
+def test_a_zookeeper_server_that_does_not_answer_is_a_fault(box, zk_server):
+    dead = free_port()  # a server of the connect string that nothing answers on
+    b = box(hosts=f"{zk_server.hosts},127.0.0.1:{dead}")
+    fault = f"zookeeper-down.127.0.0.1:{dead}"
+    assert until(lambda: fault in {f.id for f in b.ops.faults()}), b.ops.faults()
+    [down] = [f for f in b.ops.faults() if f.id == fault]
+    assert down.active and "does not answer" in down.message
+    assert not any(f.id.startswith("zookeeper-down.") and f.id != fault for f in b.ops.faults())

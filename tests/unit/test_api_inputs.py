@@ -18,6 +18,7 @@ from pvcapi.errors import BadRequest
 from pvcapi.guards import MAX_BODY, MAX_DEPTH, StrictJSON
 from pvcapi.openapi import document
 from pvcapi.vms import MAX_LIMIT, name_filter
+from pvccore.domain.models import VM
 from pvccore.errors import Unavailable
 
 
@@ -70,14 +71,20 @@ def test_answers_are_json_always():
     assert json.loads(out) == {"message": "unknown selector '\ud800'"}  # escaped, not a UnicodeEncodeError
 
 
-def test_name_filter_is_a_glob_or_a_substring():
+def test_name_filter_is_a_glob_or_a_substring_of_the_name_or_uuid():
     names = ["web1", "web2", "db1", "Web3", "a" * 40 + "-", "x[1]"]
-    assert [n for n in names if name_filter("web*")(n)] == ["web1", "web2"]
-    assert [n for n in names if name_filter("eb")(n)] == ["web1", "web2", "Web3"]
-    assert [n for n in names if name_filter("?b1")(n)] == ["db1"]
-    assert [n for n in names if name_filter("(a+)+$")(n)] == []  # a substring, not a regular expression
-    assert [n for n in names if name_filter("x[[]1]")(n)] == ["x[1]"]
-    assert [n for n in names if name_filter(None)(n)] == names
+    vms = [VM(n, f"{i:08d}-0000-4000-8000-00000000000{i}", 512, 1) for i, n in enumerate(names)]
+
+    def chosen(limit):
+        return [v.name for v in vms if name_filter(limit)(v)]
+
+    assert chosen("web*") == ["web1", "web2"]
+    assert chosen("eb") == ["web1", "web2", "Web3"]
+    assert chosen("?b1") == ["db1"]
+    assert chosen("(a+)+$") == []  # a substring, not a regular expression
+    assert chosen("x[[]1]") == ["x[1]"]
+    assert chosen(None) == names
+    assert chosen("00000002-") == ["db1"] and chosen("*-00000000000[45]") == ["a" * 40 + "-", "x[1]"]
 
 
 @pytest.mark.parametrize("pattern", ["*a" * 63 + "*b", "[z-a]*", "[", "[!]", "[]-]*", "*" * 128])
@@ -85,7 +92,7 @@ def test_name_filter_costs_a_scan(pattern):
     matches = name_filter(pattern[:MAX_LIMIT])
     t0 = time.monotonic()
     for name in ("a" * 63 + "-", "a" * 64, "ab" * 32):
-        matches(name)
+        matches(VM(name, "0" * 32, 512, 1))
     assert time.monotonic() - t0 < 0.5
 
 
