@@ -14,7 +14,7 @@ VM_COLUMNS = (
     ("NODE", lambda v: v["node"]), ("LAST", lambda v: v["last_node"]), ("MIB", lambda v: v["memory_mib"]),
     ("VCPUS", lambda v: v["vcpus"]),
     # one column per metadata field, in the table's order
-    *((f.header, lambda v, name=f.name: v["meta"][name] if v["meta"][name] not in ((), []) else "any")
+    *((f.header, lambda v, name=f.name: v["meta"][name] if v["meta"][name] or name != "node_limit" else "any")
       for f in VM_META_FIELDS.values()),
 )
 
@@ -156,24 +156,20 @@ def tag_get(client, vm, fmt) -> None:
     emit(client.vm_tags(vm), fmt, lambda t: pairs([("tags", t["tags"]), ("protected", t["protected_tags"])]))
 
 
-@tag.command("add")
-@click.argument("vm")
-@click.argument("tags", nargs=-1, required=True)
-@click.option("--protected", is_flag=True, help="Add them as protected tags.")
-@click.pass_obj
-def tag_add(client, vm, tags, protected) -> None:
-    """Add TAGS to a VM."""
-    click.echo(client.tag_vm(vm, add=tags, protected=protected)["message"])
+def _tag_command(verb: str, protected_help: str, doc: str):
+    @click.argument("vm")
+    @click.argument("tags", nargs=-1, required=True)
+    @click.option("--protected", is_flag=True, help=protected_help)
+    @click.pass_obj
+    def command(client, vm, tags, protected) -> None:
+        click.echo(client.tag_vm(vm, protected=protected, **{verb: tags})["message"])
+
+    command.__doc__ = doc
+    return tag.command(verb)(command)
 
 
-@tag.command("remove")
-@click.argument("vm")
-@click.argument("tags", nargs=-1, required=True)
-@click.option("--protected", is_flag=True, help="Needed to remove a protected tag.")
-@click.pass_obj
-def tag_remove(client, vm, tags, protected) -> None:
-    """Remove TAGS from a VM."""
-    click.echo(client.tag_vm(vm, remove=tags, protected=protected)["message"])
+_tag_command("add", "Add them as protected tags.", "Add TAGS to a VM.")
+_tag_command("remove", "Needed to remove a protected tag.", "Remove TAGS from a VM.")
 
 
 @group.command("undefine")
