@@ -8,6 +8,7 @@ from pvccore import __version__
 
 from . import cluster, node, plugin, selector, vm
 from .client import ApiError, Client
+from .complete import completion
 from .connection import resolve
 from .output import Failure
 
@@ -38,5 +39,5 @@ def cli(ctx: click.Context, api: str | None, key: str | None, ca: str | None, co
         raise Failure(str(exc)) from None
 
 
-for group in (cluster.group, node.group, vm.group, selector.group, plugin.group):
+for group in (cluster.group, node.group, vm.group, selector.group, plugin.group, completion):
     cli.add_command(group)

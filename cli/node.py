@@ -8,7 +8,9 @@ import time
 import click
 
 from .client import ApiError
+from .complete import node_argument
 from .output import Failure, columns, emit, format_option, pairs
+from .progress import Progress
 
 NODE_COLUMNS = (
     ("NODE", lambda n: n["name"]), ("DAEMON", lambda n: n["daemon_state"]),
@@ -33,7 +35,7 @@ def list_(client, fmt: str) -> None:
 
 
 @group.command("info")
-@click.argument("node")
+@node_argument
 @format_option
 @click.pass_obj
 def info(client, node: str, fmt: str) -> None:
@@ -52,29 +54,31 @@ def _domain(client, node: str, state: str, wait: bool, timeout: float) -> None:
     # server behind the one that took the write), not a step backwards.
     before = ("ready", "unflush") if state == "flush" else ("flushed", "flush")
     deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        info = client.node(node)
-        if state == "flush":
-            left = [v for v in client.vms(node=node) if v["running"]]
-            line = f"{node}: {info['domain_state']}, {len(left)} running VM(s) left"
-        else:
-            line = f"{node}: {info['domain_state']}"
-        if line != last:
-            click.echo(line)
-            last = line
-        if info["domain_state"] == goal:
-            click.echo(f"node {node} is {goal}")
-            return
-        if info["domain_state"] not in (working, *before):
-            raise Failure(f"node {node} went to {info['domain_state']} before it was {goal}")
-        if time.monotonic() > deadline:
-            raise Failure(f"node {node} not {goal} within {timeout:g}s; still in progress")
-        time.sleep(0.5)  # progress display: polling the API, under the deadline above
+    progress = Progress()
+    total = None
+    try:
+        while True:
+            info = client.node(node)
+            if state == "flush":  # a bar: the VMs that were running on it, and those still there
+                left = len([v for v in client.vms(node=node) if v["running"]])
+                total = max(total or 0, left)
+                progress.show(f"{node}: {info['domain_state']}, {left} running VM(s) left", total - left, total)
+            else:  # the VMs coming home are not known ahead (a listing of every VM each time would cost)
+                progress.show(f"{node}: {info['domain_state']}, {len(info['vms'])} VM(s) assigned")
+            if info["domain_state"] == goal:
+                progress.done(f"node {node} is {goal}")
+                return
+            if info["domain_state"] not in (working, *before):
+                raise Failure(f"node {node} went to {info['domain_state']} before it was {goal}")
+            if time.monotonic() > deadline:
+                raise Failure(f"node {node} not {goal} within {timeout:g}s; still in progress")
+            time.sleep(0.5)  # progress display: polling the API, under the deadline above
+    finally:
+        progress.close()
 
 
 @group.command("flush")
-@click.argument("node")
+@node_argument
 @click.option("--wait/--no-wait", default=False, help="Show progress until the node is flushed.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait at most.")
 @click.pass_obj
@@ -84,7 +88,7 @@ def flush(client, node: str, wait: bool, timeout: float) -> None:
 
 
 @group.command("ready")
-@click.argument("node")
+@node_argument
 @click.option("--wait/--no-wait", default=False, help="Show progress until the node is ready.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait at most.")
 @click.pass_obj
@@ -94,7 +98,7 @@ def ready(client, node: str, wait: bool, timeout: float) -> None:
 
 
 @group.command("primary")
-@click.argument("node")
+@node_argument
 @click.option("--wait/--no-wait", default=False, help="Return once the handover is over.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait at most.")
 @click.pass_obj
@@ -104,7 +108,7 @@ def primary(client, node: str, wait: bool, timeout: float) -> None:
 
 
 @group.command("secondary")
-@click.argument("node")
+@node_argument
 @click.option("--wait/--no-wait", default=False, help="Return once the handover is over.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait at most.")
 @click.pass_obj
@@ -145,7 +149,7 @@ def _handover(client, node: str, state: str, wait: bool, timeout: float) -> None
 
 
 @group.command("fence-config")
-@click.argument("node")
+@node_argument
 @click.option("--set", "source", type=click.File("r"),
               help="Replace it with the JSON list in this file (- for stdin): [{\"fencer\": ..., \"params\": {...}}].")
 @format_option
@@ -167,7 +171,7 @@ def fence_config(client, node: str, source, fmt: str) -> None:
 
 
 @group.command("confirm-off")
-@click.argument("node")
+@node_argument
 @click.option("--yes", is_flag=True, help="Do not ask: the node is off, checked with my own eyes.")
 @click.pass_obj
 def confirm_off(client, node: str, yes: bool) -> None:
@@ -182,7 +186,7 @@ def confirm_off(client, node: str, yes: bool) -> None:
 
 
 @group.command("what-if-fail")
-@click.argument("node")
+@node_argument
 @format_option
 @click.pass_obj
 def what_if_fail(client, node: str, fmt: str) -> None:

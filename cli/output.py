@@ -1,4 +1,4 @@
-"""Printing results: ``table`` (for people) or ``json`` (for programs)."""
+"""Printing results: ``table`` (for people), ``json`` or ``yaml`` (for programs)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import sys
 from typing import Any, Callable, Sequence
 
 import click
+import yaml
 
-FORMATS = ("table", "json")
+FORMATS = ("table", "json", "yaml")
 format_option = click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="table",
                              show_default=True, help="Output format.")
 
@@ -28,7 +29,12 @@ def report_action(status: int, answer: dict, wait: bool) -> None:
 
 
 def emit(data: Any, fmt: str, table: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True) if fmt == "json" else table(data))
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif fmt == "yaml":
+        click.echo(yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True).rstrip("\n"))
+    else:
+        click.echo(table(data))
 
 
 def columns(rows: Sequence[dict], spec: Sequence[tuple[str, Callable[[dict], Any]]]) -> str:

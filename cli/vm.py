@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+import time
+
 import click
 
 from pvccore.domain.fields import VM_META_FIELDS
 
+from .complete import complete_nodes, vm_argument
 from .options import field_options, given, option_name
-from .output import columns, emit, format_option, pairs, report_action
+from .output import Failure, columns, emit, format_option, pairs, report_action
+from .progress import Progress
 
 VM_COLUMNS = (
     ("VM", lambda v: v["name"]), ("STATE", lambda v: v["state"]), ("RUNNING", lambda v: v["running"]),
@@ -30,7 +35,7 @@ def group() -> None:
 
 @group.command("define")
 @click.argument("xml_file", type=click.File("r"))
-@click.option("--target", help="Node to define it on (default: chosen by placement).")
+@click.option("--target", shell_complete=complete_nodes, help="Node to define it on (default: chosen by placement).")
 @click.option("--start/--no-start", default=True, show_default=True, help="Start it once defined.")
 @meta_options
 @click.pass_obj
@@ -41,7 +46,7 @@ def define(client, xml_file, target, start, **meta) -> None:
 
 
 @group.command("meta")
-@click.argument("vm")
+@vm_argument
 @meta_options
 @click.pass_obj
 def meta(client, vm, **meta) -> None:
@@ -54,7 +59,7 @@ def meta(client, vm, **meta) -> None:
 
 @group.command("list")
 @click.argument("pattern", required=False)
-@click.option("--node", multiple=True, help="Only VMs on this node (repeat for any of several).")
+@click.option("--node", multiple=True, shell_complete=complete_nodes, help="Only VMs on this node (repeat for any of several).")
 @click.option("--state", multiple=True, help="Only VMs in this state (repeat for any of several).")
 @click.option("--tag", multiple=True, help="Only VMs with this tag (repeat for any of several).")
 @click.option("--negate", is_flag=True, help="The VMs that do not pass the filters.")
@@ -69,7 +74,7 @@ def list_(client, pattern, node, state, tag, negate, fmt) -> None:
 
 
 @group.command("info")
-@click.argument("vm")
+@vm_argument
 @click.option("--xml", "show_xml", is_flag=True, help="Print the libvirt XML too.")
 @format_option
 @click.pass_obj
@@ -92,8 +97,33 @@ def info(client, vm, show_xml, fmt) -> None:
     emit(client.vm(vm), fmt, table)
 
 
+@group.command("modify")
+@vm_argument
+@click.argument("xml_file", type=click.File("r"), required=False, metavar="[FILE]")
+@click.option("--restart", is_flag=True, help="Restart the VM to apply it now (otherwise at its next start).")
+@click.option("-y", "--yes", is_flag=True, help="Save without asking (the diff is still shown).")
+@click.pass_obj
+def modify(client, vm, xml_file, restart, yes) -> None:
+    """Replace a VM's libvirt XML with FILE (- for stdin), or edit it in $EDITOR when no FILE is given.
+
+    The change is shown as a diff and saved once confirmed; the name and UUID must stay.
+    """
+    old = client.vm(vm)["xml"]
+    new = xml_file.read() if xml_file is not None else click.edit(old, extension=".xml")
+    if new is None or new.strip() == old.strip():
+        click.echo(f"VM {vm}: no change")
+        return
+    click.echo("\n".join(difflib.unified_diff(old.splitlines(), new.splitlines(), f"{vm} (saved)", f"{vm} (new)",
+                                              lineterm="")))
+    if not yes and not click.confirm(f"Save this XML for VM {vm}?", default=False):
+        raise Failure(f"VM {vm}: nothing saved")
+    click.echo(client.replace_xml(vm, new)["message"])
+    if restart:
+        report_action(*client.vm_state(vm, "restart", True), True)
+
+
 def _state_command(state: str, doc: str):
-    @click.argument("vm")
+    @vm_argument
     @click.option("--wait/--no-wait", default=False, help="Return once the change is observed.")
     @click.pass_obj
     def command(client, vm, wait) -> None:
@@ -110,35 +140,68 @@ for _state, _doc in (("start", "Start a VM."), ("shutdown", "Shut a VM down grac
 
 
 @group.command("migrate")
-@click.argument("vm")
-@click.option("--target", help="Node to migrate to (default: chosen by placement).")
+@vm_argument
+@click.option("--target", shell_complete=complete_nodes, help="Node to migrate to (default: chosen by placement).")
 @click.option("--force-live", is_flag=True, help="Live migration only; fail rather than shut down.")
 @click.option("--wait/--no-wait", default=False, help="Return once the migration is over.")
 @click.pass_obj
 def migrate(client, vm, target, force_live, wait) -> None:
     """Move a VM for now; unmigrate brings it back."""
-    report_action(*client.vm_node(vm, "migrate", target, force_live, wait), wait)
+    _node_action(client, vm, "migrate", target, force_live, wait)
 
 
 @group.command("unmigrate")
-@click.argument("vm")
+@vm_argument
 @click.option("--force-live", is_flag=True, help="Live migration only.")
 @click.option("--wait/--no-wait", default=False, help="Return once the migration is over.")
 @click.pass_obj
 def unmigrate(client, vm, force_live, wait) -> None:
     """Send a migrated VM back to its last node."""
-    report_action(*client.vm_node(vm, "unmigrate", None, force_live, wait), wait)
+    _node_action(client, vm, "unmigrate", None, force_live, wait)
 
 
 @group.command("move")
-@click.argument("vm")
-@click.option("--target", help="Node to move to (default: chosen by placement).")
+@vm_argument
+@click.option("--target", shell_complete=complete_nodes, help="Node to move to (default: chosen by placement).")
 @click.option("--force-live", is_flag=True, help="Live migration only.")
 @click.option("--wait/--no-wait", default=False, help="Return once the migration is over.")
 @click.pass_obj
 def move(client, vm, target, force_live, wait) -> None:
     """Move a VM for good (it forgets its last node)."""
-    report_action(*client.vm_node(vm, "move", target, force_live, wait), wait)
+    _node_action(client, vm, "move", target, force_live, wait)
+
+
+MIGRATION_TIMEOUT = 600.0  # seconds a terminal follows a migration at most
+
+
+def _node_action(client, vm: str, action: str, target: str | None, force_live: bool, wait: bool) -> None:
+    """Request the migration. ``--wait`` on a terminal follows it here (phase and time elapsed); elsewhere the API
+    waits and answers once."""
+    progress = Progress()
+    if not (wait and progress.tty):
+        report_action(*client.vm_node(vm, action, target, force_live, wait), wait)
+        return
+    _status, answer = client.vm_node(vm, action, target, force_live, False)
+    where = (answer["vm"].get("migration") or {}).get("target") or answer["vm"]["node"]
+    deadline = time.monotonic() + MIGRATION_TIMEOUT
+    try:
+        while True:
+            current = client.vm(vm)
+            mig = current["migration"]
+            if mig is None and not (current["node"] == where and current["state"] == "start"
+                                    and not current["running"]):
+                break  # over (a VM started on the target is over once its node lists it running)
+            progress.show(f"{vm}: {mig['kind']} {mig['source']} -> {mig['target']}, {mig['phase'] or 'requested'}"
+                          if mig else f"{vm}: starting on {where}")
+            if time.monotonic() > deadline:
+                raise Failure(f"{action} of {vm} to {where} not finished within {MIGRATION_TIMEOUT:g}s; still in "
+                              "progress")
+            time.sleep(0.2)  # progress display: polling the API, under the deadline above
+    finally:
+        progress.close()
+    if current["node"] != where or current["state"] == "fail":
+        raise Failure(f"{action} of {vm} to {where} failed: {current['reason'] or 'it stayed on ' + current['node']}")
+    progress.done(f"VM {vm} is on {where}")
 
 
 @group.group("tag")
@@ -148,7 +211,7 @@ def tag() -> None:
 
 
 @tag.command("get")
-@click.argument("vm")
+@vm_argument
 @format_option
 @click.pass_obj
 def tag_get(client, vm, fmt) -> None:
@@ -157,7 +220,7 @@ def tag_get(client, vm, fmt) -> None:
 
 
 def _tag_command(verb: str, protected_help: str, doc: str):
-    @click.argument("vm")
+    @vm_argument
     @click.argument("tags", nargs=-1, required=True)
     @click.option("--protected", is_flag=True, help=protected_help)
     @click.pass_obj
@@ -173,7 +236,7 @@ _tag_command("remove", "Needed to remove a protected tag.", "Remove TAGS from a 
 
 
 @group.command("undefine")
-@click.argument("vm")
+@vm_argument
 @click.option("--force", is_flag=True, help="Stop it first if it runs.")
 @click.pass_obj
 def undefine(client, vm, force) -> None:
@@ -182,7 +245,7 @@ def undefine(client, vm, force) -> None:
 
 
 @group.command("placement")
-@click.argument("vm")
+@vm_argument
 @format_option
 @click.pass_obj
 def placement(client, vm, fmt) -> None:

@@ -316,7 +316,22 @@ class Operations:
         return self._request_migration(name, MigrationKind.MIGRATE, target, force_live)
 
     def move(self, name: str, target: str | None = None, force_live: bool = False) -> VM:
-        """Send a VM to ``target`` (or the placed node) for good: it forgets its last node."""
+        """Send a VM to ``target`` (or the placed node) for good: it forgets its last node.
+
+        A migrated VM moved to the node it is on stays where it is, for good: its last node is forgotten
+        (no later ready or unmigrate brings it back).
+        """
+        vm = self._vm(name)
+        if target is not None and target == vm.node and vm.migration is None:
+            if not vm.last_node:
+                raise ConflictError(f"VM {name!r} is on {target} already and has no last node to forget", "target")
+
+            def settle(current: VM) -> VM:
+                if current.node != target or current.migration is not None:
+                    raise ConflictError(f"VM {name!r} moved meanwhile; look again", "target")
+                return replace(current, last_node="", reason=f"moved to {target} for good")
+
+            return self._seen("vm", name, self.store.update_vm(name, settle))
         return self._request_migration(name, MigrationKind.MOVE, target, force_live)
 
     def unmigrate(self, name: str, force_live: bool = False) -> VM:

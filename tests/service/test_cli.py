@@ -248,3 +248,69 @@ def test_tags_filters_and_the_devices_of_a_vm(pvc, live, tmp_path):
     uuid = json.loads(pvc("vm", "info", "tdb", "-f", "json").output)["uuid"]
     assert names(uuid[:13]) == {"tdb"} and names("t[dw]*") == {"tweb", "tdb"}
     assert "PROTECTED" in pvc("vm", "list").output.splitlines()[0]
+
+
+def test_shell_completion_from_the_api_and_yaml_output(pvc, live, tmp_path):
+    import yaml
+
+    xml = tmp_path / "c.xml"
+    xml.write_text(domain("compl1", 256))
+    pvc("vm", "define", str(xml), "--target", "hv1", "--no-start")
+    assert "_PVC_COMPLETE" in pvc("completion", "bash").output and "compdef" in pvc("completion", "zsh").output
+    assert "complete" in pvc("completion", "fish").output
+    assert pvc("completion", "tcsh", ok=False).exit_code == 2
+
+    def complete(line: str, env=None) -> list[str]:
+        words = line.split(" ")
+        result = CliRunner().invoke(cli, [], prog_name="pvc", env={"_PVC_COMPLETE": "bash_complete", "COMP_WORDS": line,
+                                                  "COMP_CWORD": str(len(words) - 1), "PVC_API_URL": live.url,
+                                                  "PVC_API_KEY": live.key, "PVC_CONFIG": str(tmp_path / "no.toml"),
+                                                  **(env or {})})
+        assert result.exit_code == 0, (result.output, result.exception)
+        return [row.split(",", 1)[1] for row in result.output.splitlines() if row]  # "type,value" lines
+
+    assert complete("pvc vm info compl") == ["compl1"]
+    assert complete("pvc node flush hv") == ["hv1", "hv2", "hv3"]
+    assert complete("pvc vm migrate compl1 --target hv") == ["hv1", "hv2", "hv3"]
+    assert complete("pvc vm info compl", {"PVC_API_KEY": "wrong"}) == []  # refused: nothing, and no error
+    assert complete("pvc vm info compl", {"PVC_API_URL": "http://127.0.0.1:1"}) == []  # no API: nothing
+    assert "tag" in complete("pvc vm t")
+    as_yaml = yaml.safe_load(pvc("node", "list", "-f", "yaml").output)
+    assert as_yaml == json.loads(pvc("node", "list", "-f", "json").output) and len(as_yaml) == 3
+    assert yaml.safe_load(pvc("vm", "info", "compl1", "-f", "yaml").output)["name"] == "compl1"
+
+
+def test_modify_shows_a_diff_and_saves_once_confirmed_and_a_migrated_vm_moved_where_it_is_stays(pvc, live, tmp_path):
+    xml = tmp_path / "m.xml"
+    xml.write_text(domain("mod1", 256))
+    pvc("vm", "define", str(xml), "--target", "hv1")
+    assert settled(live, "mod1", node="hv1")
+    saved = live.store.get_vm_xml("mod1")
+    bigger = tmp_path / "bigger.xml"
+    bigger.write_text(saved.replace('<memory unit="MiB">256</memory>', '<memory unit="MiB">384</memory>'))
+    assert bigger.read_text() != saved
+    no = CliRunner().invoke(cli, ["vm", "modify", "mod1", str(bigger)], input="n\n", env={
+        "PVC_API_URL": live.url, "PVC_API_KEY": live.key, "PVC_CONFIG": str(tmp_path / "none.toml")})
+    lines = no.output.splitlines()
+    assert no.exit_code == 1 and "nothing saved" in no.stderr and "--- mod1 (saved)" in lines
+    assert any(x.startswith("-") and ">256<" in x for x in lines) and any(x.startswith("+") and ">384<" in x
+                                                                         for x in lines)
+    assert live.store.get_vm_xml("mod1") == saved  # refused: nothing changed
+    out = pvc("vm", "modify", "mod1", str(bigger), "--yes", "--restart").output
+    assert "XML replaced" in out and live.store.get_vm("mod1").memory_mib == 384
+    assert "no change" in pvc("vm", "modify", "mod1", str(bigger), "--yes").output
+    edited = CliRunner().invoke(cli, ["vm", "modify", "mod1"], input="y\n", env={  # through $EDITOR
+        "PVC_API_URL": live.url, "PVC_API_KEY": live.key, "PVC_CONFIG": str(tmp_path / "none.toml"),
+        "EDITOR": "sed -i s/384/448/", "VISUAL": ""})
+    assert edited.exit_code == 0, edited.output
+    assert "XML replaced" in edited.output and live.store.get_vm("mod1").memory_mib == 448
+    bad = tmp_path / "bad.xml"
+    bad.write_text(saved.replace("<name>mod1</name>", "<name>other</name>"))
+    assert pvc("vm", "modify", "mod1", str(bad), "--yes", ok=False).exit_code == 1
+
+    pvc("vm", "migrate", "mod1", "--target", "hv2", "--wait")
+    assert settled(live, "mod1", node="hv2", last_node="hv1")
+    assert "hv2" in pvc("vm", "move", "mod1", "--target", "hv2").output
+    assert settled(live, "mod1", node="hv2", last_node="")  # for good: no way back to hv1 now
+    bad = pvc("vm", "move", "mod1", "--target", "hv2", ok=False)
+    assert bad.exit_code == 1 and "no last node to forget" in bad.stderr
