@@ -324,7 +324,8 @@ class Operations:
         vm = self._vm(name)
         if target is not None and target == vm.node and vm.migration is None:
             if not vm.last_node:
-                raise ConflictError(f"VM {name!r} is on {target} already and has no last node to forget", "target")
+                raise ValidationError(f"VM {name!r} is on {target} already (its current node) and has no last node "
+                                      "to forget", "target")
 
             def settle(current: VM) -> VM:
                 if current.node != target or current.migration is not None:

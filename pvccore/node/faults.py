@@ -16,6 +16,9 @@ import threading
 import time
 from typing import Callable
 
+from kazoo.exceptions import KazooException
+from kazoo.handlers.threading import KazooTimeoutError
+
 from pvccore.domain.faults import conditions, merged
 from pvccore.errors import PVCError
 from pvccore.node.context import NodeContext
@@ -83,6 +86,8 @@ class FaultMonitor:
                 self.tick()
             except PVCError as exc:
                 log.warning("fault monitor: %s", exc.message)
+            except (KazooException, KazooTimeoutError) as exc:  # ZooKeeper went away mid-look: the next one
+                log.warning("fault monitor: ZooKeeper: %r", exc)
             except Exception:
                 log.exception("fault monitor tick failed")
 
