@@ -102,8 +102,10 @@ def up() -> None:
         return
     DEMO.mkdir(exist_ok=True)
     zk = LocalZooKeeper(data_dir=str(DEMO / "zookeeper"), port=ZK_PORT).start()
+    # Every node a coordinator: one is primary (it fences, recovers, drives flushes and keeps the faults).
     cluster = LocalCluster(zk.hosts, ROOT, workdir=str(DEMO / "cluster"), env={AUTH_ENV: _zk_auth()},
-                           flags=("--keepalive-interval", "1", "--shutdown-timeout", "10"))
+                           flags=("--keepalive-interval", "1", "--shutdown-timeout", "10"),
+                           node_flags={n: ("--coordinator",) for n in ("hv1", "hv2", "hv3")})
     (DEMO / "cluster").mkdir(exist_ok=True)
     cluster.start()
     api, url, key = start_api(zk.hosts)
