@@ -153,6 +153,9 @@ class DaemonConfig:
     shutdown_timeout: float = 180.0
     migration_timeout: float = 120.0
     flush_parallel: int = 2
+    flush_on_shutdown: bool = False
+    ready_on_boot: bool = False
+    flush_timeout: float = 600.0
     floating_ips: tuple[str, ...] = ()
     arp_count: int = 2
     arp_interval: float = 0.02
@@ -204,6 +207,15 @@ DAEMON = ConfigSchema("pvcnoded", (
     Option("migration_timeout", float, 120.0,
            "Seconds either side of a migration waits for the other before giving up.", "--migration-timeout", 1.0, 3600.0),
     Option("flush_parallel", int, 2, "VMs migrated at a time when this node is flushed.", "--flush-parallel", 1, 64),
+    Option("flush_on_shutdown", bool, False,
+           "A clean stop (SIGTERM, systemctl stop) flushes this node first and waits until it is flushed (at most "
+           "flush_timeout): its VMs move to other nodes; one no other node can take is shut down, as in any flush.",
+           "--flush-on-shutdown"),
+    Option("ready_on_boot", bool, False,
+           "Once started, ready this node if it is flushed (by its last clean stop, say): its VMs come back.",
+           "--ready-on-boot"),
+    Option("flush_timeout", float, 600.0, "Seconds a flush on shutdown waits at most before the daemon stops anyway.",
+           "--flush-timeout", 1.0, 7200.0),
     Option("floating_ips", list, (), "Addresses the primary carries, as ADDRESS/PREFIX@INTERFACE (coordinators).",
            "--floating-ip"),
     Option("arp_count", int, 2, "Gratuitous ARP announcements sent for each floating IP taken over.", None, 0, 20),

@@ -23,7 +23,7 @@ from pvccore.domain.placement import (Placement, check_size, check_unique_uuid, 
                                       resolve_selector)
 from pvccore.domain.states import (ACCEPTING, RESTING_STATES, RUNNING_STATES, USER_VM_STATES, CoordinatorState, DaemonState,
                                    DomainState, HandoverPhase, MigrationKind, VMState)
-from pvccore.domain.transitions import is_active, started_elsewhere
+from pvccore.domain.transitions import domain_requested, is_active, started_elsewhere
 from pvccore.domain.whatif import RecoveryPlan, n_plus_one, plan_recovery
 from pvccore.errors import ConflictError, NotFoundError, ValidationError
 from pvccore.plugins import PluginSet
@@ -357,30 +357,18 @@ class Operations:
 
         :raises ConflictError: the node is being recovered after a fence.
         """
-        return self._domain_request(node, DomainState.FLUSH, (DomainState.READY, DomainState.UNFLUSH),
-                                    (DomainState.FLUSH, DomainState.FLUSHED))
+        return self._domain_request(node, DomainState.FLUSH)
 
     def ready(self, node: str) -> Node:
         """Ask ``node`` to take its VMs back; its daemon ends in domain state ``ready``.
 
         :raises ConflictError: the node is being recovered after a fence.
         """
-        return self._domain_request(node, DomainState.UNFLUSH, (DomainState.FLUSH, DomainState.FLUSHED),
-                                    (DomainState.UNFLUSH, DomainState.READY))
+        return self._domain_request(node, DomainState.UNFLUSH)
 
-    def _domain_request(self, node: str, new: DomainState, from_: tuple[DomainState, ...],
-                        already: tuple[DomainState, ...]) -> Node:
+    def _domain_request(self, node: str, new: DomainState) -> Node:
         self._node(node)
-
-        def update(n: Node) -> Node:
-            if n.domain_state in from_:
-                return replace(n, domain_state=new)
-            if n.domain_state in already:
-                return n
-            raise ConflictError(f"node {node} is {n.domain_state} (its VMs are being recovered after a fence); "
-                                "try again once that is done", "state")
-
-        return self._seen("node", node, self.store.update_node(node, update))
+        return self._seen("node", node, self.store.update_node(node, lambda n: domain_requested(n, new)))
 
     def request_primary(self, node: str) -> Handover:
         """Start a planned handover of the primary role to coordinator ``node``."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from pvccore.domain.models import VM, Cluster, Migration
-from pvccore.domain.states import RUNNING_STATES, DaemonState, MigrationKind, MigrationMethod, VMState
+from pvccore.domain.models import VM, Cluster, Migration, Node
+from pvccore.domain.states import RUNNING_STATES, DaemonState, DomainState, MigrationKind, MigrationMethod, VMState
 from pvccore.errors import ConflictError
 
 
@@ -116,3 +116,24 @@ def invariant_violations(cluster: Cluster) -> list[str]:
         if vm.state == VMState.START and vm.migration is None and where.get(vm.name, []) != [vm.node]:
             out.append(f"VM {vm.name} should run on {vm.node} but runs on {where.get(vm.name) or 'nothing'}")
     return out
+
+
+#: A flush or ready request: the domain states it is taken from, and those in which it is already under way or done.
+DOMAIN_REQUESTS = {
+    DomainState.FLUSH: ((DomainState.READY, DomainState.UNFLUSH), (DomainState.FLUSH, DomainState.FLUSHED)),
+    DomainState.UNFLUSH: ((DomainState.FLUSH, DomainState.FLUSHED), (DomainState.UNFLUSH, DomainState.READY)),
+}
+
+
+def domain_requested(node: Node, new: DomainState) -> Node:
+    """``node`` asked to flush (``new`` = flush) or to take its VMs back (unflush).
+
+    :raises ConflictError: the node is being recovered after a fence.
+    """
+    from_, already = DOMAIN_REQUESTS[new]
+    if node.domain_state in from_:
+        return replace(node, domain_state=new)
+    if node.domain_state in already:
+        return node
+    raise ConflictError(f"node {node.name} is {node.domain_state} (its VMs are being recovered after a fence); "
+                        "try again once that is done", "state")

@@ -26,6 +26,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from pvccore import config as configmod
 from pvccore.domain.models import Node
 from pvccore.domain.states import CoordinatorState, DaemonState, DomainState
+from pvccore.domain.transitions import domain_requested
 from pvccore.errors import ConflictError, PVCError, ValidationError
 from pvccore.node import flush
 from pvccore.node.context import NodeContext, Workers, report_failure
@@ -112,6 +113,8 @@ class NodeDaemon:
             self._loops.append(t)
         log.info("node %s running (libvirt %s, live migration %s)", self.name, cfg.libvirt_uri,
                  "on" if live else "off")
+        if cfg.ready_on_boot:
+            self._ready_self()
         return self
 
     def stop(self) -> None:
@@ -120,6 +123,8 @@ class NodeDaemon:
         VMs keep running on real hypervisors.
         """
         ctx = self.ctx
+        if self.cfg.flush_on_shutdown:
+            self._flush_self()  # before leaving: if this node is the primary, it drives its own flush
         ctx.leaving.set()  # from now on this node takes no new work (and no primary role)
         if not self.coordinator.serving:  # nobody should pick this node for anything now
             try:
@@ -150,6 +155,32 @@ class NodeDaemon:
         store.close()
         self.hv.close()
         log.info("node %s stopped", self.name)
+
+    def _flush_self(self) -> None:
+        """flush_on_shutdown: ask for this node's flush and wait until it is flushed (the primary drives it)."""
+        timeout = self.cfg.flush_timeout
+        try:
+            self.ctx.store.update_node(self.name, lambda n: domain_requested(n, DomainState.FLUSH))
+        except (PVCError, KazooException) as exc:
+            log.warning("flush on shutdown: could not ask for it (%r); stopping with the VMs where they are", exc)
+            return
+        log.info("flush on shutdown: waiting up to %gs for the VMs to leave", timeout)
+        if self.session.view.wait_for(lambda c: (me := c.nodes.get(self.name)) is not None
+                                      and me.domain_state == DomainState.FLUSHED, timeout):
+            log.info("flush on shutdown: node %s flushed", self.name)
+        else:
+            log.warning("flush on shutdown: not flushed within %gs; stopping with what still runs here", timeout)
+
+    def _ready_self(self) -> None:
+        """ready_on_boot: take the VMs back if this node is flushed (the primary drives it)."""
+        me = self.session.view.node(self.name)
+        if me is None or me.domain_state not in (DomainState.FLUSHED, DomainState.FLUSH):
+            return
+        try:
+            self.ctx.store.update_node(self.name, lambda n: domain_requested(n, DomainState.UNFLUSH))
+            log.info("ready on boot: node %s asked to take its VMs back", self.name)
+        except (PVCError, KazooException) as exc:
+            log.warning("ready on boot: not readied (%s); pvc node ready %s when it can be", exc, self.name)
 
     def _check_timing(self, store: Store) -> None:
         """Refuse to join a cluster whose failure detection would take this node for dead while healthy."""

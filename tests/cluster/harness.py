@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,28 @@ class BoxNode:
                                 env={**os.environ, **box.env}, start_new_session=True)
         log.close()
         box.reap.append(proc)
+
+    def stop_daemon(self, timeout: float = 120.0) -> None:
+        """A clean stop of the node daemon (SIGTERM, as systemctl stop sends), waited for; libvirt runs on."""
+        def daemon() -> list[int]:
+            found = []
+            for pid in pidns_members(self.pidns):
+                try:
+                    if b"pvccore.node.daemon" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        found.append(pid)
+                except OSError:
+                    continue
+            return found
+
+        pids = daemon()
+        assert pids, f"{self.name}: no node daemon running"
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while daemon():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the node daemon did not stop within {timeout:g}s")
+            time.sleep(0.1)  # polling a process that is stopping, under a deadline
 
     def link(self, up: bool) -> None:
         """The node's network link: eth0, and eth1 (the guests' uplink) when the box has guests."""

@@ -215,3 +215,29 @@ def test_primary_killed_another_takes_over_after_the_fence(make_box, round_):
     assert fenced and fenced[0]["off"] is True
     power_on_and_ready(box, old)
     assert not box.check("old primary back")
+
+
+def test_a_clean_reboot_flushes_the_node_and_readies_it_with_no_vm_stopped(make_box, round_):
+    """flush_on_shutdown and ready_on_boot: the daemon's stop (systemctl stop before a reboot) live-migrates the
+    node's VMs away; the node powers off and on; its daemon's start takes them back live."""
+    box = make_box(daemon_flags=("--flush-on-shutdown", "--ready-on-boot", "--flush-timeout", "60"))
+    define_on(box, "hv3", {"r1": [], "r2": ["hv2", "hv3"]})
+    with DuplicateWatch(box) as watch:
+        box.nodes["hv3"].stop_daemon()  # returns once the daemon exited: flushed by then
+        assert box.running()["hv3"] == set()
+        assert runs_on(box, "r1") in (["hv1"], ["hv2"]) and runs_on(box, "r2") == ["hv2"]
+        box.bmc("hv3", "chassis", "power", "off")  # the reboot itself
+        box.nodes["hv3"].power_on()
+        box.wait_running(["hv3"])
+        box.wait_primary()  # hv3 may have been primary: its API moved
+        assert box.view.wait_for(lambda c: c.nodes["hv3"].domain_state == "ready"
+                                 and all(c.vms[v].node == "hv3" and c.vms[v].migration is None
+                                         for v in ("r1", "r2")), T), box.logs()
+        assert not box.check("after the reboot")
+    assert not watch.seen, watch.seen
+    assert box.running()["hv3"] == {"r1", "r2"}
+    moves = box.events.all("migration")
+    # Every move was live (no VM stopped), away and back: two per VM.
+    assert sorted((m["vm"], m["method"], m["ok"]) for m in moves) == [
+        ("r1", "live", True), ("r1", "live", True), ("r2", "live", True), ("r2", "live", True)], moves
+    assert not box.events.all("vm_state", new="stop")

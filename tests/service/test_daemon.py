@@ -271,3 +271,32 @@ def test_hook_pvc_node_stopped(cluster):
     assert cluster.local.procs["hv3"].wait(T) == 0
     assert [e["node"] for e in cluster.events.wait(1, "node_stopped")] == ["hv3"]
     assert cluster.view.node("hv3").daemon_state == "stop"
+
+
+def test_a_clean_stop_flushes_the_node_and_its_start_readies_it(cluster):
+    """flush_on_shutdown and ready_on_boot: SIGTERM moves the VMs away before the daemon exits, and the next start
+    brings them back."""
+    local = cluster.local
+    assert local.stop_node("hv3") == 0
+    local.node_flags["hv3"] = ("--flush-on-shutdown", "--ready-on-boot", "--flush-timeout", "30")
+    local.start_node("hv3")
+    local.wait_running(["hv3"])
+    assert cluster.wait_node("hv3", lambda n: n.domain_state == "ready", T)  # ready on boot: nothing to do
+    for name in ("fa", "fb"):
+        cluster.define_vm(domain(name), target="hv3")
+    cluster.define_vm(domain("pinned3"), {"node_limit": ["hv3"]}, target="hv3")
+    assert runs_on(cluster, "fa", "hv3") and runs_on(cluster, "fb", "hv3") and runs_on(cluster, "pinned3", "hv3")
+
+    assert local.stop_node("hv3", timeout=40) == 0  # returns once the daemon has exited
+    snap = cluster.view.snapshot()
+    assert snap.nodes["hv3"].domain_state == "flushed" and snap.nodes["hv3"].daemon_state == "stop"
+    assert {snap.vms["fa"].node, snap.vms["fb"].node} <= {"hv1", "hv2"} and snap.vms["fa"].last_node == "hv3"
+    assert snap.vms["pinned3"].state in ("shutdown", "stop") and snap.vms["pinned3"].meta.node_autostart  # no target
+    assert "flush on shutdown: node hv3 flushed" in local.log("hv3")
+
+    local.start_node("hv3")
+    local.wait_running(["hv3"])
+    assert cluster.wait_node("hv3", lambda n: n.domain_state == "ready", T)
+    for name in ("fa", "fb", "pinned3"):
+        assert runs_on(cluster, name, "hv3") and settled(cluster, name, node="hv3", last_node="")
+    assert local.stop_node("hv3", timeout=40) == 0  # (flushed again, while the others still run to take the VMs)
