@@ -53,3 +53,17 @@ def flag(req: falcon.Request, name: str) -> bool:
 
 
 _KINDS = {bool: Kind.BOOL, str: Kind.STR, int: Kind.INT, float: Kind.FLOAT, list: Kind.LIST}
+
+
+MAX_LOG_LINES = 10000
+
+
+def log_answer(req, store, path: str, key: str, name: str) -> dict:
+    """``{key: name, "lines": [...], "updated": epoch | None}``: the last ``?lines=N`` (default 100) lines of a log
+    kept in ZooKeeper (pvccore.node.logs); none yet is an empty list."""
+    raw = req.get_param("lines") or "100"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
+        raise BadRequest(f"lines must be a whole number from 1 to {MAX_LOG_LINES}", "lines")
+    got = store.get_log(path)
+    lines = got[0].splitlines()[-int(raw):] if got else []
+    return {key: name, "lines": lines, "updated": got[1] if got else None}

@@ -9,7 +9,8 @@ from pvccore.zk.store import decode_fence_config
 
 from .errors import BadRequest
 from .guards import fresh
-from .inputs import body, field
+from .inputs import body, field, log_answer
+from .vms import caught_up
 
 
 class Nodes:
@@ -17,6 +18,7 @@ class Nodes:
         self.deps = deps
 
     def on_get(self, req, resp):
+        caught_up(self.deps)
         resp.media = [n.to_dict() for n in self.deps.ops.view.snapshot().nodes.values()]
 
     def on_get_one(self, req, resp, node):
@@ -69,6 +71,12 @@ class Nodes:
         resp.status = falcon.HTTP_202
         resp.media = {"message": f"node {node} confirmed off: the primary takes it as fenced and recovers its VMs",
                       "node": node}
+
+    def on_get_log(self, req, resp, node):
+        """The last lines of the node daemon's own log (``?lines=N``, default 100), as it last published them."""
+        ops = self.deps.ops
+        ops.store.get_node(node)  # NotFoundError for an unknown node
+        resp.media = log_answer(req, ops.store, ops.store.paths.node_log(node), "node", node)
 
     def on_get_whatif(self, req, resp, node):
         """Where the node's VMs would go if it failed now (the plan its recovery would carry out), and which

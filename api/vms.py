@@ -18,7 +18,7 @@ from pvccore.domain.placement import place
 
 from .errors import BadRequest
 from .guards import MAX_XML, fresh
-from .inputs import body, field, flag
+from .inputs import body, field, flag, log_answer
 
 META_FIELDS = frozenset(VM_META_FIELDS)
 ACTIONS = tuple(str(k) for k in MigrationKind)
@@ -69,6 +69,13 @@ def vm_filter(req) -> Callable[[VM], bool]:
     return test
 
 
+def caught_up(deps) -> None:
+    """Before a listing: the view holds every change made before the request, through any API worker (a CLI
+    command that follows a change lists it), unless ZooKeeper is away or slow (then: the view as it stands)."""
+    if deps.guards is None or deps.guards.stale_for() is None:
+        deps.ops.view.caught_up(deps.op_timeout or 5.0)
+
+
 def xml_field(data: dict) -> str:
     """The ``xml`` field: a non-empty string no longer than ZooKeeper stores with room to spare."""
     xml = field(data, "xml", str)
@@ -113,8 +120,9 @@ class VMs:
     def on_get(self, req, resp):
         """Filters: ``node``, ``state``, ``tag``, ``limit`` (a glob such as ``web*``, or else a substring of the name
         or UUID), ``negate`` (see :func:`vm_filter`)."""
-        snap = self.deps.ops.view.snapshot()
         test = vm_filter(req)
+        caught_up(self.deps)
+        snap = self.deps.ops.view.snapshot()
         chosen = [v for _name, v in sorted(snap.vms.items()) if test(v)]
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._encoded.listing(chosen, snap)
@@ -178,6 +186,20 @@ class VMs:
         """Undefine; refused while running unless ``?force=true`` (then stopped first)."""
         self.deps.ops.undefine(vm, force=flag(req, "force"), timeout=self.deps.wait_timeout)
         resp.media = {"message": f"VM {vm} undefined"}
+
+    def on_get_log(self, req, resp, vm):
+        """The last lines of the VM's serial console (``?lines=N``, default 100), as its node last published them
+        (only a console libvirt writes to a file: ``<serial type='file'>`` or a ``<log file=...>``)."""
+        ops = self.deps.ops
+        ops.store.get_vm(vm)  # NotFoundError for an unknown VM
+        resp.media = log_answer(req, ops.store, ops.store.paths.vm_console(vm), "vm", vm)
+
+    def on_post_rename(self, req, resp, vm):
+        """``{"name": NEW}``: a stopped VM's new name (its document, XML and index move together)."""
+        new = field(body(req, {"name"}), "name", str)
+        ops = self.deps.ops
+        renamed = ops.rename_vm(vm, new)
+        resp.media = {"message": f"VM {vm} renamed to {renamed.name}", "vm": vm_out(renamed, ops.view.snapshot())}
 
     def on_get_tags(self, req, resp, vm):
         """``/vm/{vm}/tags``: ``{"tags", "protected_tags"}``."""

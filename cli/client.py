@@ -119,6 +119,12 @@ class Client:
     def confirm_off(self, name: str) -> dict:
         return self.post(route("node_confirm_off", node=name), {"node": name})[1]
 
+    def node_log(self, name: str, lines: int = 100) -> dict:
+        return self.get(route("node_log", node=name), lines=str(lines))
+
+    def vm_log(self, name: str, lines: int = 100) -> dict:
+        return self.get(route("vm_log", vm=name), lines=str(lines))
+
     def what_if_fail(self, name: str) -> dict:
         return self.get(route("node_what_if_fail", node=name))
 
@@ -126,6 +132,9 @@ class Client:
         """``node``, ``state`` and ``tag``: a value or a list of them (any matches)."""
         return self.get(route("vms"), node=node, state=state, limit=limit, tag=tag,
                         negate="true" if negate else None)
+
+    def rename_vm(self, name: str, new_name: str) -> dict:
+        return self.post(route("vm_rename", vm=name), {"name": new_name})[1]
 
     def vm_tags(self, name: str) -> dict:
         return self.get(route("vm_tags", vm=name))

@@ -8,6 +8,7 @@ import time
 import click
 
 from .client import ApiError
+from . import logs
 from .complete import node_argument
 from .output import Failure, columns, emit, format_option, pairs
 from .progress import Progress
@@ -208,3 +209,13 @@ def _plan_table(plan: dict) -> str:
             f"{len(plan['parked'])} left stopped")
     return head + "\n" + columns(rows, (("VM", lambda r: r["vm"]), ("OUTCOME", lambda r: r["outcome"]),
                                         ("WHY", lambda r: r["why"])))
+
+
+@group.command("log")
+@node_argument
+@click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(1, 10000), help="How many lines.")
+@click.option("-f", "--follow", is_flag=True, help="Then print new lines as they come, until Ctrl-C.")
+@click.pass_obj
+def log(client, node: str, lines: int, follow: bool) -> None:
+    """The node daemon's own log: its last lines, as the node last published them (every 2 s)."""
+    logs.show(lambda n: client.node_log(node, n), lines, follow, f"node {node}")

@@ -9,6 +9,7 @@ import click
 
 from pvccore.domain.fields import VM_META_FIELDS
 
+from . import logs
 from .complete import complete_nodes, vm_argument
 from .options import field_options, given, option_name
 from .output import Failure, columns, emit, format_option, pairs, report_action
@@ -233,6 +234,26 @@ def _tag_command(verb: str, protected_help: str, doc: str):
 
 _tag_command("add", "Add them as protected tags.", "Add TAGS to a VM.")
 _tag_command("remove", "Needed to remove a protected tag.", "Remove TAGS from a VM.")
+
+
+@group.command("rename")
+@vm_argument
+@click.argument("new_name")
+@click.pass_obj
+def rename(client, vm, new_name) -> None:
+    """Give a stopped VM the name NEW_NAME (in its XML too)."""
+    click.echo(client.rename_vm(vm, new_name)["message"])
+
+
+@group.command("log")
+@vm_argument
+@click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(1, 10000), help="How many lines.")
+@click.option("-f", "--follow", is_flag=True, help="Then print new lines as they come, until Ctrl-C.")
+@click.pass_obj
+def log(client, vm, lines: int, follow: bool) -> None:
+    """The VM's serial console: its last lines, as its node last published them (every 2 s). Only a console
+    libvirt writes to a file: <serial type='file'><source path=.../></serial>, or a <log file=.../>."""
+    logs.show(lambda n: client.vm_log(vm, n), lines, follow, f"VM {vm}")
 
 
 @group.command("undefine")

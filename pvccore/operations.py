@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
-from pvccore.domain.domainxml import parse_domain_xml, with_uuid
+from pvccore.domain.domainxml import parse_domain_xml, with_name, with_uuid
 from pvccore.domain.fields import VM_META_FIELDS, check
 from pvccore.domain.models import (VM, Cluster, ClusterConfig, ConfirmedOff, Fault, FenceStatus, Handover, Node,
                                    Timing, VMMeta, check_fault_id, check_name)
@@ -170,6 +170,27 @@ class Operations:
             return replace(vm, meta=vm.meta.updated({"tags": sorted(tags), "protected_tags": sorted(kept)}))
 
         return self._seen("vm", name, self.store.update_vm(check_name(name, "VM"), change))
+
+    def rename_vm(self, name: str, new_name: Any) -> VM:
+        """Give a stopped VM another name: its document, XML and index entries move in one transaction.
+
+        :raises ConflictError: it runs or moves (stop it first), or the name is taken.
+        """
+        check_name(name, "VM")
+        new_name = check_name(new_name, "VM", "name")
+        if new_name == name:
+            raise ValidationError(f"VM {name!r} has that name already", "name")
+
+        def rename(vm: VM, xml: str) -> tuple[VM, str]:
+            if is_active(vm) or self._runs(vm):
+                raise ConflictError(f"VM {name!r} is {vm.state}{' and moving' if vm.migration else ''}: only a "
+                                    "stopped VM is renamed (pvc vm stop first)", "state")
+            renamed = with_name(xml, new_name)
+            if parse_domain_xml(renamed).name != new_name:  # the XML says the same as the document
+                raise ValidationError(f"the XML of VM {name!r} cannot take the name {new_name!r}", "name")
+            return replace(vm, name=new_name, reason=f"renamed from {name}"), renamed
+
+        return self._seen("vm", new_name, self.store.rename_vm(name, rename))
 
     def replace_xml(self, name: str, xml: str) -> VM:
         """Replace a VM's XML (same name, same UUID); memory and vCPUs follow the new XML.

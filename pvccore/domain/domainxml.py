@@ -137,6 +137,13 @@ def _memory_mib(mem: ET.Element) -> int:
     return mib
 
 
+def with_name(xml: str, name: str) -> str:
+    """The domain XML with another ``<name>``."""
+    root = ET.fromstring(xml)
+    root.find("name").text = name
+    return ET.tostring(root, encoding="unicode")
+
+
 def with_uuid(xml: str, uuid: str) -> str:
     root = ET.fromstring(xml)
     el = root.find("uuid")
@@ -177,3 +184,20 @@ def devices(xml: str) -> dict:
         networks.append({"type": nic.get("type") or "", "source": attr(nic.find("source"), "bridge", "network", "dev"),
                          "mac": attr(nic.find("mac"), "address"), "model": attr(nic.find("model"), "type")})
     return {"disks": disks, "networks": networks}
+
+
+def console_path(xml: str) -> str:
+    """Where libvirt writes the guest's serial console on its node: the first ``<serial>`` or ``<console>`` of type
+    ``file`` (its source path), or one with a ``<log file=...>``; empty when there is none."""
+    try:
+        root = _parse(xml)
+    except ValidationError:
+        return ""
+    for dev in [*root.findall("./devices/serial"), *root.findall("./devices/console")]:
+        logged = dev.find("log")
+        if logged is not None and logged.get("file"):
+            return logged.get("file")
+        source = dev.find("source")
+        if dev.get("type") == "file" and source is not None and source.get("path"):
+            return source.get("path")
+    return ""

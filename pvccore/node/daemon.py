@@ -35,6 +35,7 @@ from pvccore.node.faults import FaultMonitor
 from pvccore.node.fencing import FenceMonitor
 from pvccore.node.hypervisor import Hypervisor, HypervisorError
 from pvccore.node.keepalive import Keepalive
+from pvccore.node.logs import LogPublisher, RecentLines
 from pvccore.node.lifecycle import VMLifecycle
 from pvccore.node.migration import Migrations
 from pvccore.plugins import PluginSet, load_plugins
@@ -65,6 +66,8 @@ class NodeDaemon:
         self.coordinator: Coordinator | None = None
         self.monitor: FenceMonitor | None = None
         self.faults: FaultMonitor | None = None
+        self.recent = RecentLines()  # this daemon's last log lines, for pvc node log
+        self.logs: LogPublisher | None = None
 
     # -- start and stop --------------------------------------------------------------
 
@@ -105,6 +108,9 @@ class NodeDaemon:
             self.monitor.start()
             self.faults = FaultMonitor(ctx, lambda: self.coordinator.serving)
             self.faults.start()
+        logging.getLogger().addHandler(self.recent)
+        self.logs = LogPublisher(ctx, self.recent)
+        self.logs.start()
         for target, name in ((lambda: self.keepalive.loop(self._publish_soon), "keepalive"),
                              (lambda: self.keepalive.collect_loop(self._publish_soon), "figures"),
                              (self._reconcile_loop, "reconcile"), (self.keepalive.watchdog, "watchdog")):
@@ -141,6 +147,9 @@ class NodeDaemon:
             self.monitor.join(5)
         if self.faults is not None:
             self.faults.join(5)
+        if self.logs is not None:
+            self.logs.join(5)
+        logging.getLogger().removeHandler(self.recent)
         self.session.view.stop()  # wakes every worker waiting on the view
         self.workers.join(5)
         for worker in list(self._domain_workers.values()):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import libvirt
 
+from pvccore.domain.domainxml import parse_domain_xml
+from pvccore.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +131,32 @@ class Hypervisor:
             raise HypervisorError(f"define failed: {exc}") from exc
 
     def start(self, name: str, xml: str) -> None:
-        """Define (or redefine) from ``xml`` and start; already running is fine."""
+        """Define (or redefine) from ``xml`` and start; already running is fine.
+
+        A stopped definition here with the same UUID under another name is this VM's before a rename
+        (``pvc vm rename``): it is undefined first, as libvirt keeps one definition per UUID.
+        """
         dom = self._dom(name)
         if dom is not None and dom.isActive():
             return
+        self._drop_old_name(name, xml)
         self.define(xml)
         try:
             self.conn.lookupByName(name).create()
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"start failed: {exc}") from exc
+
+    def _drop_old_name(self, name: str, xml: str) -> None:
+        try:
+            old = self.conn.lookupByUUIDString(parse_domain_xml(xml).uuid)
+        except (libvirt.libvirtError, ValidationError):
+            return  # none (or XML libvirt will refuse below, saying why)
+        if old.name() != name and not old.isActive():
+            log.info("VM %s: undefining its stopped definition under its old name %s", name, old.name())
+            try:
+                old.undefine()
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"undefining the old name {old.name()} failed: {exc}") from exc
 
     def destroy(self, name: str) -> None:
         dom = self._dom(name)

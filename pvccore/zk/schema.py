@@ -17,6 +17,8 @@ ZooKeeper by using different roots)::
     <root>/placed/<node>/<vm>      empty: one per VM that node's daemon acts on (``VM.involved``), written in
                                    the same transaction as the VM document; a daemon watches its own only
     <root>/faults/<kind>.<subject> Fault JSON: something that needs an operator, kept by the primary
+    <root>/logs/<node>             the tail of the node daemon's own log (text), written by that daemon
+    <root>/consoles/<vm>           the tail of the VM's serial console (text), written by its node's daemon
     <root>/locks/<name>            lock recipes (kazoo Lock / ReadLock / WriteLock)
 """
 
@@ -37,7 +39,7 @@ class Schema:
     """Path builder for one cluster root."""
 
     __slots__ = ("root", "config", "stats", "primary", "handover", "fencing", "nodes", "vms", "placed", "faults",
-                 "locks")
+                 "logs", "consoles", "locks")
 
     def __init__(self, root: str = DEFAULT_ROOT):
         if not isinstance(root, str) or not _ROOT_RE.match(root):
@@ -52,6 +54,8 @@ class Schema:
         self.vms = f"{root}/vms"
         self.placed = f"{root}/placed"
         self.faults = f"{root}/faults"
+        self.logs = f"{root}/logs"
+        self.consoles = f"{root}/consoles"
         self.locks = f"{root}/locks"
 
     def node(self, name: str) -> str:
@@ -78,6 +82,12 @@ class Schema:
     def placed_vm(self, node: str, vm: str) -> str:
         return f"{self.node_placed(node)}/{check_name(vm, 'VM')}"
 
+    def node_log(self, name: str) -> str:
+        return f"{self.logs}/{check_name(name, 'node')}"
+
+    def vm_console(self, name: str) -> str:
+        return f"{self.consoles}/{check_name(name, 'VM')}"
+
     def fault(self, fault_id: str) -> str:
         return f"{self.faults}/{check_fault_id(fault_id)}"
 
@@ -88,4 +98,4 @@ class Schema:
 
     def containers(self) -> tuple[str, ...]:
         """Paths that must exist before anything else is written."""
-        return (self.nodes, self.vms, self.placed, self.faults, self.locks)
+        return (self.nodes, self.vms, self.placed, self.faults, self.logs, self.consoles, self.locks)

@@ -315,6 +315,24 @@ class Store:
         except NoNodeError:
             raise NotFoundError(f"fault {fault_id!r} not found") from None
 
+    # -- logs ------------------------------------------------------------------------------
+
+    def set_log(self, path: str, text: str) -> None:
+        """Write a log's tail (``logs/<node>``, ``consoles/<vm>``): last writer wins, it is only shown."""
+        data = text.encode()
+        try:
+            self.zk.set(path, data)
+        except NoNodeError:
+            try:
+                self.zk.create(path, data)
+            except NodeExistsError:
+                self.zk.set(path, data)
+
+    def get_log(self, path: str) -> tuple[str, float] | None:
+        """A log's text and when it was last written (epoch seconds), or None when none was."""
+        got = self.zk.get_all(path)[0]
+        return None if got is None else (got[0].decode(errors="replace"), got[1].mtime / 1000.0)
+
     # -- primary coordinator and handovers ---------------------------------------------
 
     def get_primary(self) -> PrimaryRecord | None:
@@ -549,15 +567,38 @@ class Store:
             check(vm)
         if self._write_vm(name, vm, None, version) is None:
             raise ConflictError(f"VM {name!r} changed meanwhile; try again")
+        try:  # its console's tail goes with it (a VM defined again under the name starts with none)
+            self.zk.delete(self.paths.vm_console(name))
+        except NoNodeError:
+            pass
 
-    def _write_vm(self, name: str, old: VM | None, new: VM | None, version: int | None, xml: str | None = None):
-        """One transaction: the VM document created (``old`` None), set at ``version``, or deleted (``new``
-        None), with its XML when given, and its index entries (``placed/<node>/<vm>``) following
-        :attr:`VM.involved`. The document's new stat (an empty tuple for a deletion), or None when the
-        document was not as expected (another writer won, or it exists already)."""
+    def rename_vm(self, name: str, rename: Callable[[VM, str], tuple[VM, str]]) -> VM:
+        """Give a VM another name in one transaction: its document, XML and index entries move, or nothing does.
+        ``rename(vm, xml)`` gives the renamed VM and XML (and may refuse).
+
+        :raises ConflictError: the VM changed meanwhile, or the new name is taken.
+        """
+        vm, version = self._read(self.paths.vm(name), VM.from_json, f"VM {name!r}")
+        new, xml = rename(vm, self.get_vm_xml(name))
+        if self._write_vm(name, vm, new, version, xml, new_name=new.name) is None:
+            raise ConflictError(f"VM {name!r} changed meanwhile, or VM {new.name!r} exists already", "name")
+        try:
+            self.zk.delete(self.paths.vm_console(name))
+        except NoNodeError:
+            pass
+        return new
+
+    def _write_vm(self, name: str, old: VM | None, new: VM | None, version: int | None, xml: str | None = None,
+                  new_name: str | None = None):
+        """One transaction: the VM document created (``old`` None), set at ``version``, deleted (``new``
+        None), or moved to ``new_name`` (with its XML), with its XML when given, and its index entries
+        (``placed/<node>/<vm>``) following :attr:`VM.involved`. The document's new stat (an empty tuple
+        for a deletion or a rename), or None when the document was not as expected (another writer won,
+        or it exists already)."""
         path, xml_path = self.paths.vm(name), self.paths.vm_xml(name)
-        before = old.involved if old is not None else frozenset()
-        after = new.involved if new is not None else frozenset()
+        renamed = new_name is not None and new_name != name
+        before = {(n, name) for n in old.involved} if old is not None else set()
+        after = {(n, new_name or name) for n in new.involved} if new is not None else set()
         # Index entries found already there (left by a write around the store), or already gone. One already
         # there is deleted and created again, so that its node's children watch fires as for a new one.
         present, absent = set(), set()
@@ -566,22 +607,25 @@ class Store:
             if old is None:
                 txn.create(path, new.to_json())
                 txn.create(xml_path, xml.encode())
-            elif new is None:
+            elif new is None or renamed:
                 txn.delete(xml_path)
                 txn.delete(path, version)
+                if renamed:
+                    txn.create(self.paths.vm(new_name), new.to_json())
+                    txn.create(self.paths.vm_xml(new_name), xml.encode())
             else:
                 txn.set(path, new.to_json(), version)
                 if xml is not None:
                     txn.set(xml_path, xml.encode())
-            entries = [op for n in sorted(after - before)
-                       for op in ((("delete", n), ("create", n)) if n in present else (("create", n),))] \
-                + [("delete", n) for n in sorted(before - after - absent)]
-            for op, node in entries:
-                getattr(txn, op)(self.paths.placed_vm(node, name))
+            entries = [op for e in sorted(after - before)
+                       for op in ((("delete", e), ("create", e)) if e in present else (("create", e),))] \
+                + [("delete", e) for e in sorted(before - after - absent)]
+            for op, (node, vm_name) in entries:
+                getattr(txn, op)(self.paths.placed_vm(node, vm_name))
             results = txn.attempt()
             failed = _first_failure(results)
             if failed is None:
-                stat = results[0] if old is not None and new is not None else None
+                stat = results[0] if old is not None and new is not None and not renamed else None
                 self._local.write = (path, stat.mzxid if stat is not None else -1)
                 return stat if stat is not None else ()
             at, error = failed
@@ -592,11 +636,12 @@ class Store:
                         raise NotFoundError(f"VM {name!r} not found")
                     return None
                 raise ConflictError(f"writing VM {name!r} failed: {type(error).__name__}")
-            op, node = entries[at - head]
+            op, entry = entries[at - head]
+            node = entry[0]
             if op == "create" and isinstance(error, NodeExistsError):
-                present.add(node)
+                present.add(entry)
             elif op == "delete" and isinstance(error, NoNodeError):
-                (present.discard if node in present else absent.add)(node)
+                (present.discard if entry in present else absent.add)(entry)
             elif op == "create" and isinstance(error, NoNodeError):
                 self.client.ensure_path(self.paths.node_placed(node))  # a node never registered (yet)
             else:

@@ -310,6 +310,17 @@ class ClusterView:
                 self._cond.wait(left)
             return True
 
+    def caught_up(self, timeout: float) -> bool:
+        """Return once the view holds every change committed anywhere before this call: a ``sync`` brings this
+        session's server up to the leader (its watch events for those changes come first), then :meth:`barrier`.
+        False when that took longer than ``timeout`` (or ZooKeeper did not answer)."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._client.sync_async(self._schema.root).get(timeout=timeout)
+        except Exception:  # noqa: BLE001 - cut off, or slow: the view as it stands
+            return False
+        return self.barrier(max(0.0, deadline - time.monotonic()))
+
     def barrier(self, timeout: float = 10.0) -> bool:
         """Return once the view holds every change this client's session has been told of.
 

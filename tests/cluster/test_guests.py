@@ -33,6 +33,12 @@ def test_a_real_guest_boots_and_migrates_live_while_pinged_and_keeps_its_journal
     boot = lab.answers(guest, T)
     assert boot is not None, f"g1 never answered ping; console:\n{lab.console(guest)}"
     assert grown(guest, 5), f"g1 writes no journal; console:\n{lab.console(guest)}"
+    # pvc vm log: the guest's serial console as its node's daemon published it, through the CLI and the API.
+    deadline = time.monotonic() + T
+    while not (shown := box.cli("vm", "log", "g1", "--lines", "20").stdout.strip()):
+        assert time.monotonic() < deadline, f"no console published; console:\n{lab.console(guest)}"
+        time.sleep(0.5)  # published every 2 s: polled under the deadline above
+    assert shown.splitlines()[-1].strip() in guest.console.read_text(errors="replace")
 
     # The disk lock: a second copy of g1 started behind pvc's back on another node is refused.
     refused = lab.second_copy(guest, "hv2")

@@ -314,3 +314,62 @@ def test_modify_shows_a_diff_and_saves_once_confirmed_and_a_migrated_vm_moved_wh
     assert settled(live, "mod1", node="hv2", last_node="")  # for good: no way back to hv1 now
     bad = pvc("vm", "move", "mod1", "--target", "hv2", ok=False)
     assert bad.exit_code == 1 and "no last node to forget" in bad.stderr
+
+
+def test_node_and_vm_logs_through_the_api(pvc, live, tmp_path):
+    deadline = time.monotonic() + T
+    while "node hv1 running" not in (out := pvc("node", "log", "hv1", "--lines", "500").output):
+        assert time.monotonic() < deadline, out  # the daemon's own log, published by it every 2 s
+        time.sleep(0.2)
+    assert len(pvc("node", "log", "hv1", "-n", "1").output.splitlines()) == 1
+    bad = pvc("node", "log", "hv9", ok=False)
+    assert bad.exit_code == 1 and "node 'hv9' not found" in bad.stderr
+    assert pvc("node", "log", "hv1", "-n", "0", ok=False).exit_code == 2
+
+    console = tmp_path / "con1.log"
+    xml = tmp_path / "con1.xml"
+    xml.write_text(domain("con1", 256).replace("</domain>", f"<devices><serial type='file'><source path='{console}'/>"
+                                               "</serial></devices></domain>"))
+    pvc("vm", "define", str(xml), "--target", "hv2")
+    assert settled(live, "con1", node="hv2")
+    # libvirt's test driver runs no guest: the lines a guest's console would get are written here, and the
+    # daemon of the VM's node publishes the file's tail as it would a real one's.
+    console.write_text("".join(f"boot line {i}\n" for i in range(300)) + "login: \n")
+    deadline = time.monotonic() + T
+    while "login:" not in (out := pvc("vm", "log", "con1", "--lines", "3").output):
+        assert time.monotonic() < deadline, out
+        time.sleep(0.2)
+    assert out.splitlines() == ["boot line 298", "boot line 299", "login: "]
+    xml.write_text(domain("nocon", 256))
+    pvc("vm", "define", str(xml), "--target", "hv2", "--no-start")
+    nothing = pvc("vm", "log", "nocon")  # no file console: nothing, said on stderr
+    assert nothing.stdout == "" and "nothing published yet" in nothing.stderr
+
+
+def test_rename_of_a_stopped_vm_moves_it_whole_and_it_starts_under_its_new_name(pvc, live, tmp_path):
+    xml = tmp_path / "rn.xml"
+    xml.write_text(domain("rn-old", 256))
+    pvc("vm", "define", str(xml), "--target", "hv3", "--tag", "keep")
+    assert settled(live, "rn-old", node="hv3") and live.view.wait_for(lambda c: "rn-old" in c.nodes["hv3"].running_vms, T)
+    bad = pvc("vm", "rename", "rn-old", "rn-new", ok=False)
+    assert bad.exit_code == 1 and "only a stopped VM is renamed" in bad.stderr  # running: refused, nothing changed
+    pvc("vm", "stop", "rn-old", "--wait")
+    uuid = live.store.get_vm("rn-old").uuid
+    xml.write_text(domain("rn-taken", 256))
+    pvc("vm", "define", str(xml), "--target", "hv1", "--no-start")
+    for new, why in (("rn-taken", "exists already"), ("bad name", "invalid VM name"), ("rn-old", "that name")):
+        bad = pvc("vm", "rename", "rn-old", new, ok=False)
+        assert bad.exit_code == 1 and why in bad.stderr, (new, bad.stderr)
+    assert live.store.get_vm("rn-old").uuid == uuid
+
+    assert "renamed to rn-new" in pvc("vm", "rename", "rn-old", "rn-new").output
+    moved = live.store.get_vm("rn-new")
+    assert (moved.uuid, moved.node, moved.meta.tags) == (uuid, "hv3", ("keep",))
+    assert "<name>rn-new</name>" in live.store.get_vm_xml("rn-new")
+    assert not live.store.client.exists(live.store.paths.vm("rn-old"))
+    assert live.store.client.exists(live.store.paths.placed_vm("hv3", "rn-new"))
+    assert not live.store.client.exists(live.store.paths.placed_vm("hv3", "rn-old"))
+    pvc("vm", "start", "rn-new", "--wait")  # its node drops the old name's definition and starts the new
+    assert live.view.wait_for(lambda c: "rn-new" in c.nodes["hv3"].running_vms
+                              and "rn-old" not in c.nodes["hv3"].running_vms, T)
+    assert live.store.get_vm("rn-new").state == "start"

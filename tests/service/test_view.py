@@ -217,3 +217,18 @@ def test_the_index_heals_what_was_written_around_it_and_never_loses_a_vm(store):
     # a node never registered gets its index parent with the first VM sent there
     store.update_vm("legacy", lambda v: replace(v, node="hv9"))
     assert store.client.get_children(store.paths.node_placed("hv9")) == ["legacy"]
+
+
+def test_caught_up_holds_every_change_committed_before_it_by_any_session(store, zk_server):
+    """What a listing after a change made through another API worker relies on."""
+    from pvccore.zk.store import Store
+
+    view = ClusterView(store.connection, store.paths).start()
+    other = Store.connect(zk_server.hosts, store.paths.root)
+    try:
+        for i in range(20):  # each time at once after the other session's write returned: no waiting in between
+            other.create_vm(VM(name=f"c{i}", uuid=f"u{i}", memory_mib=1, vcpus=1), "<domain/>")
+            assert view.caught_up(5) and f"c{i}" in view.snapshot().vms
+    finally:
+        other.close()
+        view.stop()

@@ -135,6 +135,9 @@ class _Failing:
         self.view = self
         self.exc = exc
 
+    def caught_up(self, timeout):
+        return False  # (as the view's: a sync that failed leaves the view as it stands)
+
     def snapshot(self):
         raise self.exc
 
