@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import falcon
@@ -62,7 +63,7 @@ def log_answer(req, store, path: str, key: str, name: str) -> dict:
     """``{key: name, "lines": [...], "updated": epoch | None}``: the last ``?lines=N`` (default 100) lines of a log
     kept in ZooKeeper (pvccore.node.logs); none yet is an empty list."""
     raw = req.get_param("lines") or "100"
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
+    if not re.fullmatch(r"[0-9]{1,5}", raw) or not 1 <= int(raw) <= MAX_LOG_LINES:  # ASCII digits only
         raise BadRequest(f"lines must be a whole number from 1 to {MAX_LOG_LINES}", "lines")
     got = store.get_log(path)
     lines = got[0].splitlines()[-int(raw):] if got else []

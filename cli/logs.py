@@ -28,7 +28,7 @@ def show(fetch: Callable[[int], dict], lines: int, follow: bool, what: str) -> N
         click.echo(line)
     while follow:
         time.sleep(FOLLOW_EVERY)  # following: a look at the published log each second
-        current = fetch(1000)["lines"]
+        current = fetch(lines)["lines"]  # the same window each time: the new lines follow the old ones
         for line in new_lines(seen, current):
             click.echo(line)
         seen = current

@@ -212,10 +212,11 @@ DAEMON = ConfigSchema("pvcnoded", (
            "flush_timeout): its VMs move to other nodes; one no other node can take is shut down, as in any flush.",
            "--flush-on-shutdown"),
     Option("ready_on_boot", bool, False,
-           "Once started, ready this node if it is flushed (by its last clean stop, say): its VMs come back.",
+           "Once started, ready this node if its last clean stop flushed it (flush_on_shutdown): its VMs come back. "
+           "A node flushed by an operator, or fenced, stays flushed.",
            "--ready-on-boot"),
-    Option("flush_timeout", float, 600.0, "Seconds a flush on shutdown waits at most before the daemon stops anyway.",
-           "--flush-timeout", 1.0, 7200.0),
+    Option("flush_timeout", float, 600.0, "Seconds a flush on shutdown waits at most before the daemon stops anyway "
+           "(the shipped unit's TimeoutStopSec, 720 s, covers the largest value).", "--flush-timeout", 1.0, 600.0),
     Option("floating_ips", list, (), "Addresses the primary carries, as ADDRESS/PREFIX@INTERFACE (coordinators).",
            "--floating-ip"),
     Option("arp_count", int, 2, "Gratuitous ARP announcements sent for each floating IP taken over.", None, 0, 20),

@@ -8,6 +8,7 @@ Nothing here talks to libvirt. ``wait_*`` helpers block on watches, not sleeps.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -30,6 +31,8 @@ from pvccore.plugins import PluginSet
 from pvccore.zk.placing import placing, request_migration
 from pvccore.zk.store import Store
 from pvccore.zk.view import ClusterView
+
+log = logging.getLogger(__name__)
 
 
 class Operations:
@@ -188,7 +191,7 @@ class Operations:
             renamed = with_name(xml, new_name)
             if parse_domain_xml(renamed).name != new_name:  # the XML says the same as the document
                 raise ValidationError(f"the XML of VM {name!r} cannot take the name {new_name!r}", "name")
-            return replace(vm, name=new_name, reason=f"renamed from {name}"), renamed
+            return replace(vm, name=new_name), renamed
 
         return self._seen("vm", new_name, self.store.rename_vm(name, rename))
 
@@ -640,6 +643,7 @@ class NPlusOneCheck:
         self._done: tuple[Cluster, dict[str, RecoveryPlan], float] | None = None  # snapshot, answer, when
         self._took: float | None = None
         self._running = False
+        self._tried = -math.inf  # when the last background check started
 
     def get(self, cluster: Cluster) -> NPlusOne:
         with self._lock:
@@ -651,9 +655,9 @@ class NPlusOneCheck:
             return NPlusOne(self._check(cluster))
         now = time.monotonic()
         with self._lock:
-            due = done is None or now - done[2] >= max(self.REFRESH, 5 * (took or 0.0))
+            due = now - self._tried >= max(self.REFRESH, 5 * (took or 0.0))
             if due and not self._running:
-                self._running = True
+                self._running, self._tried = True, now
                 threading.Thread(target=self._background, args=(cluster,), name="n-plus-one", daemon=True).start()
         return NPlusOne(None) if done is None else NPlusOne(done[1], now - done[2])
 
@@ -668,6 +672,8 @@ class NPlusOneCheck:
     def _background(self, cluster: Cluster) -> None:
         try:
             self._check(cluster)
+        except Exception as exc:  # noqa: BLE001 - e.g. the default selector is not registered here: tried again
+            log.warning("N+1 check failed: %s", getattr(exc, "message", exc))
         finally:
             with self._lock:
                 self._running = False

@@ -167,9 +167,12 @@ class NodeDaemon:
 
     def _flush_self(self) -> None:
         """flush_on_shutdown: ask for this node's flush and wait until it is flushed (the primary drives it)."""
-        timeout = self.cfg.flush_timeout
+        timeout, store = self.cfg.flush_timeout, self.ctx.store
         try:
-            self.ctx.store.update_node(self.name, lambda n: domain_requested(n, DomainState.FLUSH))
+            me = self.session.view.node(self.name)
+            if me is not None and me.domain_state in (DomainState.READY, DomainState.UNFLUSH):
+                store.client.ensure_path(store.paths.node_stop_flush(self.name))  # this stop makes the flush
+            store.update_node(self.name, lambda n: domain_requested(n, DomainState.FLUSH))
         except (PVCError, KazooException) as exc:
             log.warning("flush on shutdown: could not ask for it (%r); stopping with the VMs where they are", exc)
             return
@@ -181,13 +184,18 @@ class NodeDaemon:
             log.warning("flush on shutdown: not flushed within %gs; stopping with what still runs here", timeout)
 
     def _ready_self(self) -> None:
-        """ready_on_boot: take the VMs back if this node is flushed (the primary drives it)."""
-        me = self.session.view.node(self.name)
-        if me is None or me.domain_state not in (DomainState.FLUSHED, DomainState.FLUSH):
-            return
+        """ready_on_boot: take the VMs back if this node's last clean stop flushed it (the primary drives it); a
+        node flushed by an operator, or fenced, stays flushed."""
+        store = self.ctx.store
+        marker = store.paths.node_stop_flush(self.name)
         try:
-            self.ctx.store.update_node(self.name, lambda n: domain_requested(n, DomainState.UNFLUSH))
-            log.info("ready on boot: node %s asked to take its VMs back", self.name)
+            if not store.client.exists(marker):
+                return
+            me = self.session.view.node(self.name)
+            if me is not None and me.domain_state in (DomainState.FLUSHED, DomainState.FLUSH):
+                store.update_node(self.name, lambda n: domain_requested(n, DomainState.UNFLUSH))
+                log.info("ready on boot: node %s asked to take its VMs back", self.name)
+            store.client.delete(marker)
         except (PVCError, KazooException) as exc:
             log.warning("ready on boot: not readied (%s); pvc node ready %s when it can be", exc, self.name)
 

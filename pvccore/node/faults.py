@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 INTERVAL = 2.0  # seconds between looks
 PROBE_EVERY = 10.0  # seconds between probes of the ZooKeeper servers
 PROBE_TIMEOUT = 1.0  # seconds a server has to accept a connection and answer "ruok"
+KEEP_CLEARED = 7 * 24 * 3600.0  # seconds a cleared fault is kept (then deleted by the primary)
 
 
 def servers(hosts: str) -> list[tuple[str, int]]:
@@ -51,12 +52,16 @@ def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
             s.sendall(b"ruok")
+            answer = b""
             try:
-                answer = s.recv(16)
+                while len(answer) < 256 and (chunk := s.recv(256)):
+                    answer += chunk
             except socket.timeout:
-                return ""  # it took the connection; four-letter words may be off
-            return "" if answer in (b"imok", b"") or b"not in the whitelist" in answer else \
-                f"answered {answer[:16]!r} to ruok"
+                pass  # it took the connection and says nothing more: four-letter words may be off
+            # "imok"; or, on 3.5+ where ruok is not allowed, "ruok is not executed because it is not in the
+            # whitelist." (a server that answers is up).
+            return "" if not answer or answer == b"imok" or b"not executed" in answer or b"whitelist" in answer \
+                else f"answered {answer[:32]!r} to ruok"
     except OSError as exc:
         return exc.strerror or type(exc).__name__
 
@@ -109,6 +114,12 @@ class FaultMonitor:
         now = self._clock()
         current = conditions(self.ctx.view.snapshot(), self.ctx.view.shown("fencing"), self.probe_servers())
         stored = store.get_faults()
+        for fault_id, fault in stored.items():  # cleared long ago: forgotten, so the list stays short
+            if not fault.active and now - fault.last_seen > KEEP_CLEARED:
+                try:
+                    store.delete_fault(fault_id)
+                except PVCError:
+                    pass
         for fault_id in sorted(set(current) | {i for i, f in stored.items() if f.active}):
             condition = current.get(fault_id)
             if merged(stored.get(fault_id), condition, now) is None:

@@ -159,6 +159,7 @@ def run_unflush(ctx: NodeContext, me: str, active: Callable[[], bool] = lambda: 
         gen = ctx.view.wait_changed(gen, min(left, ctx.cfg.keepalive_interval))
     if _still(ctx, me, DomainState.UNFLUSH, active):
         _set_domain(ctx, me, DomainState.UNFLUSH, DomainState.READY)
+        ctx.store.discard(ctx.store.paths.node_stop_flush(me))  # ready, however it came: nothing to undo
         log.info("node %s ready (%d VMs asked home)", me, len(asked))
 
 

@@ -153,8 +153,8 @@ class Hypervisor:
             return  # none (or XML libvirt will refuse below, saying why)
         if old.name() != name and not old.isActive():
             log.info("VM %s: undefining its stopped definition under its old name %s", name, old.name())
-            try:
-                old.undefine()
+            try:  # its UEFI variables stay for the new name's definition (the same VM)
+                old.undefineFlags(getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM", 0))
             except libvirt.libvirtError as exc:
                 raise HypervisorError(f"undefining the old name {old.name()} failed: {exc}") from exc
 
@@ -193,6 +193,13 @@ class Hypervisor:
         dom = self._dom(name)
         if dom is None:
             return
+        try:
+            # A handle follows the UUID: if the domain was renamed meanwhile (pvc vm rename, then a start under
+            # the new name), this is no longer the domain asked for.
+            if self.conn.lookupByUUID(dom.UUID()).name() != name:
+                return
+        except libvirt.libvirtError:
+            return  # gone meanwhile
         try:
             if dom.isActive():
                 dom.destroy()

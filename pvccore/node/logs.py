@@ -2,10 +2,11 @@
 
 Each daemon keeps the last lines of its own log (:class:`RecentLines`, a logging handler) and, for
 every VM running here whose XML sends its serial console to a file (libvirt's ``<serial
-type='file'>`` or a ``<log file=...>`` of the console), the tail of that file. Every
-:data:`PUBLISH_EVERY` seconds what changed is written to ZooKeeper (``logs/<node>``,
-``consoles/<vm>``), at most :data:`MAX_BYTES` each: the API serves them from there, on whichever
-node it runs. Nothing is written while nothing changes.
+type='file'>`` or a ``<log file=...>`` of the console), the tail of that file (read only while the
+VM runs: libvirt writes it then). Every :data:`PUBLISH_EVERY` seconds what changed is written to
+ZooKeeper (``logs/<node>``, ``consoles/<vm>``; tails of :data:`MAX_BYTES` and :data:`CONSOLE_BYTES`,
+at most :data:`ROUND_BYTES` a round): the API serves them from there, on whichever node it runs.
+Nothing is written while nothing changes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from pvccore.node.context import NodeContext
 log = logging.getLogger(__name__)
 
 PUBLISH_EVERY = 2.0  # seconds
-MAX_BYTES = 64 * 1024  # of each log kept in ZooKeeper (its tail)
+MAX_BYTES = 64 * 1024  # of the daemon's own log kept in ZooKeeper (its tail)
+CONSOLE_BYTES = 32 * 1024  # of each console kept in ZooKeeper
+ROUND_BYTES = 512 * 1024  # written at most per round: chatty consoles wait their turn, ZooKeeper is not flooded
 MAX_LINES = 2000  # of the daemon's own log kept in memory
 
 
@@ -104,31 +107,39 @@ class LogPublisher:
         if version != self._published_version:
             store.set_log(store.paths.node_log(me), tail(self.recent.text()))
             self._published_version = version
-        here = {vm.name for vm in self.ctx.view.snapshot().vms.values() if vm.node == me}
+        snap = self.ctx.view.snapshot()
+        node = snap.nodes.get(me)
+        running = set(node.running_vms) if node is not None else set()
+        here = {vm.name for vm in snap.vms.values() if vm.node == me and vm.name in running}
         for name in set(self._consoles) - here:
-            del self._consoles[name]  # gone from here: its new node publishes it now
-        for name in sorted(here):
-            self._console(name)
+            del self._consoles[name]  # stopped, or gone from here: its new node publishes it now
+        budget = ROUND_BYTES
+        for name in sorted(here, key=lambda n: self._consoles.get(n, ("", None))[1] is not None):  # new first
+            if budget <= 0:
+                break
+            budget -= self._console(name)
 
-    def _console(self, name: str) -> None:
+    def _console(self, name: str) -> int:
+        """Publish the VM's console tail if it changed; the bytes written."""
         if name not in self._consoles:
             xml = self.ctx.view.vm_xml(name, timeout=5.0)
             self._consoles[name] = (console_path(xml) if xml else "", None)
         path, written = self._consoles[name]
         if not path:
-            return
+            return 0
         try:
             st = os.stat(path)
         except OSError:
-            return  # not written yet (the VM has not started), or not visible from here
+            return 0  # not written yet, or not visible from here
         seen = (st.st_size, st.st_mtime)
         if seen == written:
-            return
+            return 0
         try:
-            text = read_tail(path)
+            text = read_tail(path, CONSOLE_BYTES)
         except OSError as exc:
             log.debug("console of %s: %s", name, exc)
-            return
+            return 0
         store = self.ctx.store
         store.set_log(store.paths.vm_console(name), text)
         self._consoles[name] = (path, seen)
+        return len(text.encode())

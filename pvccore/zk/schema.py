@@ -11,6 +11,7 @@ ZooKeeper by using different roots)::
     <root>/nodes/<node>/keepalive  the node's liveness record, written every keepalive interval (tiny)
     <root>/nodes/<node>/alive      ephemeral, present while the node daemon's session lives
     <root>/nodes/<node>/fence      the node's fence configuration: JSON list of {fencer, params} (secret)
+    <root>/nodes/<node>/stop-flush empty: the node is flushed by its own clean stop (ready_on_boot readies it)
     <root>/fencing                 FenceStatus JSON per node: the last fence attempt and its result
     <root>/vms/<vm>                VM JSON (state, node, last node, metadata)
     <root>/vms/<vm>/xml            the VM's libvirt domain XML
@@ -66,6 +67,10 @@ class Schema:
 
     def node_keepalive(self, name: str) -> str:
         return f"{self.node(name)}/keepalive"
+
+    def node_stop_flush(self, name: str) -> str:
+        """Present while the node is flushed by its own clean stop (flush_on_shutdown): its start readies it."""
+        return f"{self.node(name)}/stop-flush"
 
     def node_fence(self, name: str) -> str:
         return f"{self.node(name)}/fence"

@@ -507,6 +507,10 @@ class Store:
 
     def drop_ephemeral(self, path: str) -> None:
         """Remove an ephemeral znode of this session now (gone already: nothing to do)."""
+        self.discard(path)
+
+    def discard(self, path: str) -> None:
+        """Delete a znode that has no children, if it is there."""
         try:
             self.client.delete(path)
         except NoNodeError:
@@ -567,10 +571,7 @@ class Store:
             check(vm)
         if self._write_vm(name, vm, None, version) is None:
             raise ConflictError(f"VM {name!r} changed meanwhile; try again")
-        try:  # its console's tail goes with it (a VM defined again under the name starts with none)
-            self.zk.delete(self.paths.vm_console(name))
-        except NoNodeError:
-            pass
+        self.discard(self.paths.vm_console(name))  # its console's tail goes with it
 
     def rename_vm(self, name: str, rename: Callable[[VM, str], tuple[VM, str]]) -> VM:
         """Give a VM another name in one transaction: its document, XML and index entries move, or nothing does.
@@ -582,10 +583,7 @@ class Store:
         new, xml = rename(vm, self.get_vm_xml(name))
         if self._write_vm(name, vm, new, version, xml, new_name=new.name) is None:
             raise ConflictError(f"VM {name!r} changed meanwhile, or VM {new.name!r} exists already", "name")
-        try:
-            self.zk.delete(self.paths.vm_console(name))
-        except NoNodeError:
-            pass
+        self.discard(self.paths.vm_console(name))
         return new
 
     def _write_vm(self, name: str, old: VM | None, new: VM | None, version: int | None, xml: str | None = None,

@@ -125,6 +125,10 @@ class BoxNode:
         (self.dir / "etc" / "qemu.conf").write_text(
             'user = "root"\ngroup = "root"\nsecurity_driver = "none"\nstdio_handler = "file"\n'
             'cgroup_controllers = [ ]\n'
+            # No private /dev namespace per QEMU: setting one up is work libvirtd's forked child does before exec,
+            # and three times a forked child hung there on a lock (futex) during incoming live migrations,
+            # which wedged that node's libvirtd. The nodes are namespaces of the box already.
+            'namespaces = [ ]\n'
             f'migration_address = "{self.address}"\nmigration_host = "{self.address}"\n'
             'lock_manager = "lockd"\n')
         # Disk locks, the second guard behind fencing: every node's virtlockd locks in one lockspace

@@ -295,6 +295,9 @@ def test_careless_and_hostile_tag_and_fault_requests_change_nothing(api):
         r = api.simulate_post(P + f"/cluster/faults/{fault}", headers=H, json={"acknowledged": True})
         assert r.status_code == status, (fault, r.status_code, r.json)
         assert api.simulate_delete(P + f"/cluster/faults/{fault}", headers=H).status_code == status
+    for lines in ("\u00b2", "0", "10001", "-1", "1" * 5000, "1.5", " 3"):
+        r = api.simulate_get(P + "/node/hv1/log", headers=H, params={"lines": lines})
+        assert r.status_code == 400 and r.json["field"] == "lines", (lines, r.status_code)
     r = api.simulate_post(P + "/cluster/faults/node-dead.hv9", headers=H, json={"acknowledged": "yes"})
     assert r.status_code == 400 and r.json["field"] == "acknowledged"
     assert api.simulate_get(P + "/cluster/faults", headers=H).json == []

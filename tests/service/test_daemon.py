@@ -299,4 +299,13 @@ def test_a_clean_stop_flushes_the_node_and_its_start_readies_it(cluster):
     assert cluster.wait_node("hv3", lambda n: n.domain_state == "ready", T)
     for name in ("fa", "fb", "pinned3"):
         assert runs_on(cluster, name, "hv3") and settled(cluster, name, node="hv3", last_node="")
+    # Flushed by the operator, then restarted: it stays flushed (only a flush made by the stop is undone).
+    cluster.flush("hv3")
+    assert cluster.wait_node("hv3", lambda n: n.domain_state == "flushed", T)
+    assert local.stop_node("hv3", timeout=40) == 0
+    local.start_node("hv3")
+    local.wait_running(["hv3"])
+    assert not cluster.wait_node("hv3", lambda n: n.domain_state != "flushed", 3)  # (a window for a wrong ready)
+    cluster.ready("hv3")
+    assert cluster.wait_node("hv3", lambda n: n.domain_state == "ready", T)
     assert local.stop_node("hv3", timeout=40) == 0  # (flushed again, while the others still run to take the VMs)

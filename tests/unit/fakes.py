@@ -198,6 +198,9 @@ class MemoryCluster:
     def ensure_ephemeral(self, path):
         pass
 
+    def discard(self, path):
+        pass
+
     def drop_ephemeral(self, path):
         pass
 
