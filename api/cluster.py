@@ -13,6 +13,7 @@ from pvccore.operations import NPlusOne
 
 from .guards import fresh
 from .inputs import body, field
+from .vms import caught_up
 
 
 class Status:
@@ -20,6 +21,7 @@ class Status:
         self.deps = deps
 
     def on_get(self, req, resp):
+        caught_up(self.deps)
         resp.media = status(self.deps.ops, self.deps.guards)
 
     def on_post(self, req, resp):

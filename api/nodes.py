@@ -81,6 +81,7 @@ class Nodes:
     def on_get_whatif(self, req, resp, node):
         """Where the node's VMs would go if it failed now (the plan its recovery would carry out), and which
         would stay stopped for want of a node, and why."""
+        caught_up(self.deps)  # a VM just defined through another worker is in the plan
         resp.media = self.deps.ops.what_if_fail(node).to_dict()
 
     def on_post_coordinator(self, req, resp, node):

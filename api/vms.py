@@ -281,6 +281,7 @@ class VMs:
                 raise NotFoundError(f"VM {vm!r} not found")
             return place(current, ops.view.placement_snapshot(), ops.plugins.selectors)
 
+        caught_up(self.deps)  # every node and VM as the change just made through another worker left them
         resp.media = fresh(self.deps.guards, lambda: ops.placement(vm), from_view).to_dict()
 
     def _answer(self, resp, vm: str, wait: bool, reached, requested: str, succeeded, field: str) -> None:
