@@ -247,8 +247,8 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
                 _query("state", {"type": "string"}, "Only VMs in this state"),
                 _query("tag", {"type": "string"}, "Only VMs with this tag (user or protected)"),
                 _query("limit", {"type": "string", "maxLength": MAX_LIMIT},
-                       "A glob the name or UUID must match (web*, with * ? [...]), or else a part of the name or "
-                       "UUID (case-sensitive); never a regular expression"),
+                       "A glob the name must match (web*, with * ? [...]), or else a part of the name "
+                       "(case-sensitive) or the first 8 or more characters of the UUID; never a regular expression"),
                 _query("negate", {"type": "string", "enum": ["true", "false"]},
                        "The VMs that do not pass the filters")]),
             "post": {**_op("Define a VM from libvirt XML with metadata", codes=(400, 401, 409), body=_obj({

@@ -38,8 +38,12 @@ def _runs(vm: VM, cluster: Cluster) -> bool:
 MAX_LIMIT = 128  # characters of a name filter
 
 
+UUID_PREFIX = 8  # characters of a UUID that find a VM by it (fewer would match hex in many UUIDs)
+
+
 def name_filter(limit: str | None):
-    """``limit`` as a test on a VM's name or UUID: a glob when it has ``*``, ``?`` or ``[``, else a substring.
+    """``limit`` as a test on a VM: a glob on its name when it has ``*``, ``?`` or ``[``; else a part of its name,
+    or the start of its UUID (at least :data:`UUID_PREFIX` characters, any case).
 
     Never a regular expression: a user's pattern must not cost more than a scan of the names
     (Python's fnmatch compiles globs without catastrophic backtracking).
@@ -49,8 +53,9 @@ def name_filter(limit: str | None):
     if len(limit) > MAX_LIMIT:
         raise BadRequest(f"limit must be at most {MAX_LIMIT} characters; got {len(limit)}", "limit")
     if any(c in limit for c in "*?["):
-        return lambda vm: fnmatch.fnmatchcase(vm.name, limit) or fnmatch.fnmatchcase(vm.uuid, limit)
-    return lambda vm: limit in vm.name or limit in vm.uuid
+        return lambda vm: fnmatch.fnmatchcase(vm.name, limit)
+    prefix = limit.lower() if len(limit) >= UUID_PREFIX else None
+    return lambda vm: limit in vm.name or (prefix is not None and vm.uuid.lower().startswith(prefix))
 
 
 def vm_filter(req) -> Callable[[VM], bool]:
@@ -73,7 +78,8 @@ def caught_up(deps) -> None:
     """Before a listing: the view holds every change made before the request, through any API worker (a CLI
     command that follows a change lists it), unless ZooKeeper is away or slow (then: the view as it stands)."""
     if deps.guards is None or deps.guards.stale_for() is None:
-        deps.ops.view.caught_up(deps.op_timeout or 5.0)
+        if not deps.ops.view.caught_up(deps.op_timeout or 5.0) and deps.guards is not None:
+            deps.guards.suspect()  # ZooKeeper did not answer in time: the reads after this answer from the view
 
 
 def xml_field(data: dict) -> str:

@@ -67,8 +67,9 @@ def meta(client, vm, **meta) -> None:
 @format_option
 @click.pass_obj
 def list_(client, pattern, node, state, tag, negate, fmt) -> None:
-    """VMs, optionally those whose name or UUID matches PATTERN: a glob (web*, db-[0-9]?) when it has * ? or [,
-    or else a part of the name or UUID. Case-sensitive, at most 128 characters, never a regular expression.
+    """VMs, optionally those whose name matches PATTERN: a glob (web*, db-[0-9]?) when it has * ? or [, or else
+    a part of the name (case-sensitive) or the first 8 or more characters of the UUID. At most 128 characters,
+    never a regular expression.
     A VM is listed when it passes every filter given."""
     emit(client.vms(node=list(node) or None, state=list(state) or None, limit=pattern, tag=list(tag) or None,
                     negate=negate), fmt, lambda rows: columns(rows, VM_COLUMNS))

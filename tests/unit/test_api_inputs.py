@@ -84,7 +84,8 @@ def test_name_filter_is_a_glob_or_a_substring_of_the_name_or_uuid():
     assert chosen("(a+)+$") == []  # a substring, not a regular expression
     assert chosen("x[[]1]") == ["x[1]"]
     assert chosen(None) == names
-    assert chosen("00000002-") == ["db1"] and chosen("*-00000000000[45]") == ["a" * 40 + "-", "x[1]"]
+    assert chosen("00000002-") == ["db1"] and chosen("00000002-0000-4000") == ["db1"]  # the start of the UUID
+    assert chosen("0000") == [] and chosen("*-00000000000[45]") == []  # too short; globs are for names
 
 
 @pytest.mark.parametrize("pattern", ["*a" * 63 + "*b", "[z-a]*", "[", "[!]", "[]-]*", "*" * 128])
