@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -246,8 +247,31 @@ class BoxNode:
 
     # -- what libvirt says -------------------------------------------------------------------
 
-    def running_domains(self) -> set[str]:
-        """Names of the domains whose vCPUs run on this node, from its own libvirt (none when it is off)."""
+    def running_domains(self, timeout: float = 60.0) -> set[str]:
+        """Names of the domains whose vCPUs run on this node, from its own libvirt (none when it is off).
+
+        A libvirtd that does not answer within ``timeout`` (one wedged by a forked child hung before exec)
+        fails the test that asked, instead of hanging the whole tier.
+        """
+        answer: dict = {}
+
+        def ask() -> None:
+            try:
+                answer["names"] = self._running_domains()
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                answer["error"] = exc
+
+        asker = threading.Thread(target=ask, name=f"{self.name}-libvirt-query", daemon=True)
+        asker.start()
+        asker.join(timeout)
+        if asker.is_alive():
+            raise RuntimeError(f"{self.name}: libvirtd did not answer within {timeout:g}s (wedged?); see "
+                               f"{self.dir / 'libvirtd.log'}")
+        if "error" in answer:
+            raise answer["error"]
+        return answer["names"]
+
+    def _running_domains(self) -> set[str]:
         if not self.powered() or not self.socket.exists():
             return set()
         try:
