@@ -11,9 +11,8 @@ from pvccore.domain.states import FenceOutcome
 from pvccore.errors import PVCError
 from pvccore.operations import NPlusOne
 
-from .guards import fresh
+from .guards import caught_up, fresh, not_kept
 from .inputs import body, field
-from .vms import caught_up
 
 
 class Status:
@@ -32,7 +31,8 @@ class Status:
 
     def on_get_faults(self, req, resp):
         """Every fault record, active ones first (read from ZooKeeper: 503 while it is away)."""
-        resp.media = [f.to_dict() for f in self.deps.ops.faults()]
+        faults = fresh(self.deps.guards, self.deps.ops.faults, not_kept("faults"))
+        resp.media = [f.to_dict() for f in faults]
 
     def on_post_fault(self, req, resp, fault):
         """``{"acknowledged": true | false}``."""

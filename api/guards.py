@@ -115,6 +115,23 @@ def fresh(guards: "Guards | None", read, fallback):
         return fallback()
 
 
+def not_kept(what: str):
+    """The fallback of :func:`fresh` for what only ZooKeeper holds (no view keeps it): a 503 at once that says so."""
+    def refuse():
+        raise Unavailable(f"ZooKeeper is unreachable, and {what} are read from it, not kept here: try again once "
+                          "it is back")
+    return refuse
+
+
+def caught_up(deps) -> None:
+    """Before a listing: the view holds every change made before the request, through any API worker (a CLI
+    command that follows a change lists it), unless ZooKeeper is away or slow (then: the view as it stands)."""
+    if deps.guards is None or deps.guards.stale_for() is None:
+        if not deps.ops.view.caught_up(deps.op_timeout or 5.0) and deps.guards is not None:
+            deps.guards.suspect()  # ZooKeeper did not answer in time: the reads after this answer from the view
+
+
+
 class StrictJSON(BaseHandler):
     """JSON bodies in and out: bounded in size, never NaN or Infinity either way."""
 

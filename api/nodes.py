@@ -8,9 +8,8 @@ from pvccore.errors import NotFoundError, Unavailable
 from pvccore.zk.store import decode_fence_config
 
 from .errors import BadRequest
-from .guards import fresh
+from .guards import caught_up, fresh, not_kept
 from .inputs import body, field, log_answer
-from .vms import caught_up
 
 
 class Nodes:
@@ -75,8 +74,12 @@ class Nodes:
     def on_get_log(self, req, resp, node):
         """The last lines of the node daemon's own log (``?lines=N``, default 100), as it last published them."""
         ops = self.deps.ops
-        ops.store.get_node(node)  # NotFoundError for an unknown node
-        resp.media = log_answer(req, ops.store, ops.store.paths.node_log(node), "node", node)
+
+        def read() -> dict:
+            ops.store.get_node(node)  # NotFoundError for an unknown node
+            return log_answer(req, ops.store, ops.store.paths.node_log(node), "node", node)
+
+        resp.media = fresh(self.deps.guards, read, not_kept("logs"))
 
     def on_get_whatif(self, req, resp, node):
         """Where the node's VMs would go if it failed now (the plan its recovery would carry out), and which

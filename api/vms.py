@@ -17,7 +17,7 @@ from pvccore.domain.models import Cluster, VM
 from pvccore.domain.placement import place
 
 from .errors import BadRequest
-from .guards import MAX_XML, fresh
+from .guards import MAX_XML, caught_up, fresh, not_kept
 from .inputs import body, field, flag, log_answer
 
 META_FIELDS = frozenset(VM_META_FIELDS)
@@ -72,14 +72,6 @@ def vm_filter(req) -> Callable[[VM], bool]:
         return passed != negate
 
     return test
-
-
-def caught_up(deps) -> None:
-    """Before a listing: the view holds every change made before the request, through any API worker (a CLI
-    command that follows a change lists it), unless ZooKeeper is away or slow (then: the view as it stands)."""
-    if deps.guards is None or deps.guards.stale_for() is None:
-        if not deps.ops.view.caught_up(deps.op_timeout or 5.0) and deps.guards is not None:
-            deps.guards.suspect()  # ZooKeeper did not answer in time: the reads after this answer from the view
 
 
 def xml_field(data: dict) -> str:
@@ -197,8 +189,12 @@ class VMs:
         """The last lines of the VM's serial console (``?lines=N``, default 100), as its node last published them
         (only a console libvirt writes to a file: ``<serial type='file'>`` or a ``<log file=...>``)."""
         ops = self.deps.ops
-        ops.store.get_vm(vm)  # NotFoundError for an unknown VM
-        resp.media = log_answer(req, ops.store, ops.store.paths.vm_console(vm), "vm", vm)
+
+        def read() -> dict:
+            ops.store.get_vm(vm)  # NotFoundError for an unknown VM
+            return log_answer(req, ops.store, ops.store.paths.vm_console(vm), "vm", vm)
+
+        resp.media = fresh(self.deps.guards, read, not_kept("consoles"))
 
     def on_post_rename(self, req, resp, vm):
         """``{"name": NEW}``: a stopped VM's new name (its document, XML and index move together)."""

@@ -344,8 +344,7 @@ class Fault(_JSONModel):
     @classmethod
     def from_dict(cls, raw: Mapping) -> "Fault":
         fault = cls._construct(raw)
-        if not isinstance(fault.id, str) or not FAULT_ID_RE.fullmatch(fault.id):
-            raise ValidationError(f"invalid fault id {fault.id!r}", "id")
+        check_fault_id(fault.id)
         return replace(fault, kind=parse(FaultKind, fault.kind, "kind"))
 
 

@@ -47,6 +47,12 @@ def test_flags_override_file(tmp_path):
     ('node = "a"\nshutdown_timeout = inf', "shutdown_timeout must be a number from 0 to 3600; got inf"),
     ('node = "a"\nkeepalive_interval = 1e308', "keepalive_interval must be a number from 0.1 to 10; got 1e"),
     ('node = "a"\nzookeeper_session_timeout = 0.5', "zookeeper_session_timeout must be a number from 1 to 60"),
+    ('node = "a"\nflush_timeout = nan', "flush_timeout must be a number from 1 to 600; got nan"),
+    ('node = "a"\nflush_timeout = 0', "flush_timeout must be a number from 1 to 600; got 0"),
+    ('node = "a"\nflush_timeout = -5', "flush_timeout must be a number from 1 to 600; got -5"),
+    ('node = "a"\nflush_timeout = 1e12', "flush_timeout must be a number from 1 to 600; got 1"),
+    ('node = "a"\nflush_on_shutdown = "yes"', "flush_on_shutdown must be true or false"),
+    ('node = "a"\nready_on_boot = 1', "ready_on_boot must be true or false; got 1"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     f = tmp_path / "c.toml"
