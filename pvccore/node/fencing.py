@@ -142,13 +142,13 @@ class FenceMonitor:
                 self._seen[name] = (node.keepalive, now)
                 since = now
             if node.daemon_state in (DaemonState.STOP, DaemonState.INIT):  # a clean stop, or starting up: not a failure
-                self._forget(name)
+                self._forget(name, i_am_primary)
                 continue
             if node.daemon_state == DaemonState.FENCED:
                 continue
             suspect_after, dead_after = detection(cfg, node)
             if node.daemon_state == DaemonState.RUN and now - since <= suspect_after:
-                self._forget(name)  # alive (again): the saving throw succeeded
+                self._forget(name, i_am_primary)  # alive (again): the saving throw succeeded
                 continue
             if not (i_am_primary or name == primary):
                 continue  # only the primary fences, except the primary itself
@@ -231,13 +231,16 @@ class FenceMonitor:
         """Nodes whose fence status is ``held``, as the view shows it (reported by an earlier primary, say)."""
         return {n for n, status in self.ctx.view.shown("fencing").items() if status.state == FenceOutcome.HELD}
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, primary: bool = False) -> None:
+        """The node is alive or stopped cleanly: nothing of its silence is kept. The primary also clears a failed
+        fencing that an earlier primary left behind (this one never retried it, so it holds no retry of its own)."""
         if name in self._held:
             self._release(name)
         self._suspect.pop(name, None)
         with self._looks_lock:
             self._looks.pop(name, None)
-        if self._retry.pop(name, None) is not None:
+        left = primary and getattr(self.ctx.view.shown("fencing").get(name), "state", None) == FenceOutcome.FAILED
+        if self._retry.pop(name, None) is not None or left:
             try:
                 self.ctx.store.set_fencing(name, None)
             except PVCError as exc:

@@ -421,6 +421,22 @@ def test_failed_fencing_recovers_nothing_and_retries_with_a_doubling_back_off(wo
     assert rec.of("pvc_node_recovered") == []
 
 
+def test_a_failed_fencing_left_by_an_earlier_primary_is_cleared_once_the_node_speaks(world):
+    """The primary that retried it is gone (restarted, or handed over); the node came back meanwhile. Its new
+    primary clears the record (and so the fault and the cluster's "fencing failed" problem), fencing nothing."""
+    cluster, rec, fencers, earlier = fence_world(first=False, second=False)
+    earlier.tick(0.0)
+    earlier.tick(4.0)
+    keep_alive(cluster, "hv2")
+    earlier.tick(6.5)
+    assert cluster.fencing["hv3"].state == "failed"
+    cluster.nodes["hv3"] = replace(cluster.nodes["hv3"], daemon_state=DaemonState.RUN)  # it came back
+    calls = len(fencers.calls)
+    later = FakeTime(node_context(cluster, "hv1", plugins(rec, fencers), keepalive_interval=1.0))
+    later.tick(100.0)
+    assert "hv3" not in cluster.fencing and len(fencers.calls) == calls
+
+
 def test_maintenance_mode_reports_a_silent_node_fences_nothing_and_times_it_afresh_once_over(world):
     cluster, rec, fencers, monitor = fence_world(first=True, second=True, maintenance=True)
     monitor.tick(0.0)
