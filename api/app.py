@@ -23,7 +23,7 @@ from pvccore.operations import Operations
 from pvccore.plugins import load_plugins
 from pvccore.zk.session import Session
 
-from . import cluster, info, nodes, vms
+from . import cluster, dashboard, feed, info, nodes, vms
 from .config import API, ApiConfig
 from .errors import domain_error, serialize_http_error, zookeeper_error
 from .guards import Guards, StrictJSON
@@ -46,6 +46,9 @@ class Deps:
     op_timeout: float | None = None  # longest wait for one ZooKeeper read or write (None: kazoo's own)
     guards: Guards | None = None  # set by create_app: ZooKeeper's state as the API sees it
     max_waiting: int = 0  # requests of this worker that may wait for a change at once (0: no cap)
+    read_only_keys: tuple[str, ...] = ()  # keys that may only read
+    max_streams: int = 8  # event streams (GET /events) this worker serves at once: each holds a thread
+    stream_seconds: float = 600.0  # an event stream ends after this long (the client reconnects)
 
     def __post_init__(self):
         self._waiting = threading.BoundedSemaphore(self.max_waiting) if self.max_waiting else None
@@ -63,27 +66,39 @@ class Deps:
             self._waiting.release()
 
 
-class ApiKeyAuth:
-    """Every route but ``GET /api/v1`` (health) needs a known key in ``X-Api-Key``."""
+ROLE_HEADER = "X-PVC-Role"  # on every answer to a known key: "full" or "read-only" (the dashboard hides actions)
 
-    def __init__(self, keys: tuple[str, ...]):
-        self._keys = tuple(k.encode() for k in keys)
+
+class ApiKeyAuth:
+    """Every route under the API but ``GET /api/v1`` (health) needs a known key in ``X-Api-Key``; a read-only key
+    only reads. The dashboard's files, outside the API, need none: they hold no data."""
+
+    def __init__(self, keys: tuple[str, ...], read_only: tuple[str, ...] = ()):
+        self._keys = tuple((k.encode(), "full") for k in keys) + tuple((k.encode(), "read-only") for k in read_only)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not req.path.startswith(PREFIX + "/") and req.path != PREFIX:
+            return  # not the API: the dashboard's files, or nothing (404)
         if req.method == "GET" and req.path in (PREFIX, PREFIX + "/"):
             return
         given = (req.get_header("X-Api-Key") or "").encode()
-        ok = False
-        for key in self._keys:  # compare with every key, in constant time each
-            ok |= hmac.compare_digest(given, key)
-        if not ok:
+        role = None
+        for key, kind in self._keys:  # compare with every key, in constant time each
+            if hmac.compare_digest(given, key):
+                role = kind
+        if role is None:
             raise falcon.HTTPUnauthorized(title="unauthorized",
                                           description="missing or unknown API key (send it in the X-Api-Key header)")
+        resp.set_header(ROLE_HEADER, role)
+        if role == "read-only" and req.method not in Guards.READS:
+            raise falcon.HTTPForbidden(title="forbidden", description="this API key is read-only: it may not change "
+                                                                      "anything")
 
 
 def create_app(deps: Deps) -> falcon.App:
     guards = Guards(deps.ops.store.connection)
-    app = falcon.App(middleware=[*([ApiKeyAuth(deps.api_keys)] if deps.auth else []), guards])
+    app = falcon.App(middleware=[*([ApiKeyAuth(deps.api_keys, deps.read_only_keys)] if deps.auth else []), guards,
+                                 dashboard.Headers()])
     app.req_options.strip_url_path_trailing_slash = True
     json_handler = StrictJSON()
     app.req_options.media_handlers = falcon.media.Handlers({falcon.MEDIA_JSON: json_handler})
@@ -101,9 +116,10 @@ def create_app(deps: Deps) -> falcon.App:
     deps.guards = guards
 
     resources = {"info": info.Info(deps, app), "cluster": cluster.Status(deps), "node": nodes.Nodes(deps),
-                 "vm": vms.VMs(deps)}
+                 "vm": vms.VMs(deps), "events": feed.Events(deps)}
     for route in ROUTES:
         app.add_route(route.template, resources[route.resource], **({"suffix": route.suffix} if route.suffix else {}))
+    dashboard.serve(app)
     return app
 
 
@@ -115,7 +131,8 @@ def build_deps(cfg: ApiConfig) -> Deps:
                            auth=cfg.zookeeper_auth or None, op_timeout=OP_TIMEOUT, liveness=False)
     ops = Operations(session.store, session.view, load_plugins())
     return Deps(ops=ops, api_keys=cfg.api_keys, auth=cfg.auth, wait_timeout=cfg.wait_timeout, op_timeout=OP_TIMEOUT,
-                max_waiting=max(1, cfg.threads // 2))
+                max_waiting=max(1, cfg.threads // 2), read_only_keys=cfg.read_only_keys,
+                max_streams=max(1, cfg.threads // 4))
 
 
 def get_app(config: ApiConfig | None = None) -> falcon.App:

@@ -21,6 +21,7 @@ class ApiConfig:
     request_timeout: float = 10.0
     auth: bool = True
     api_keys: tuple[str, ...] = ()
+    read_only_keys: tuple[str, ...] = ()
     tls_cert: str = ""
     tls_key: str = ""
     wait_timeout: float = 60.0
@@ -32,8 +33,15 @@ def _check(values: dict[str, Any]) -> None:
     host, sep, port = values["listen"].rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValidationError(f"listen: expected host:port, got {values['listen']!r}", "listen")
-    if values["auth"] and not values["api_keys"]:
+    if values["auth"] and not values["api_keys"] and not values["read_only_keys"]:
         raise ValidationError("api_keys: required while auth is on (or set auth = false)", "api_keys")
+    both = set(values["api_keys"]) & set(values["read_only_keys"])
+    if both:
+        raise ValidationError(f"read_only_keys: {len(both)} key(s) also in api_keys; a key has one role",
+                              "read_only_keys")
+    for name in ("api_keys", "read_only_keys"):
+        if any(not isinstance(k, str) or not k.strip() for k in values[name]):
+            raise ValidationError(f"{name}: every key must be a non-empty string", name)
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ValidationError("tls_cert and tls_key: give both or neither", "tls_cert")
 
@@ -50,7 +58,9 @@ API = ConfigSchema("pvcapid", (
            "holds a thread. Also how long a client may take to accept each part of its answer (raise it for very "
            "large answers over slow links).", "--request-timeout", 1.0, 300.0),
     Option("auth", bool, True, "Require an API key (header X-Api-Key) on every route but GET /api/v1.", "--auth"),
-    Option("api_keys", list, (), "Accepted API keys.", "--api-key"),
+    Option("api_keys", list, (), "Accepted API keys: each may read and change everything.", "--api-key"),
+    Option("read_only_keys", list, (), "API keys that may only read (GET): for monitoring, and a dashboard without "
+           "actions.", "--read-only-key"),
     Option("tls_cert", str, "", "TLS certificate file (PEM); TLS is off when empty.", "--tls-cert"),
     Option("tls_key", str, "", "TLS private key file (PEM).", "--tls-key"),
     Option("wait_timeout", float, 60.0, "Longest a request with wait=true waits for its change to be observed.",

@@ -19,6 +19,7 @@ NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 ERRORS = {400: "Bad input", 401: "No or unknown API key", 404: "Not found", 409: "Conflict with the current state",
           413: f"Request body over {MAX_BODY} bytes (1 MiB), refused before it is read",
           415: "Request body not application/json",
+          403: "A read-only API key, on a route that changes something",
           503: "ZooKeeper unreachable, or silent for 0.8 s: nothing was changed"}
 #: on every answer given while ZooKeeper is unreachable: reads then come from the last known state
 STALE = {STALE_HEADER: {"description": "Seconds since ZooKeeper became unreachable; the answer is the last known "
@@ -199,6 +200,16 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
                                                           "content": {"text/plain": {"schema": {"type": "string"}}}},
                                                   "401": {"description": "No or unknown API key",
                                                           **_json(_ref("Error"))}}}},
+        "/api/v1/events": {"get": {**_op("The cluster as it changes: server-sent events (the dashboard's feed)",
+                                         codes=(401,)),
+                                   "description": "A `snapshot` event (nodes, VMs without their XML, cluster "
+                                                  "status), then a `delta` event for each change (the nodes and "
+                                                  "VMs that changed, those gone, and the status when it "
+                                                  "changed). The stream ends after a while; reconnect.",
+                                   "responses": {"200": {"description": "text/event-stream",
+                                                         "content": {"text/event-stream": {
+                                                             "schema": {"type": "string"}}}},
+                                                 **_errors((401, 503))}}},
         "/api/v1/selectors": {"get": _op("Registered selectors", "Selectors", codes=(401,))},
         "/api/v1/plugins": {"get": _op("Loaded plugins", "Plugins", codes=(401,))},
         "/api/v1/cluster/status": {
@@ -295,6 +306,10 @@ def document(version: str, fencers: tuple[str, ...] = (), settings: Mapping[str,
         "/api/v1/vm/{vm}/placement": {"get": _op("Where placement would put the VM, node by node", "Placement",
                                                  params=vm_p, codes=(400, 401, 404))},
     }
+    for operations in paths.values():  # a read-only key may not change anything
+        for method, op in operations.items():
+            if method != "get":
+                op["responses"]["403"] = {"description": ERRORS[403], "headers": STALE, **_json(_ref("Error"))}
     return {
         "openapi": "3.1.0",
         "info": {"title": "pvc API", "version": version,

@@ -42,6 +42,7 @@ ROUTES = (
     Route("metrics", "/metrics", "info", "metrics", ("GET",)),
     Route("selectors", "/selectors", "info", "selectors", ("GET",)),
     Route("plugins", "/plugins", "info", "plugins", ("GET",)),
+    Route("events", "/events", "events", None, ("GET",)),
     Route("cluster_status", "/cluster/status", "cluster", None, ("GET", "POST")),
     Route("faults", "/cluster/faults", "cluster", "faults", ("GET",)),
     Route("fault", "/cluster/faults/{fault}", "cluster", "fault", ("POST", "DELETE")),

@@ -52,6 +52,7 @@ from gunicorn import http
 from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from .feed import STOPPING
 from .guards import MAX_BODY
 
 MAX_HEAD = 64 * 1024  # bytes of request line and headers
@@ -182,6 +183,11 @@ class GuardedThreadWorker(ThreadWorker):
                 self.log.warning("Open files limited to %d: at most %d connections a worker", soft,
                                  self.worker_connections)
         super().init_process()
+
+    def handle_exit(self, sig, frame):
+        """Told to stop: the event streams end now (each holds a thread the stop would otherwise wait for)."""
+        STOPPING.set()
+        super().handle_exit(sig, frame)
 
     def set_accept_enabled(self, enabled):
         super().set_accept_enabled(enabled and time.monotonic() >= self.paused_until)

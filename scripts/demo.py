@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from pvccli.client import ApiError, Client
@@ -99,6 +100,7 @@ def up() -> None:
     if state:
         print("the demo cluster is already running")
         status(state["hosts"])
+        dashboard(state["api"])
         return
     DEMO.mkdir(exist_ok=True)
     zk = LocalZooKeeper(data_dir=str(DEMO / "zookeeper"), port=ZK_PORT).start()
@@ -122,17 +124,29 @@ def up() -> None:
     print(f"demo cluster up: ZooKeeper {zk.hosts}, root {ROOT}, API {url}; logs in {DEMO}/")
     print(f"the pvc CLI's connection 'demo' is in {cli_config}")
     status(zk.hosts)
+    dashboard(url)
     print("\ntry: .venv/bin/pvc cluster status; .venv/bin/pvc vm list; stop it all with: make demo-stop")
+
+
+def dashboard(url: str) -> None:
+    """Where the web dashboard is, and the keys to sign in with (from the API's configuration)."""
+    cfg = tomllib.loads((DEMO / "api.toml").read_text())
+    print(f"\ndashboard: {url}/dashboard (open it in a browser on this machine)")
+    for key in cfg.get("api_keys", []):
+        print(f"  API key:           {key}")
+    for key in cfg.get("read_only_keys", []):
+        print(f"  read-only API key: {key}  (sees everything, changes nothing)")
 
 
 def start_api(hosts: str) -> tuple[subprocess.Popen, str, str]:
     """pvcapid under gunicorn, with a fresh API key; returns once it answers."""
     cfg = DEMO / "api.toml"
-    key = secrets.token_urlsafe(24)
+    key, read_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     cfg.touch(0o600)
     cfg.chmod(0o600)  # it holds the API key and the ZooKeeper identity
     cfg.write_text(f'zookeeper_hosts = "{hosts}"\nzookeeper_root = "{ROOT}"\nlisten = "127.0.0.1:{API_PORT}"\n'
-                   f'workers = 2\napi_keys = ["{key}"]\nzookeeper_auth = "{_zk_auth()}"\n')
+                   f'workers = 2\napi_keys = ["{key}"]\nread_only_keys = ["{read_key}"]\n'
+                   f'zookeeper_auth = "{_zk_auth()}"\n')
     log = open(DEMO / "api.log", "ab")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -147,7 +147,8 @@ def live(zk_server, recorder_site, tmp_path_factory):
     key = "live-key"
     cfg = work / "api.toml"
     cfg.write_text(f'zookeeper_hosts = "{zk_server.hosts}"\nzookeeper_root = "{root}"\n'
-                   f'listen = "127.0.0.1:{port}"\nworkers = 2\napi_keys = ["{key}"]\nwait_timeout = 20.0\n')
+                   f'listen = "127.0.0.1:{port}"\nworkers = 2\napi_keys = ["{key}"]\nwait_timeout = 20.0\n'
+                   f'read_only_keys = ["live-read-key"]\n')
     log = open(work / "api.log", "wb")
     api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
@@ -169,8 +170,8 @@ def live(zk_server, recorder_site, tmp_path_factory):
                 if api.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"pvcapid did not start: {(work / 'api.log').read_text()}")
                 time.sleep(0.1)
-        yield type("Live", (), {"url": url, "key": key, "store": store, "view": view, "local": local,
-                                "api": api, "log": work / "api.log"})
+        yield type("Live", (), {"url": url, "key": key, "read_key": "live-read-key", "store": store, "view": view,
+                                "local": local, "api": api, "log": work / "api.log"})
     finally:
         api.terminate()
         api.wait(20)

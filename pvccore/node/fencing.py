@@ -135,7 +135,8 @@ class FenceMonitor:
         i_am_primary = primary == self.ctx.name and self._serving()
         for node in snap.nodes.values():
             name = node.name
-            if name == self.ctx.name:
+            if name == self.ctx.name:  # alive, since it runs this: a failed fencing of it left behind is cleared
+                self._forget(name, i_am_primary)
                 continue
             last_value, since = self._seen.get(name, (None, now))
             if node.keepalive != last_value:

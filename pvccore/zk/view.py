@@ -115,6 +115,10 @@ class ClusterView:
             raise TimeoutError(f"cluster view not loaded within {timeout:g}s")
         return self
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True

@@ -32,7 +32,7 @@ def fuzz_app(zk_server, plugins):
     ops = Operations(store, view, plugins)
     for name in ("a", "vm1", "0"):
         ops.define_vm(sample_domain_xml(name), {"node_limit": ["hv1", "hv2"]})
-    yield create_app(Deps(ops=ops, api_keys=(KEY,), wait_timeout=0.2))
+    yield create_app(Deps(ops=ops, api_keys=(KEY,), wait_timeout=0.2, stream_seconds=0.3))
     view.stop()
     delete_tree(store.client, root)
     store.close()
@@ -43,7 +43,7 @@ def test_no_server_errors(fuzz_app):
     # integration does not run under pytest 9).
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app, headers={"X-Api-Key": KEY})
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 33
+    assert len(operations) == 34
     seen = []
 
     for operation in operations:

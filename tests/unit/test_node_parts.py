@@ -437,6 +437,22 @@ def test_a_failed_fencing_left_by_an_earlier_primary_is_cleared_once_the_node_sp
     assert "hv3" not in cluster.fencing and len(fencers.calls) == calls
 
 
+def test_a_primary_clears_a_failed_fencing_of_itself_left_by_an_earlier_primary(world):
+    cluster, rec, fencers, earlier = fence_world(first=False, second=False)
+    earlier.tick(0.0)
+    earlier.tick(4.0)
+    keep_alive(cluster, "hv2")
+    earlier.tick(6.5)
+    assert cluster.fencing["hv3"].state == "failed"
+    cluster.nodes["hv3"] = replace(cluster.nodes["hv3"], daemon_state=DaemonState.RUN)
+    secondary = FakeTime(node_context(cluster, "hv3", plugins(rec, fencers), keepalive_interval=1.0))
+    secondary.tick(100.0)
+    assert cluster.fencing["hv3"].state == "failed"  # only the primary writes it
+    cluster.claim_primary("hv3", lambda cur: True)  # the node came back and became primary
+    secondary.tick(101.0)
+    assert "hv3" not in cluster.fencing
+
+
 def test_maintenance_mode_reports_a_silent_node_fences_nothing_and_times_it_afresh_once_over(world):
     cluster, rec, fencers, monitor = fence_world(first=True, second=True, maintenance=True)
     monitor.tick(0.0)
