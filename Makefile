@@ -39,6 +39,7 @@ bench: venv
 	@scripts/debs.sh wrk
 	@$(PY) bench/placement.py
 	@$(PY) bench/api.py
+	@$(PY) bench/dashboard.py
 	@$(PY) bench/box.py
 	@$(PY) bench/guests.py
 

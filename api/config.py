@@ -39,9 +39,6 @@ def _check(values: dict[str, Any]) -> None:
     if both:
         raise ValidationError(f"read_only_keys: {len(both)} key(s) also in api_keys; a key has one role",
                               "read_only_keys")
-    for name in ("api_keys", "read_only_keys"):
-        if any(not isinstance(k, str) or not k.strip() for k in values[name]):
-            raise ValidationError(f"{name}: every key must be a non-empty string", name)
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ValidationError("tls_cert and tls_key: give both or neither", "tls_cert")
 

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 #: set by pvcapid's worker when it is told to stop: every stream ends within a second
 STOPPING = threading.Event()
 KEEPALIVE = 15.0  # seconds between comment lines on a quiet stream
-COALESCE = 0.2  # seconds the feed waits after an event before the next: a burst of changes is one event
+COALESCE = 0.1  # seconds the feed waits after an event before the next: a burst of changes is one event
+STATUS_MIN = 1.0  # seconds between two computations of the status (its N+1 check plans every node's failure)
 STATUS_EVERY = 2.0  # seconds between looks at the status when nothing else changed (faults, fencing)
 IDLE_STOP = 30.0  # seconds the feed's thread runs on with no stream open
 HISTORY = 128  # events kept for streams that are a little behind
@@ -112,34 +113,43 @@ class Feed:
                 self._thread = None
 
     def _follow(self) -> None:
-        view, generation, status_at = self.ops.view, None, 0.0
+        """Nodes and VMs go out as they change; the status with them at most every :data:`STATUS_MIN` seconds
+        (it changed meanwhile: it goes out then), and every :data:`STATUS_EVERY` seconds in any case (faults
+        and fencing are not in the view's changes)."""
+        view, generation, status_at, status_due = self.ops.view, None, 0.0, True
         while not STOPPING.is_set() and not view.stopped:
             with self._cond:
                 if self._open == 0 and time.monotonic() - self._last_open > IDLE_STOP:
                     return
-            changed = generation is None or view.wait_changed(generation, 1.0) != generation
+            wait = max(0.0, status_at + STATUS_MIN - time.monotonic()) if status_due else 1.0
+            changed = generation is None or view.wait_changed(generation, min(wait, 1.0)) != generation
             generation = view.generation
             now = time.monotonic()
-            if changed or now - status_at >= STATUS_EVERY:
-                status_at = now
-                try:
-                    self._take(view.snapshot())
-                except Exception:  # noqa: BLE001 - the feed must go on; the next change tries again
-                    log.exception("the event feed could not take a change in")
+            status_due = status_due or changed or now - status_at >= STATUS_EVERY
+            with_status = status_due and now - status_at >= STATUS_MIN
+            if not (changed or with_status):
+                continue
+            try:
+                self._take(view.snapshot(), with_status)
+            except Exception:  # noqa: BLE001 - the feed must go on; the next change tries again
+                log.exception("the event feed could not take a change in")
+            if with_status:
+                status_at, status_due = now, False
+            if changed:
                 time.sleep(COALESCE)  # a rate limit: a burst of changes becomes one event
 
-    def _take(self, snap) -> None:
+    def _take(self, snap, with_status: bool = True) -> None:
         nodes = {name: n.to_dict() for name, n in snap.nodes.items()}
         vms: dict[str, tuple[object, dict]] = {}
         for name, vm in snap.vms.items():
             kept = self._vms.get(name)
             vms[name] = kept if kept is not None and kept[0] is vm and kept[1]["running"] == (
                 vm.name in getattr(snap.nodes.get(vm.node), "running_vms", ())) else (vm, vm_out(vm, snap))
-        st = status(self.ops, self.guards)
+        st = status(self.ops, self.guards) if with_status or self._status is None else self._status
         changed_nodes = [d for name, d in nodes.items() if self._nodes.get(name) != d]
-        changed_vms = [d for name, (vm, d) in vms.items() if self._vms.get(name, (None, None))[1] != d]
+        changed_vms = [d for name, (vm, d) in vms.items() if self._vms.get(name, (None, None))[1] is not d]
         gone = {"nodes": sorted(set(self._nodes) - set(nodes)), "vms": sorted(set(self._vms) - set(vms))}
-        new_status = self._status is None or _comparable(st) != _comparable(self._status)
+        new_status = st is not self._status and (self._status is None or _comparable(st) != _comparable(self._status))
         with self._cond:
             first = not self._ready
             self._nodes, self._vms, self._status, self._ready = nodes, vms, st, True

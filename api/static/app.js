@@ -544,9 +544,13 @@ function drawPlacement(page, place, head, v) {
   if (!p) return;
   if (p.error) { fill(place, h("p", {class: "count"}, p.error)); return; }
   fill(head, `selector ${p.selector}: `,
-    p.target ? ["would choose ", h("b", {}, p.target)] : (p.note || "no node can host it now"));
+    p.target ? ["would choose ", h("b", {}, p.target), " (the highest score; click a node to choose another)"]
+      : (p.note || "no node can host it now"));
+  // Higher scores win; a bar spans from the lowest eligible score (a tenth) to the highest (all of it).
   const scores = p.nodes.filter((n) => n.score !== undefined).map((n) => n.score);
-  const top = Math.max(...scores.map((s) => Math.abs(s)), 1e-9);
+  const low = Math.min(...scores);
+  const span = Math.max(...scores) - low;
+  const length = (s) => (span > 0 ? 0.1 + 0.9 * (s - low) / span : 1);
   if (page.target && !p.nodes.some((n) => n.node === page.target && n.score !== undefined)) page.target = null;
   const chosen = page.target || p.target;
   fill(place, ...p.nodes.map((n) => {
@@ -559,7 +563,7 @@ function drawPlacement(page, place, head, v) {
       onclick: eligible ? () => { page.target = n.node; drawPlacement(page, place, head, v);
                                   vmActions(document.getElementById("vm-actions"), v, page); } : null,
     }, h("b", {}, n.node),
-       eligible ? bar([["score", Math.abs(n.score) / top]]) : h("span", {class: "why"}, "excluded: " + n.excluded),
+       eligible ? bar([["score", length(n.score)]]) : h("span", {class: "why"}, "excluded: " + n.excluded),
        h("span", {class: "num"}, eligible ? (n.node === p.target ? "★ " : "") + fmtScore(n.score) : ""));
     return row;
   }));

@@ -22,6 +22,7 @@ import pytest
 from pvccli.client import ApiError, Client
 from pvccore.demo.cluster import sample_domain_xml
 from pvccore.demo.zookeeper import free_port
+from tests.tools.sse import Stream
 
 T = 30.0  # seconds any one wait of this module may take at most
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -39,42 +40,6 @@ def _get(live, path: str, headers: dict | None = None) -> tuple[int, dict, bytes
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         conn.close()
-
-
-class Stream:
-    """An open ``GET /api/v1/events``, read event by event."""
-
-    def __init__(self, netloc: str, key: str):
-        self.conn = http.client.HTTPConnection(netloc, timeout=T)
-        self.conn.request("GET", "/api/v1/events", headers={"X-Api-Key": key, "Accept": "text/event-stream"})
-        self.response = self.conn.getresponse()
-        self.status = self.response.status
-
-    def next(self) -> tuple[str, dict]:
-        """The next event (comments skipped)."""
-        kind, data = "message", []
-        while True:
-            line = self.response.fp.readline()
-            assert line, "the stream ended"
-            line = line.decode().rstrip("\n")
-            if not line:
-                if data:
-                    return kind, json.loads("\n".join(data))
-                continue
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-
-    def until(self, test, deadline: float) -> dict:
-        while time.monotonic() < deadline:
-            kind, data = self.next()
-            if kind == "delta" and test(data):
-                return data
-        raise AssertionError("no such event in time")
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 @pytest.fixture(scope="module")

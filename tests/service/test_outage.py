@@ -29,6 +29,7 @@ from pvccore.demo.zookeeper import LocalZooKeeper, free_port
 from pvccore.domain.models import VM
 from pvccore.zk.store import Store, delete_tree
 from tests.conftest import make_node
+from tests.tools.sse import Stream
 from tests.tools.tcpproxy import TcpProxy
 
 H = {"X-Api-Key": "k"}
@@ -226,6 +227,7 @@ def pvcapid(hosts: str, root: str, work: Path):
         conn.close()
         return resp.status, answer, resp.getheader("X-PVC-Stale"), time.monotonic() - t0
 
+    request.netloc = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:  # gunicorn starts in another process: poll its health, under a deadline
@@ -250,6 +252,8 @@ def test_stopped_zookeeper_app_and_gunicorn_answer_within_a_second(own_zk, tmp_p
         for path in ("/vm/web1", "/node/hv1/fence-config"):  # the worker's view holds these too
             assert api("GET", path)[0] == 200
         before = picture(seed)
+        following = Stream(api.netloc, "k")  # the dashboard's feed, open across the outage
+        assert following.next()[0] == "snapshot"
         own_zk.stop()
         wait_health(client, 503, "the app never noticed ZooKeeper was gone")
         assert_stale_answers(every_route_answers_quickly(client))
@@ -276,6 +280,17 @@ def test_stopped_zookeeper_app_and_gunicorn_answer_within_a_second(own_zk, tmp_p
         assert not slow, slow
         status, answer, _, _ = api("GET", "/cluster/status")
         assert answer["stale"] is True and answer["vms"]["total"] == 1
+        # The event stream: the open one says the status went stale; one opened now starts at once from the
+        # last known state.
+        following.until(lambda d: d.get("status") and d["status"]["stale"], time.monotonic() + 10)
+        following.close()
+        t0 = time.monotonic()
+        fresh = Stream(api.netloc, "k")
+        kind, snap = fresh.next()
+        took = time.monotonic() - t0
+        fresh.close()
+        assert kind == "snapshot" and snap["status"]["stale"] is True and [v["name"] for v in snap["vms"]] == ["web1"]
+        assert took < 1.0, f"the event stream took {took:.2f}s to start while ZooKeeper was away"
 
         own_zk.start()
         wait_health(client, 200, "the app never got ZooKeeper back")

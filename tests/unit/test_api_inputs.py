@@ -151,3 +151,15 @@ def test_a_zookeeper_failure_in_a_handler_is_503_never_500(exc):
     assert resp.status_code == 503 and set(resp.json) == {"message", "field"}, resp.text
     assert "ZooKeeper" in resp.json["message"]
     assert "X-PVC-Stale" in resp.headers  # and the next answers come from the view at once
+
+
+def test_an_event_stream_behind_the_feeds_history_starts_again_from_a_snapshot():
+    from pvcapi.feed import HISTORY, Feed
+
+    feed = Feed(ops=None)
+    feed._seq = 3 * HISTORY
+    feed._history.extend((n, f"e{n}".encode()) for n in range(2 * HISTORY + 1, 3 * HISTORY + 1))
+    assert feed.after(10, 0) is None  # events 11 .. 2*HISTORY are gone
+    assert feed.after(2 * HISTORY, 0) == [f"e{n}".encode() for n in range(2 * HISTORY + 1, 3 * HISTORY + 1)]
+    assert feed.after(3 * HISTORY - 1, 0) == [f"e{3 * HISTORY}".encode()]
+    assert feed.after(3 * HISTORY, 0.01) == []  # nothing new

@@ -85,3 +85,29 @@ def test_pvcapid_bad_number_exits_2_with_one_line(value):
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("pvcapid: error: wait_timeout must be") and value.lstrip("-") in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ('read_only_keys = ["k"]\napi_keys = ["k"]', "read_only_keys: 1 key\\(s\\) also in api_keys; a key has one role"),
+    ('api_keys = ["k"]\nread_only_keys = [""]', "read_only_keys must be a list of non-empty strings"),
+    ('api_keys = [""]', "api_keys must be a list of non-empty strings"),
+    ('api_keys = ["k"]\nread_only_keys = "k2"', "read_only_keys must be a list of non-empty strings"),
+    ('api_keys = ["k"]\nread_only_keys = [1]', "read_only_keys must be a list of non-empty strings"),
+    ('api_keys = []', "api_keys: required while auth is on"),
+])
+def test_bad_api_keys_are_one_clear_error(tmp_path, text, message):
+    from pvcapi.config import API
+
+    f = tmp_path / "api.toml"
+    f.write_text(text)
+    with pytest.raises(ValidationError, match=message):
+        API.from_file(str(f))
+
+
+def test_read_only_keys_alone_are_enough_to_start():
+    from pvcapi.config import API
+
+    parser = argparse.ArgumentParser()
+    API.add_flags(parser)
+    cfg = API.from_args(parser.parse_args(["--read-only-key", "watch", "--read-only-key", "look"]))
+    assert cfg.api_keys == () and cfg.read_only_keys == ("watch", "look")
