@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 DEBS := zookeeper libvirt-dev libvirt-clients pkg-config python3-venv iproute2 iputils-ping arping ipmitool fence-agents openssl
 # The cluster-in-a-box tier: a libvirtd with QEMU per node namespace, tini as each node's init.
 BOX_DEBS := libvirt-daemon-system qemu-system-x86 tini util-linux
-# The dashboard's browser test: Debian's Chromium and its WebDriver (selenium drives them; nothing downloaded).
-BROWSER_DEBS := chromium chromium-driver fonts-dejavu-core
+# The dashboard's browser tests: Debian's Chromium and its WebDriver (selenium), and Firefox ESR (driven over
+# WebDriver BiDi, which it speaks itself); nothing is downloaded.
+BROWSER_DEBS := chromium chromium-driver firefox-esr fonts-dejavu-core
 
 .PHONY: deps venv test soak bench bench-driver bench-peer bench-scale docs demo demo-stop demo-status clean
 

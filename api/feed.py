@@ -69,7 +69,8 @@ class Feed:
     def opened(self) -> None:
         with self._cond:
             self._open += 1
-            if self._thread is None:
+            if self._thread is None:  # (again, after a while without streams: what it holds is old)
+                self._ready = False
                 self._thread = threading.Thread(target=self._run, name="pvcapi-feed", daemon=True)
                 self._thread.start()
 

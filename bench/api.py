@@ -23,14 +23,13 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import emit, table  # noqa: E402
+from common import emit, pvcapid, table  # noqa: E402
 
-from pvccli.client import ApiError, Client  # noqa: E402
-from pvccore.demo.zookeeper import LocalZooKeeper, free_port  # noqa: E402
+from pvccli.client import Client  # noqa: E402
+from pvccore.demo.zookeeper import LocalZooKeeper  # noqa: E402
 from pvccore.domain.models import VM, Node, VMMeta  # noqa: E402
 from pvccore.zk.store import Store  # noqa: E402
 
@@ -159,51 +158,37 @@ def main() -> None:
     with LocalZooKeeper() as zk:
         store = Store.connect(zk.hosts, "/bench-api")
         populate(store)
-        port = free_port()
-        cfg = Path(zk.dir) / "api.toml"
-        cfg.write_text(f'zookeeper_hosts = "{zk.hosts}"\nzookeeper_root = "/bench-api"\nlisten = "127.0.0.1:{port}"\n'
-                       f'workers = 2\napi_keys = ["{KEY}"]\nlog_level = "warning"\n')
-        api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            client = Client(f"http://127.0.0.1:{port}", KEY, timeout=30)
-            deadline = time.monotonic() + 60
-            while True:  # both workers load the 10,000 VMs into their views first
-                try:
-                    if len(client.vms()) == VMS and len(client.vms()) == VMS:
-                        break
-                except ApiError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("pvcapid did not come up")
-                time.sleep(0.2)
-            times = []
-            for _ in range(10):
-                t0 = time.perf_counter()
-                assert len(client.vms()) == VMS
-                times.append(time.perf_counter() - t0)
-            emit("api_list_10000_ms", statistics.median(times) * 1000, "ms", "GET /vm, 10,000 VMs, median of 10")
-            wrk = shutil.which("wrk")
-            if wrk is None:
-                raise SystemExit("wrk not installed: make bench installs it (Debian package wrk)")
-            out = subprocess.run([wrk, "-t2", "-c8", "-d5s", "-H", f"X-Api-Key: {KEY}",
-                                  f"http://127.0.0.1:{port}/api/v1/vm/vm04242"], capture_output=True, text=True).stdout
-            rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-            errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-            emit("api_get_per_s", rate, "req/s", "GET /vm/<vm>, wrk 2 threads 8 connections 5 s"
-                 + (f", {errors.group(1)} non-2xx" if errors else ""))
-            errors, which = hostile_5xx(port)
-            emit("api_5xx_hostile", errors, "answers", f"5xx answers to {len(HOSTILE)} hostile requests"
-                 + (f": {'; '.join(which)}" if which else ""))
-            p99, waiting = health_p99_under_stall(port)
-            emit("api_health_ms_p99_under_stall", p99 * 1000, "ms",
-                 f"GET /api/v1, {HEALTH_PROBES} probes, while {STALLED} connections stall mid-body and "
-                 f"{WAITING} clients hold wait=true requests ({waiting} still waiting at the end)")
+            with pvcapid(zk.hosts, "/bench-api", zk.dir, KEY, VMS) as (api, port, client):
+                measure(port, client)
         finally:
-            api.terminate()
-            api.wait(20)
             store.close()
     table("API under gunicorn (2 workers) on loopback")
+
+
+def measure(port: int, client: Client) -> None:
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        assert len(client.vms()) == VMS
+        times.append(time.perf_counter() - t0)
+    emit("api_list_10000_ms", statistics.median(times) * 1000, "ms", "GET /vm, 10,000 VMs, median of 10")
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk not installed: make bench installs it (Debian package wrk)")
+    out = subprocess.run([wrk, "-t2", "-c8", "-d5s", "-H", f"X-Api-Key: {KEY}",
+                          f"http://127.0.0.1:{port}/api/v1/vm/vm04242"], capture_output=True, text=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    emit("api_get_per_s", rate, "req/s", "GET /vm/<vm>, wrk 2 threads 8 connections 5 s"
+         + (f", {errors.group(1)} non-2xx" if errors else ""))
+    errors, which = hostile_5xx(port)
+    emit("api_5xx_hostile", errors, "answers", f"5xx answers to {len(HOSTILE)} hostile requests"
+         + (f": {'; '.join(which)}" if which else ""))
+    p99, waiting = health_p99_under_stall(port)
+    emit("api_health_ms_p99_under_stall", p99 * 1000, "ms",
+         f"GET /api/v1, {HEALTH_PROBES} probes, while {STALLED} connections stall mid-body and "
+         f"{WAITING} clients hold wait=true requests ({waiting} still waiting at the end)")
 
 
 if __name__ == "__main__":

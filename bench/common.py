@@ -113,3 +113,38 @@ def handovers(ops, make_pinger, runs: int) -> tuple[list[int], list[float]]:
         sent, received = pinger.stop()
         lost.append(sent - received)
     return lost, seconds
+
+
+@contextmanager
+def pvcapid(hosts: str, root: str, workdir: str, key: str, vms: int, **settings):
+    """pvcapid (2 workers) on loopback, yielded as ``(port, client)`` once both workers list all ``vms`` VMs (each
+    loads them into its view first); stopped on the way out. ``settings`` are more lines of its TOML file."""
+    import subprocess
+    from pathlib import Path
+
+    from pvccli.client import ApiError, Client
+    from pvccore.demo.zookeeper import free_port
+
+    port = free_port()
+    cfg = Path(workdir) / "api.toml"
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    cfg.write_text(f'zookeeper_hosts = "{hosts}"\nzookeeper_root = "{root}"\nlisten = "127.0.0.1:{port}"\n'
+                   f'workers = 2\napi_keys = ["{key}"]\nlog_level = "warning"\n{extra}')
+    api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = Client(f"http://127.0.0.1:{port}", key, timeout=30)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if len(client.vms()) == vms and len(client.vms()) == vms:
+                    break
+            except ApiError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("pvcapid did not come up")
+            time.sleep(0.2)  # another process starting: polled under a deadline
+        yield api, port, client
+    finally:
+        api.terminate()
+        api.wait(30)

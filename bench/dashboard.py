@@ -14,7 +14,6 @@ snapshot of 1,000 VMs) of a new stream, its size, and the API's CPU while follow
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -25,10 +24,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from common import emit, table  # noqa: E402
+from common import emit, pvcapid, table  # noqa: E402
 
-from pvccli.client import ApiError, Client  # noqa: E402
-from pvccore.demo.zookeeper import LocalZooKeeper, free_port  # noqa: E402
+from pvccore.demo.zookeeper import LocalZooKeeper  # noqa: E402
 from pvccore.domain.models import VM, Node, VMMeta  # noqa: E402
 from pvccore.zk.store import Store  # noqa: E402
 from tests.tools.sse import Stream  # noqa: E402
@@ -61,86 +59,72 @@ def main() -> None:
     with LocalZooKeeper() as zk:
         store = Store.connect(zk.hosts, ROOT)
         populate(store)
-        port = free_port()
-        cfg = Path(zk.dir) / "api.toml"
-        cfg.write_text(f'zookeeper_hosts = "{zk.hosts}"\nzookeeper_root = "{ROOT}"\nlisten = "127.0.0.1:{port}"\n'
-                       f'workers = 2\nthreads = 64\napi_keys = ["{KEY}"]\nlog_level = "warning"\n')
-        api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        netloc = f"127.0.0.1:{port}"
-        streams: list[Stream] = []
         try:
-            client = Client(f"http://{netloc}", KEY, timeout=30)
-            deadline = time.monotonic() + 60
-            while True:  # both workers load the VMs into their views first
-                try:
-                    if len(client.vms()) == VMS and len(client.vms()) == VMS:
-                        break
-                except ApiError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("pvcapid did not come up")
-                time.sleep(0.2)
-
-            firsts, sizes = [], []
-            while len(streams) < STREAMS:
-                t0 = time.perf_counter()
-                s = Stream(netloc, KEY)
-                if s.status != 200:
-                    raise SystemExit(f"stream {len(streams) + 1} refused: {s.status}")
-                kind, snap = s.next()
-                firsts.append(time.perf_counter() - t0)
-                sizes.append(len(json.dumps(snap)))
-                assert kind == "snapshot" and len(snap["vms"]) == VMS
-                streams.append(s)
-            emit("dashboard_first_event_ms", statistics.median(firsts) * 1000, "ms",
-                 f"a new stream's snapshot of {VMS} VMs, {NODES} nodes (median of {STREAMS})")
-            emit("dashboard_snapshot_kib", statistics.median(sizes) / 1024, "KiB", "its size")
-
-            seen: dict[int, dict[str, float]] = {i: {} for i in range(len(streams))}
-            written: dict[str, float] = {}
-
-            def follow(i: int, s: Stream) -> None:
-                try:
-                    while len(seen[i]) < CHANGES:
-                        kind, data = s.next()
-                        now = time.monotonic()
-                        for vm in data.get("vms", ()):
-                            for tag in vm["meta"]["tags"]:
-                                seen[i].setdefault(tag, now)
-                except (AssertionError, OSError):
-                    pass
-
-            readers = [threading.Thread(target=follow, args=(i, s), daemon=True) for i, s in enumerate(streams)]
-            for r in readers:
-                r.start()
-            cpu0, t_start = cpu_seconds(api.pid), time.monotonic()
-            for n in range(CHANGES):
-                tag = f"t{n}"
-                name = f"vm{(n * 37) % VMS:04d}"
-                written[tag] = time.monotonic()
-                store.update_vm(name, lambda vm: replace(vm, meta=replace(vm.meta, tags=(tag,))))
-                time.sleep(0.1)  # the pace of changes the bench offers, not a wait for anything
-            for r in readers:
-                r.join(30)
-            cpu = cpu_seconds(api.pid) - cpu0
-            elapsed = time.monotonic() - t_start
-            lat = sorted(at - written[tag] for i in seen for tag, at in seen[i].items())
-            missed = CHANGES * len(streams) - len(lat)
-            emit("dashboard_event_ms_p50", statistics.median(lat) * 1000, "ms",
-                 f"a change's write -> its delta on the stream, {len(streams)} streams, {CHANGES} changes")
-            emit("dashboard_event_ms_p99", lat[int(len(lat) * 0.99) - 1] * 1000, "ms", "target 1,000")
-            emit("dashboard_event_ms_max", lat[-1] * 1000, "ms", "")
-            emit("dashboard_events_missed", missed, "events", "changes a stream never showed")
-            emit("dashboard_api_cpu_pct", cpu / elapsed * 100, "%",
-                 f"pvcapid (both workers) following {CHANGES / elapsed:.0f} changes/s for {len(streams)} streams")
+            with pvcapid(zk.hosts, ROOT, zk.dir, KEY, VMS, threads=64) as (api, port, _client):
+                measure(store, api.pid, f"127.0.0.1:{port}")
         finally:
-            for s in streams:
-                s.close()
-            api.terminate()
-            api.wait(30)
             store.close()
     table("dashboard feed (bench/dashboard.py)")
+
+
+def measure(store: Store, api_pid: int, netloc: str) -> None:
+    streams: list[Stream] = []
+    try:
+        firsts, sizes = [], []
+        while len(streams) < STREAMS:
+            t0 = time.perf_counter()
+            s = Stream(netloc, KEY)
+            if s.status != 200:
+                raise SystemExit(f"stream {len(streams) + 1} refused: {s.status}")
+            kind, snap = s.next()
+            firsts.append(time.perf_counter() - t0)
+            sizes.append(len(json.dumps(snap)))
+            assert kind == "snapshot" and len(snap["vms"]) == VMS
+            streams.append(s)
+        emit("dashboard_first_event_ms", statistics.median(firsts) * 1000, "ms",
+             f"a new stream's snapshot of {VMS} VMs, {NODES} nodes (median of {STREAMS})")
+        emit("dashboard_snapshot_kib", statistics.median(sizes) / 1024, "KiB", "its size")
+
+        seen: dict[int, dict[str, float]] = {i: {} for i in range(len(streams))}
+        written: dict[str, float] = {}
+
+        def follow(i: int, s: Stream) -> None:
+            try:
+                while len(seen[i]) < CHANGES:
+                    kind, data = s.next()
+                    now = time.monotonic()
+                    for vm in data.get("vms", ()):
+                        for tag in vm["meta"]["tags"]:
+                            seen[i].setdefault(tag, now)
+            except (AssertionError, OSError):
+                pass
+
+        readers = [threading.Thread(target=follow, args=(i, s), daemon=True) for i, s in enumerate(streams)]
+        for r in readers:
+            r.start()
+        cpu0, t_start = cpu_seconds(api_pid), time.monotonic()
+        for n in range(CHANGES):
+            tag = f"t{n}"
+            name = f"vm{(n * 37) % VMS:04d}"
+            written[tag] = time.monotonic()
+            store.update_vm(name, lambda vm: replace(vm, meta=replace(vm.meta, tags=(tag,))))
+            time.sleep(0.1)  # the pace of changes the bench offers, not a wait for anything
+        for r in readers:
+            r.join(30)
+        cpu = cpu_seconds(api_pid) - cpu0
+        elapsed = time.monotonic() - t_start
+        lat = sorted(at - written[tag] for i in seen for tag, at in seen[i].items())
+        missed = CHANGES * len(streams) - len(lat)
+        emit("dashboard_event_ms_p50", statistics.median(lat) * 1000, "ms",
+             f"a change's write -> its delta on the stream, {len(streams)} streams, {CHANGES} changes")
+        emit("dashboard_event_ms_p99", lat[int(len(lat) * 0.99) - 1] * 1000, "ms", "target 1,000")
+        emit("dashboard_event_ms_max", lat[-1] * 1000, "ms", "")
+        emit("dashboard_events_missed", missed, "events", "changes a stream never showed")
+        emit("dashboard_api_cpu_pct", cpu / elapsed * 100, "%",
+             f"pvcapid (both workers) following {CHANGES / elapsed:.0f} changes/s for {len(streams)} streams")
+    finally:
+        for s in streams:
+            s.close()
 
 
 if __name__ == "__main__":

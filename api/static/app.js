@@ -11,7 +11,7 @@ const ROLE = "pvc.role";
 
 const S = {
   nodes: new Map(), vms: new Map(), status: null, faults: [], faultsKey: "",
-  live: "off", abort: null, tasks: [], page: null, flushFrom: new Map(), follower: 0, signingIn: false,
+  live: "off", abort: null, tasks: [], page: null, flushFrom: new Map(), follower: 0, signingIn: false, loaded: false,
 };
 
 const key = () => sessionStorage.getItem(KEY);
@@ -133,7 +133,7 @@ function signOut(message) {
   sessionStorage.removeItem(KEY);
   sessionStorage.removeItem(ROLE);
   if (S.abort) S.abort.abort();
-  S.nodes.clear(); S.vms.clear(); S.status = null; S.page = null;
+  S.nodes.clear(); S.vms.clear(); S.status = null; S.page = null; S.loaded = false;
   signInPage(message);
 }
 
@@ -151,6 +151,7 @@ function applyEvent(kind, data) {
     S.nodes = new Map(data.nodes.map((n) => [n.name, n]));
     S.vms = new Map(data.vms.map((v) => [v.name, v]));
     S.status = data.status;
+    S.loaded = true;
   } else if (kind === "delta") {
     for (const n of data.nodes) S.nodes.set(n.name, n);
     for (const v of data.vms) S.vms.set(v.name, v);
@@ -216,6 +217,7 @@ async function refresh() {
   S.status = status.data;
   S.nodes = new Map(nodes.data.map((n) => [n.name, n]));
   S.vms = new Map(vms.data.map((v) => [v.name, v]));
+  S.loaded = true;
   schedule();
 }
 
@@ -489,7 +491,7 @@ function vmPage(name) {
     update() {
       const v = S.vms.get(name);
       if (!v) {
-        if (S.status) fill(title, name, " ", pill("not found", "bad"));
+        if (S.loaded) fill(title, name, " ", pill("not found", "bad"));
         return;
       }
       fill(title, name, " ", pill(v.state, stateKind(v), v.reason || null),

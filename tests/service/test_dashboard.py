@@ -362,3 +362,68 @@ def test_the_dashboard_in_chromium(live, samples, browser, tmp_path):
 
     errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
     assert not errors, errors  # no script error; the one refusal above is the wrong key's
+
+
+def test_the_dashboard_in_firefox(live, samples, tmp_path):
+    """The same page in Firefox ESR (over WebDriver BiDi): sign in, the tiles, live; a VM's placement, a
+    migration from the page and its row changing without a reload; a phone's width; no script error."""
+    from tests.tools.bidi import FIREFOX, Firefox
+
+    assert os.path.exists(FIREFOX), "make deps installs firefox-esr"
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    ff = Firefox(tmp_path)
+
+    def wait(test, what: str):
+        deadline = time.monotonic() + T
+        while not (value := test()):
+            assert time.monotonic() < deadline, f"Firefox: {what} not within {T:g}s"
+            time.sleep(0.05)  # polling the page, under a deadline
+        return value
+
+    def text(selector: str):
+        return ff.js(f"(e => e && e.innerText)(document.querySelector({json.dumps(selector)}))")
+
+    def sign_in(key: str) -> None:
+        wait(lambda: ff.click("#apikey"), "the sign-in form")
+        ff.js("document.getElementById('apikey').value = ''")
+        ff.type(key)
+        wait(lambda: ff.click("#signin-button"), "the sign-in button")
+
+    try:
+        ff.go(live.url + "/")
+        assert ff.js("location.pathname") == "/dashboard"
+        sign_in("wrong")
+        wait(lambda: "Unknown API key" in (text("#signin-error") or ""), "the refusal")
+        sign_in(live.key)
+        wait(lambda: ff.js("document.querySelectorAll('[data-node]').length") == 3, "three node tiles")
+        wait(lambda: text("#live") == "live", "the live feed")
+        ff.js("window.pvcTestMarker = 'not reloaded'")
+        ff.screenshot(shots / "firefox-overview.png")
+
+        wait(lambda: ff.click("[data-nav=vms]"), "the VMs link")
+        wait(lambda: ff.click("tr[data-vm=dash2] a"), "dash2's row")
+        target = wait(lambda: ff.js("(e => e && e.dataset.targetNode)(document.querySelector("
+                                    "'#placement [data-eligible=yes]:not(.selected)') || "
+                                    "document.querySelector('#placement [data-eligible=yes]'))"), "an eligible node")
+        current = live.view.snapshot().vms["dash2"].node
+        assert target != current
+        wait(lambda: ff.click(f"#placement [data-target-node={target}]"), "the target's bar")
+        wait(lambda: text("[data-action=migrate]") == f"Migrate to {target}", "the target chosen")
+        ff.screenshot(shots / "firefox-vm.png")
+        wait(lambda: ff.click("[data-action=migrate]"), "the migrate button")
+        wait(lambda: ff.js("document.getElementById('confirm').open"), "the confirmation")
+        wait(lambda: ff.click("#confirm-ok"), "the confirm button")
+        wait(lambda: ff.click("[data-nav=vms]"), "the VMs link")
+        wait(lambda: text("tr[data-vm=dash2] td[data-col=node]") == target, "dash2's row on its new node")
+        assert text("tr[data-vm=dash2] td[data-col=home]") == current
+        assert ff.js("window.pvcTestMarker") == "not reloaded"
+        ff.screenshot(shots / "firefox-vms.png")
+
+        ff.viewport(390, 844)
+        width = wait(lambda: ff.js("[document.documentElement.scrollWidth, window.innerWidth]"), "the phone's width")
+        assert width[0] <= width[1], width
+        ff.screenshot(shots / "firefox-phone.png")
+        assert not ff.errors, ff.errors
+    finally:
+        ff.close()

@@ -421,23 +421,8 @@ def test_failed_fencing_recovers_nothing_and_retries_with_a_doubling_back_off(wo
     assert rec.of("pvc_node_recovered") == []
 
 
-def test_a_failed_fencing_left_by_an_earlier_primary_is_cleared_once_the_node_speaks(world):
-    """The primary that retried it is gone (restarted, or handed over); the node came back meanwhile. Its new
-    primary clears the record (and so the fault and the cluster's "fencing failed" problem), fencing nothing."""
-    cluster, rec, fencers, earlier = fence_world(first=False, second=False)
-    earlier.tick(0.0)
-    earlier.tick(4.0)
-    keep_alive(cluster, "hv2")
-    earlier.tick(6.5)
-    assert cluster.fencing["hv3"].state == "failed"
-    cluster.nodes["hv3"] = replace(cluster.nodes["hv3"], daemon_state=DaemonState.RUN)  # it came back
-    calls = len(fencers.calls)
-    later = FakeTime(node_context(cluster, "hv1", plugins(rec, fencers), keepalive_interval=1.0))
-    later.tick(100.0)
-    assert "hv3" not in cluster.fencing and len(fencers.calls) == calls
-
-
-def test_a_primary_clears_a_failed_fencing_of_itself_left_by_an_earlier_primary(world):
+def hv3_failed_then_back():
+    """hv3's fencing failed under hv1 as primary (whose monitor is then gone); hv3 came back meanwhile."""
     cluster, rec, fencers, earlier = fence_world(first=False, second=False)
     earlier.tick(0.0)
     earlier.tick(4.0)
@@ -445,6 +430,21 @@ def test_a_primary_clears_a_failed_fencing_of_itself_left_by_an_earlier_primary(
     earlier.tick(6.5)
     assert cluster.fencing["hv3"].state == "failed"
     cluster.nodes["hv3"] = replace(cluster.nodes["hv3"], daemon_state=DaemonState.RUN)
+    return cluster, rec, fencers
+
+
+def test_a_failed_fencing_left_by_an_earlier_primary_is_cleared_once_the_node_speaks(world):
+    """The primary that retried it is gone (restarted, or handed over); the node came back meanwhile. Its new
+    primary clears the record (and so the fault and the cluster's "fencing failed" problem), fencing nothing."""
+    cluster, rec, fencers = hv3_failed_then_back()
+    calls = len(fencers.calls)
+    later = FakeTime(node_context(cluster, "hv1", plugins(rec, fencers), keepalive_interval=1.0))
+    later.tick(100.0)
+    assert "hv3" not in cluster.fencing and len(fencers.calls) == calls
+
+
+def test_a_primary_clears_a_failed_fencing_of_itself_left_by_an_earlier_primary(world):
+    cluster, rec, fencers = hv3_failed_then_back()
     secondary = FakeTime(node_context(cluster, "hv3", plugins(rec, fencers), keepalive_interval=1.0))
     secondary.tick(100.0)
     assert cluster.fencing["hv3"].state == "failed"  # only the primary writes it
