@@ -70,15 +70,15 @@ ROLE_HEADER = "X-PVC-Role"  # on every answer to a known key: "full" or "read-on
 
 
 class ApiKeyAuth:
-    """Every route under the API but ``GET /api/v1`` (health) needs a known key in ``X-Api-Key``; a read-only key
-    only reads. The dashboard's files, outside the API, need none: they hold no data."""
+    """Every path but ``GET /api/v1`` (health) and the dashboard's files (no data) needs a known key in
+    ``X-Api-Key``; a read-only key only reads."""
 
     def __init__(self, keys: tuple[str, ...], read_only: tuple[str, ...] = ()):
         self._keys = tuple((k.encode(), "full") for k in keys) + tuple((k.encode(), "read-only") for k in read_only)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not req.path.startswith(PREFIX + "/") and req.path != PREFIX:
-            return  # not the API: the dashboard's files, or nothing (404)
+        if dashboard.PATHS.fullmatch(req.path):
+            return  # the dashboard's files (no data)
         if req.method == "GET" and req.path in (PREFIX, PREFIX + "/"):
             return
         given = (req.get_header("X-Api-Key") or "").encode()

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import falcon
 
-from .routes import PREFIX
-
 STATIC = Path(__file__).with_name("static")
 PAGE = "/dashboard"
 FILES = {"": ("index.html", "text/html; charset=utf-8"), "app.js": ("app.js", "text/javascript; charset=utf-8"),
          "app.css": ("app.css", "text/css; charset=utf-8"), "icon.svg": ("icon.svg", "image/svg+xml")}
+#: exactly the paths the dashboard serves (the API's key check lets these, and only these, through: falcon routes
+#: "//api/v1/node" to the API, so "not under /api/v1" must never be the test)
+PATHS = re.compile(r"/(dashboard(/[A-Za-z0-9][A-Za-z0-9._-]*)?)?")
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -46,11 +47,11 @@ class Headers:
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
         resp.set_header("X-Content-Type-Options", "nosniff")
-        if not req.path.startswith(PREFIX + "/") and req.path != PREFIX:
+        if PATHS.fullmatch(req.path):
             resp.set_header("Content-Security-Policy", POLICY)
             resp.set_header("Referrer-Policy", "no-referrer")
             resp.set_header("X-Frame-Options", "DENY")
 
 
 def serve(app: falcon.App) -> None:
-    app.add_sink(Files(), re.compile(r"^/(dashboard(/[A-Za-z0-9][A-Za-z0-9._-]*)?)?$"))
+    app.add_sink(Files(), re.compile(f"^{PATHS.pattern}$"))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -68,11 +70,16 @@ class Feed:
 
     def opened(self) -> None:
         with self._cond:
-            self._open += 1
-            if self._thread is None:  # (again, after a while without streams: what it holds is old)
+            if self._thread is None:
+                # (Again, after a while without streams, or after it failed: what it holds is old. A stream still
+                # open finds its events gone and starts again from the new picture.)
                 self._ready = False
-                self._thread = threading.Thread(target=self._run, name="pvcapi-feed", daemon=True)
-                self._thread.start()
+                self._history.clear()
+                self._seq += 1
+                thread = threading.Thread(target=self._run, name="pvcapi-feed", daemon=True)
+                thread.start()  # (raises if no thread can be started: nothing is counted then)
+                self._thread = thread
+            self._open += 1
 
     def closed(self) -> None:
         with self._cond:
@@ -80,9 +87,10 @@ class Feed:
             self._last_open = time.monotonic()
 
     def snapshot(self, timeout: float = 10.0) -> tuple[int, bytes] | None:
-        """``(seq, the snapshot event)`` as of event ``seq``, once the first picture is taken (None: not in time)."""
+        """``(seq, the snapshot event)`` as of event ``seq``, once the first picture is taken (None: not in time,
+        or the worker is stopping)."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._ready, timeout):
+            if not self._cond.wait_for(lambda: self._ready or STOPPING.is_set(), timeout) or not self._ready:
                 return None
             return self._seq, encode("snapshot", {
                 "seq": self._seq, "nodes": list(self._nodes.values()), "vms": [d for _, d in self._vms.values()],
@@ -111,7 +119,8 @@ class Feed:
             self._follow()
         finally:
             with self._cond:
-                self._thread = None
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def _follow(self) -> None:
         """Nodes and VMs go out as they change; the status with them at most every :data:`STATUS_MIN` seconds
@@ -121,6 +130,7 @@ class Feed:
         while not STOPPING.is_set() and not view.stopped:
             with self._cond:
                 if self._open == 0 and time.monotonic() - self._last_open > IDLE_STOP:
+                    self._thread = None  # (here, under the lock: a stream opened from now on starts a new one)
                     return
             wait = max(0.0, status_at + STATUS_MIN - time.monotonic()) if status_due else 1.0
             changed = generation is None or view.wait_changed(generation, min(wait, 1.0)) != generation
@@ -146,7 +156,12 @@ class Feed:
             kept = self._vms.get(name)
             vms[name] = kept if kept is not None and kept[0] is vm and kept[1]["running"] == (
                 vm.name in getattr(snap.nodes.get(vm.node), "running_vms", ())) else (vm, vm_out(vm, snap))
-        st = status(self.ops, self.guards) if with_status or self._status is None else self._status
+        st = self._status
+        if with_status or st is None:
+            try:
+                st = status(self.ops, self.guards)
+            except Exception:  # noqa: BLE001 - nodes and VMs still go out; the status as it was (None: not known)
+                log.exception("the event feed could not compute the cluster status")
         changed_nodes = [d for name, d in nodes.items() if self._nodes.get(name) != d]
         changed_vms = [d for name, (vm, d) in vms.items() if self._vms.get(name, (None, None))[1] is not d]
         gone = {"nodes": sorted(set(self._nodes) - set(nodes)), "vms": sorted(set(self._vms) - set(vms))}
@@ -163,12 +178,26 @@ class Feed:
             self._cond.notify_all()
 
 
+def hung_up(sock) -> bool:
+    """Whether the client closed its side of the connection. A stream's client sends nothing, so a readable
+    socket with nothing to read is its FIN. Peeked at on the raw socket (below TLS, if any), taking nothing."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
+    except OSError:  # reset, or closed already
+        return True
+    except ValueError:  # not a socket this can look at: the next write failing will tell
+        return False
+
+
 class _Stream:
     """The answer's body: the stream's events; ``close()`` (called by the server, even before the first
-    event) gives its slot back once."""
+    event) gives its slot back once. A client that hung up is noticed within a second (not at the next write
+    that fails, which on a quiet cluster comes only with a keep-alive)."""
 
-    def __init__(self, feed: Feed, seconds: float, release):
+    def __init__(self, feed: Feed, seconds: float, release, sock=None):
         self._feed, self._seconds, self._release = feed, seconds, release
+        self._gone = (lambda: hung_up(sock)) if sock is not None else (lambda: False)
         self._events = self._generate()
 
     def __iter__(self):
@@ -193,15 +222,19 @@ class _Stream:
                 seq += len(events)
                 quiet_until = time.monotonic() + KEEPALIVE
                 yield b"".join(events)
+            elif self._gone():
+                return
             elif time.monotonic() >= quiet_until:
                 quiet_until = time.monotonic() + KEEPALIVE
                 yield b": keep-alive\n\n"
 
     def close(self) -> None:
-        self._events.close()
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        try:
+            self._events.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 class Events:
@@ -219,7 +252,11 @@ class Events:
                 description=f"this API worker serves {self.deps.max_streams} event streams at once, all taken: "
                             "try again later (the dashboard refreshes from the listings meanwhile)",
                 headers={"Retry-After": "5"})
-        self.feed.opened()
+        try:
+            self.feed.opened()
+        except BaseException:
+            self._slots.release()
+            raise
 
         def release() -> None:
             self.feed.closed()
@@ -228,4 +265,4 @@ class Events:
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-store")
         resp.set_header("X-Accel-Buffering", "no")  # a proxy in front must pass each event on at once
-        resp.stream = _Stream(self.feed, self.deps.stream_seconds, release)
+        resp.stream = _Stream(self.feed, self.deps.stream_seconds, release, req.env.get("gunicorn.socket"))

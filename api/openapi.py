@@ -16,10 +16,10 @@ from .guards import MAX_BODY, MAX_DEPTH, MAX_XML, STALE_HEADER
 from .vms import MAX_LIMIT
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
-ERRORS = {400: "Bad input", 401: "No or unknown API key", 404: "Not found", 409: "Conflict with the current state",
+ERRORS = {400: "Bad input", 401: "No or unknown API key", 403: "A read-only API key, on a route that changes something",
+          404: "Not found", 409: "Conflict with the current state",
           413: f"Request body over {MAX_BODY} bytes (1 MiB), refused before it is read",
           415: "Request body not application/json",
-          403: "A read-only API key, on a route that changes something",
           503: "ZooKeeper unreachable, or silent for 0.8 s: nothing was changed"}
 #: on every answer given while ZooKeeper is unreachable: reads then come from the last known state
 STALE = {STALE_HEADER: {"description": "Seconds since ZooKeeper became unreachable; the answer is the last known "

@@ -184,6 +184,12 @@ class GuardedThreadWorker(ThreadWorker):
                                  self.worker_connections)
         super().init_process()
 
+    def run(self):
+        try:
+            super().run()
+        finally:  # however the loop ended (the master gone too): the streams end, not after their lifetime
+            STOPPING.set()
+
     def handle_exit(self, sig, frame):
         """Told to stop: the event streams end now (each holds a thread the stop would otherwise wait for)."""
         STOPPING.set()

@@ -109,6 +109,7 @@ function signInPage(message) {
     h("button", {type: "submit", id: "signin-button"}, "Sign in"), error);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    if (S.signingIn) return;  // (a second submit while the first is checked)
     error.textContent = "";
     sessionStorage.setItem(KEY, input.value.trim());
     S.signingIn = true;
@@ -170,7 +171,13 @@ async function follow() {
   while (key() && me === S.follower) {
     const ctrl = new AbortController();
     S.abort = ctrl;
+    let watchdog = null;
+    const heard = () => {  // the server writes at least every 15 s: 35 s of nothing is a dead connection
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => { ctrl.silent = true; ctrl.abort(); }, 35000);
+    };
     try {
+      heard();
       const r = await fetch(API + "/events", {headers: {"X-Api-Key": key(), "Accept": "text/event-stream"},
                                               cache: "no-store", signal: ctrl.signal});
       if (r.status === 401) { signOut("The API key was refused."); return; }
@@ -182,6 +189,7 @@ async function follow() {
       for (;;) {
         const {value, done} = await reader.read();
         if (done) break;
+        heard();
         buffer += value;
         let end;
         while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -197,9 +205,12 @@ async function follow() {
         }
       }
     } catch (e) {
-      if (ctrl.signal.aborted || !key() || me !== S.follower) return;
+      if (!key() || me !== S.follower || (ctrl.signal.aborted && !ctrl.silent)) return;  // signed out, or replaced
+    } finally {
+      clearTimeout(watchdog);
     }
-    // The stream ended (it does now and then) or could not start: catch up from the listings, then follow again.
+    // The stream ended (it does now and then), went silent or could not start: catch up from the listings, then
+    // follow again.
     setLive("reconnecting");
     try {
       await refresh();
@@ -239,7 +250,13 @@ function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   let page;
   const m = hash.match(/^\/vm\/(.+)$/);
-  if (m) page = vmPage(decodeURIComponent(m[1]));
+  let vm = null;
+  try {
+    vm = m ? decodeURIComponent(m[1]) : null;
+  } catch (e) {
+    vm = m[1];  // not percent-encoded as it should be: taken as written (it names no VM, the page says so)
+  }
+  if (vm !== null) page = vmPage(vm);
   else if (hash === "/vms") page = vmsPage();
   else page = overviewPage();
   for (const a of document.querySelectorAll("[data-nav]")) {
@@ -617,13 +634,18 @@ function confirmDialog(text) {
   });
 }
 
-async function run(question, label, call, progress) {
+// An action: asked for confirmation, sent, then followed by progress(task) in the live data until it says done
+// or failed. progress() is asked only once the API accepted the request.
+async function run(question, label, call, progress, seen) {
   if (!(await confirmDialog(question))) return;
-  const task = {label, text: "requested", frac: null, state: "running", progress, started: Date.now(), seen: {}};
+  const task = {label, text: "sending", frac: null, state: "running", progress, sent: false,
+                started: Date.now(), seen: seen || {}};
   S.tasks.push(task);
   renderTasks();
   try {
     await call();
+    task.sent = true;
+    task.started = Date.now();
   } catch (e) {
     task.state = "failed";
     task.text = e.message;
@@ -635,7 +657,7 @@ function renderTasks() {
   const box = document.getElementById("tasks");
   const now = Date.now();
   for (const t of S.tasks) {
-    if (t.state === "running") {
+    if (t.state === "running" && t.sent) {
       const p = t.progress(t);
       t.text = p.text;
       t.frac = p.frac === undefined ? null : p.frac;
@@ -646,7 +668,9 @@ function renderTasks() {
     }
   }
   S.tasks = S.tasks.filter((t) => t.state === "running" || now - t.ended < 8000);
-  if (S.tasks.some((t) => t.state !== "running")) setTimeout(renderTasks, 8100);
+  if (S.tasks.some((t) => t.state !== "running") && !S.taskTimer) {  // finished ones go 8 s after they end
+    S.taskTimer = setTimeout(() => { S.taskTimer = null; renderTasks(); }, 8100);
+  }
   fill(box, ...S.tasks.map((t) => h("div", {class: "task " + t.state, "data-task": t.label},
     h("div", {}, h("b", {}, t.label), ": ", t.text),
     t.frac !== null && t.state === "running" ? bar([["progress", t.frac]]) : null)));
@@ -659,12 +683,13 @@ function vmState(name, state) {
       (t) => {
         const v = S.vms.get(name);
         if (!v) return {text: "the VM is gone", failed: true};
+        if (JSON.stringify(v) === t.seen.before) return {text: "requested"};  // the change is not seen yet
         if (v.state === "fail") return {text: "failed: " + v.reason, failed: true};
         if (v.state !== "start" || !v.running) t.seen.away = true;
         const resting = state === "start" || state === "restart" ? v.state === "start" && v.running : v.state === "stop";
         const done = resting && (state !== "restart" || t.seen.away || Date.now() - t.started > 5000);
         return {text: done ? "done" : `state ${v.state}${v.running ? ", running" : ""}`, done};
-      });
+      }, {before: JSON.stringify(S.vms.get(name))});
 }
 
 function vmMove(name, action, target) {
@@ -674,7 +699,7 @@ function vmMove(name, action, target) {
       (t) => {
         const v = S.vms.get(name);
         if (!v) return {text: "the VM is gone", failed: true};
-        const goal = target || t.seen.goal;
+        const goal = target || t.seen.goal || t.seen.home;
         if (v.migration) {
           t.seen.migration = true;
           t.seen.goal = v.migration.target;
@@ -682,8 +707,9 @@ function vmMove(name, action, target) {
         }
         if (goal && v.node === goal && v.state !== "fail") return {text: `done: on ${goal}`, done: true};
         if (t.seen.migration) return {text: `ended on ${v.node}: ${v.reason || "not moved"}`, failed: true};
+        if (Date.now() - t.started > 120000) return {text: "no migration seen in 2 minutes", failed: true};
         return {text: "requested"};
-      });
+      }, {home: (S.vms.get(name) || {}).last_node || null});
 }
 
 function nodeAction(name, state) {

@@ -68,6 +68,7 @@ class FenceMonitor:
         self._serving = serving
         self._clock = clock
         self._seen: dict[str, tuple[float, float]] = {}  # node -> (keepalive value, when we saw it change)
+        self._spoke: set[str] = set()  # nodes whose keepalive this monitor saw change (not just a first look)
         self._suspect: dict[str, float] = {}  # node -> since when
         self._retry: dict[str, tuple[float, float]] = {}  # node -> (next attempt at, current back-off)
         # Power checks of suspect nodes (see the module docstring), each keyed by the keepalive value of the
@@ -114,6 +115,7 @@ class FenceMonitor:
         if self._reset.is_set() or not self.ctx.store.connection.connected:
             self._reset.clear()
             self._seen.clear()  # we were cut off ourselves: start every node's clock again
+            self._spoke.clear()
             self._suspect.clear()
             with self._looks_lock:
                 self._looks.clear()
@@ -123,6 +125,7 @@ class FenceMonitor:
         if self._maintenance and not cfg.maintenance:
             log.warning("maintenance mode ended: every node's silence is timed afresh from now")
             self._seen.clear()
+            self._spoke.clear()
             self._suspect.clear()
             self._retry.clear()
             with self._looks_lock:
@@ -140,6 +143,8 @@ class FenceMonitor:
                 continue
             last_value, since = self._seen.get(name, (None, now))
             if node.keepalive != last_value:
+                if name in self._seen:
+                    self._spoke.add(name)
                 self._seen[name] = (node.keepalive, now)
                 since = now
             if node.daemon_state in (DaemonState.STOP, DaemonState.INIT):  # a clean stop, or starting up: not a failure
@@ -234,13 +239,15 @@ class FenceMonitor:
 
     def _forget(self, name: str, primary: bool = False) -> None:
         """The node is alive or stopped cleanly: nothing of its silence is kept. The primary also clears a failed
-        fencing that an earlier primary left behind (this one never retried it, so it holds no retry of its own)."""
+        fencing that an earlier primary left behind (this one never retried it, so it holds no retry of its own),
+        once it has seen the node's keepalive change itself: a first look tells nothing of a silence."""
         if name in self._held:
             self._release(name)
         self._suspect.pop(name, None)
         with self._looks_lock:
             self._looks.pop(name, None)
-        left = primary and getattr(self.ctx.view.shown("fencing").get(name), "state", None) == FenceOutcome.FAILED
+        left = (primary and (name in self._spoke or name == self.ctx.name)
+                and getattr(self.ctx.view.shown("fencing").get(name), "state", None) == FenceOutcome.FAILED)
         if self._retry.pop(name, None) is not None or left:
             try:
                 self.ctx.store.set_fencing(name, None)

@@ -163,3 +163,21 @@ def test_an_event_stream_behind_the_feeds_history_starts_again_from_a_snapshot()
     assert feed.after(2 * HISTORY, 0) == [f"e{n}".encode() for n in range(2 * HISTORY + 1, 3 * HISTORY + 1)]
     assert feed.after(3 * HISTORY - 1, 0) == [f"e{3 * HISTORY}".encode()]
     assert feed.after(3 * HISTORY, 0.01) == []  # nothing new
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/api/v1/node"), ("GET", "//api/v1/node"), ("GET", "///api/v1/vm"), ("GET", "//api/v1/events"),
+    ("POST", "//api/v1/cluster/status"), ("DELETE", "//api/v1/vm/web1"), ("GET", "//api/v1/node/"),
+])
+def test_no_path_reaches_the_api_without_a_key(method, path):
+    """The dashboard's files need no key; nothing else does, however its path is written (falcon routes
+    "//api/v1/node" as "/api/v1/node")."""
+    client = falcon.testing.TestClient(create_app(Deps(ops=_Failing(RuntimeError("read")), api_keys=("k",),
+                                                       read_only_keys=("r",))))
+    assert client.simulate_request(method, path).status_code == 401
+    assert client.simulate_request(method, path, headers={"X-Api-Key": "nope"}).status_code == 401
+    if method != "GET":
+        resp = client.simulate_request(method, path, headers={"X-Api-Key": "r"}, json={"maintenance": True})
+        assert resp.status_code == 403 and "read-only" in resp.json["message"]
+    assert client.simulate_get("/dashboard").status_code == 200
+    assert client.simulate_get("/dashboard/app.js").status_code == 200
