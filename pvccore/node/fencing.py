@@ -138,15 +138,18 @@ class FenceMonitor:
         i_am_primary = primary == self.ctx.name and self._serving()
         for node in snap.nodes.values():
             name = node.name
-            if name == self.ctx.name:  # alive, since it runs this: a failed fencing of it left behind is cleared
-                self._forget(name, i_am_primary)
-                continue
             last_value, since = self._seen.get(name, (None, now))
             if node.keepalive != last_value:
                 if name in self._seen:
                     self._spoke.add(name)
                 self._seen[name] = (node.keepalive, now)
                 since = now
+            if name == self.ctx.name:
+                # A failed fencing of this node left behind is cleared while its keepalive is seen written (not
+                # by a node whose keepalive stopped, even if this thread of it still runs).
+                if now - since <= detection(cfg, node)[0]:
+                    self._forget(name, i_am_primary)
+                continue
             if node.daemon_state in (DaemonState.STOP, DaemonState.INIT):  # a clean stop, or starting up: not a failure
                 self._forget(name, i_am_primary)
                 continue
@@ -246,7 +249,7 @@ class FenceMonitor:
         self._suspect.pop(name, None)
         with self._looks_lock:
             self._looks.pop(name, None)
-        left = (primary and (name in self._spoke or name == self.ctx.name)
+        left = (primary and name in self._spoke
                 and getattr(self.ctx.view.shown("fencing").get(name), "state", None) == FenceOutcome.FAILED)
         if self._retry.pop(name, None) is not None or left:
             try:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from pvccore.domain.models import VM, ClusterConfig, Handover, Node, VMMeta
+from pvccore.domain.models import VM, ClusterConfig, FenceStatus, Handover, Node, VMMeta
 from pvccore.domain.states import (CoordinatorState, DaemonState, DomainState, HandoverPhase, MigrationKind,
                                    VMState)
 from pvccore.domain.transitions import migration_request, target_fenced
@@ -453,7 +453,13 @@ def test_a_primary_clears_a_failed_fencing_of_itself_left_by_an_earlier_primary(
     assert cluster.fencing["hv3"].state == "failed"  # only the primary writes it
     cluster.claim_primary("hv3", lambda cur: True)  # the node came back and became primary
     secondary.tick(101.0)
+    assert cluster.fencing["hv3"].state == "failed"  # its own keepalive not seen written yet
+    keep_alive(cluster, "hv3")
+    secondary.tick(101.5)
     assert "hv3" not in cluster.fencing
+    cluster.fencing["hv3"] = FenceStatus(state="failed")
+    secondary.tick(120.0)  # (its keepalive not written for 18.5 s: a thread of a stuck node)
+    assert cluster.fencing["hv3"].state == "failed"
 
 
 def test_maintenance_mode_reports_a_silent_node_fences_nothing_and_times_it_afresh_once_over(world):
