@@ -27,7 +27,7 @@ from collections import deque
 import falcon
 
 from .cluster import status
-from .vms import vm_out
+from .vms import runs, vm_out
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ class Feed:
         vms: dict[str, tuple[object, dict]] = {}
         for name, vm in snap.vms.items():
             kept = self._vms.get(name)
-            vms[name] = kept if kept is not None and kept[0] is vm and kept[1]["running"] == (
-                vm.name in getattr(snap.nodes.get(vm.node), "running_vms", ())) else (vm, vm_out(vm, snap))
+            vms[name] = kept if kept is not None and kept[0] is vm and kept[1]["running"] == runs(vm, snap) \
+                else (vm, vm_out(vm, snap))
         st = self._status
         if with_status or st is None:
             try:

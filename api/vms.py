@@ -26,11 +26,12 @@ ACTIONS = tuple(str(k) for k in MigrationKind)
 
 def vm_out(vm: VM, cluster: Cluster) -> dict:
     data = vm.to_dict()
-    data["running"] = _runs(vm, cluster)
+    data["running"] = runs(vm, cluster)
     return data
 
 
-def _runs(vm: VM, cluster: Cluster) -> bool:
+def runs(vm: VM, cluster: Cluster) -> bool:
+    """Whether ``vm`` runs on its node, as that node last reported."""
     node = cluster.nodes.get(vm.node)
     return bool(node and vm.name in node.running_vms)
 

@@ -1,11 +1,14 @@
 """Benchmark output: a readable table on stderr, one JSON object per figure on stdout."""
 
 import json
+import os
 import statistics
 import sys
 import time
 import traceback
 from contextlib import contextmanager
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the repository: benches use tests/tools too
 
 _rows: list[tuple[str, float, str, str]] = []
 
@@ -117,21 +120,12 @@ def handovers(ops, make_pinger, runs: int) -> tuple[list[int], list[float]]:
 
 @contextmanager
 def pvcapid(hosts: str, root: str, workdir: str, key: str, vms: int, **settings):
-    """pvcapid (2 workers) on loopback, yielded as ``(port, client)`` once both workers list all ``vms`` VMs (each
-    loads them into its view first); stopped on the way out. ``settings`` are more lines of its TOML file."""
-    import subprocess
-    from pathlib import Path
-
+    """pvcapid (2 workers) on loopback, yielded as ``(process, port, client)`` once both workers list all ``vms``
+    VMs (each loads them into its view first); stopped on the way out. ``settings``: more keys of its TOML file."""
     from pvccli.client import ApiError, Client
-    from pvccore.demo.zookeeper import free_port
+    from tests.tools.pvcapid import start_pvcapid
 
-    port = free_port()
-    cfg = Path(workdir) / "api.toml"
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-    cfg.write_text(f'zookeeper_hosts = "{hosts}"\nzookeeper_root = "{root}"\nlisten = "127.0.0.1:{port}"\n'
-                   f'workers = 2\napi_keys = ["{key}"]\nlog_level = "warning"\n{extra}')
-    api = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api, port, _ = start_pvcapid(hosts, root, workdir, key=key, **{"workers": 2, "log_level": "warning", **settings})
     try:
         client = Client(f"http://127.0.0.1:{port}", key, timeout=30)
         deadline = time.monotonic() + 60
@@ -143,7 +137,7 @@ def pvcapid(hosts: str, root: str, workdir: str, key: str, vms: int, **settings)
                 pass
             if time.monotonic() > deadline:
                 raise SystemExit("pvcapid did not come up")
-            time.sleep(0.2)  # another process starting: polled under a deadline
+            time.sleep(0.2)  # another process loading the VMs: polled under a deadline
         yield api, port, client
     finally:
         api.terminate()

@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from common import emit, pvcapid, table  # noqa: E402
 

@@ -11,17 +11,14 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
 from pvccli.client import ApiError, Client
 from pvccore.demo.cluster import sample_domain_xml
-from pvccore.demo.zookeeper import free_port
+from tests.tools.pvcapid import start_pvcapid
 from tests.tools.sse import Stream
 
 T = 30.0  # seconds any one wait of this module may take at most
@@ -145,30 +142,11 @@ def test_the_event_stream_starts_with_the_cluster_and_follows_each_change(live, 
         stream.close()
 
 
-def _pvcapid(zk_server, root: str, work: Path, **settings):
-    port = free_port()
-    cfg = work / "api.toml"
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-    cfg.write_text(f'zookeeper_hosts = "{zk_server.hosts}"\nzookeeper_root = "{root}"\n'
-                   f'listen = "127.0.0.1:{port}"\napi_keys = ["k"]\n{extra}')
-    log = open(work / "api.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    client = Client(f"http://127.0.0.1:{port}", "k", timeout=5)
-    deadline = time.monotonic() + T
-    while True:  # gunicorn starting in another process: poll its health under a deadline
-        try:
-            client.health()
-            return proc, f"127.0.0.1:{port}", client
-        except ApiError:
-            assert proc.poll() is None and time.monotonic() < deadline, (work / "api.log").read_text()
-            time.sleep(0.1)
-
-
 def test_streams_are_capped_per_worker_and_end_when_pvcapid_stops(zk_server, live, tmp_path):
     """4 threads: one stream at most (a quarter); beyond it 503 at once while the rest of the API answers; a
     stop ends the open stream at once rather than after gunicorn's graceful timeout (10 s)."""
-    proc, netloc, client = _pvcapid(zk_server, live.store.paths.root, tmp_path, workers=1, threads=4)
+    proc, port, client = start_pvcapid(zk_server.hosts, live.store.paths.root, tmp_path, threads=4)
+    netloc = f"127.0.0.1:{port}"
     try:
         first = Stream(netloc, "k")
         assert first.status == 200 and first.next()[0] == "snapshot"

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from gunicorn.config import _get_default_control_socket
 
-from pvccli.client import ApiError, Client
-from pvccore.demo.zookeeper import free_port
+from tests.tools.pvcapid import start_pvcapid
 
 
 def start(zk_server, zk_root, work: Path, name: str):
-    port = free_port()
-    cfg = work / f"{name}.toml"
-    cfg.write_text(f'zookeeper_hosts = "{zk_server.hosts}"\nzookeeper_root = "{zk_root}"\n'
-                   f'listen = "127.0.0.1:{port}"\nworkers = 1\napi_keys = ["k"]\n')
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "pvcapid"), "-c", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    client = Client(f"http://127.0.0.1:{port}", "k", timeout=5)
-    deadline = time.monotonic() + 30
-    while True:  # gunicorn starting in another process: poll its health under a deadline
-        try:
-            client.health()
-            return proc, client
-        except ApiError:
-            assert proc.poll() is None and time.monotonic() < deadline, f"{name} did not start"
-            time.sleep(0.1)
+    proc, _, client = start_pvcapid(zk_server.hosts, zk_root, work, name)
+    return proc, client
 
 
 def test_a_second_pvcapid_stopping_leaves_the_first_serving(zk_server, zk_root, store, tmp_path):
