@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 
 from gunicorn.app.base import BaseApplication
+from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 
 from pvccore.errors import ValidationError
@@ -17,6 +20,11 @@ from pvccore.zk.store import Store
 
 from . import worker
 from .config import API, ApiConfig
+
+
+#: how building a worker's application fails while ZooKeeper is away: no session, the view not loaded, the
+#: connection lost meanwhile
+UNREACHABLE = (KazooTimeoutError, TimeoutError, KazooException)
 
 
 class Server(BaseApplication):
@@ -48,7 +56,44 @@ class Server(BaseApplication):
     def load(self):
         from .app import get_app
 
-        return get_app(self.cfg_api)
+        try:
+            return get_app(self.cfg_api)
+        except UNREACHABLE:
+            # A worker (re)started while ZooKeeper is away. Failing to boot would make gunicorn's master stop
+            # every worker: this one serves 503 instead and connects in the background.
+            return Connecting(lambda: get_app(self.cfg_api), self.cfg_api.zookeeper_hosts)
+
+
+class Connecting:
+    """A worker's application until ZooKeeper first answers: every request 503 at once, the real application
+    built in a thread that keeps trying (every 1, 2, 4 ... 10 s)."""
+
+    BODY = json.dumps({"message": "ZooKeeper unreachable: this API worker has not reached it since it started; "
+                                  "nothing was changed: try again", "field": None}).encode()
+
+    def __init__(self, build, hosts: str):
+        self._build, self._hosts, self._app = build, hosts, None
+        threading.Thread(target=self._connect, name="pvcapi-connect", daemon=True).start()
+
+    def _connect(self) -> None:
+        log, delay = logging.getLogger("gunicorn.error"), 1.0
+        while self._app is None:
+            log.warning("cannot reach ZooKeeper at %s: answering 503, trying again in %gs", self._hosts, delay)
+            time.sleep(delay)  # the back-off between attempts
+            delay = min(delay * 2, 10.0)
+            try:
+                self._app = self._build()
+            except UNREACHABLE:
+                continue
+            log.info("reached ZooKeeper at %s: serving", self._hosts)
+
+    def __call__(self, environ, start_response):
+        app = self._app
+        if app is not None:
+            return app(environ, start_response)
+        start_response("503 Service Unavailable", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(self.BODY))), ("Retry-After", "2")])
+        return [self.BODY]
 
 
 def _watch_lifeline(_server) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -283,7 +285,6 @@ def test_stopped_zookeeper_app_and_gunicorn_answer_within_a_second(own_zk, tmp_p
         # The event stream: the open one says the status went stale; one opened now starts at once from the
         # last known state.
         following.until(lambda d: d.get("status") and d["status"]["stale"], time.monotonic() + 10)
-        following.close()
         t0 = time.monotonic()
         fresh = Stream(api.netloc, "k")
         kind, snap = fresh.next()
@@ -305,4 +306,63 @@ def test_stopped_zookeeper_app_and_gunicorn_answer_within_a_second(own_zk, tmp_p
         assert status == 200 and stale is None, answer
         vm = seed.get_vm("web1")
         assert (vm.meta.node_autostart, vm.meta.migration_method) == (True, "shutdown")
+        # The stream open across the outage goes on: the status no longer stale, and the changes since then.
+        seen = set()
+
+        def back(d) -> bool:  # (both may come in one event)
+            if d.get("status") and d["status"]["stale"] is False:
+                seen.add("status")
+            if any(v["name"] == "web1" and v["meta"]["migration_method"] == "shutdown" for v in d["vms"]):
+                seen.add("web1")
+            return seen == {"status", "web1"}
+
+        following.until(back, time.monotonic() + 20)
+        following.close()
     seed.close()
+
+
+def test_a_worker_started_while_zookeeper_is_away_answers_503_and_serves_once_it_is_back(own_zk, tmp_path):
+    """gunicorn's master stops every worker when one fails to boot: a worker restarted during an outage (here:
+    killed, and started again by the master) must not fail its boot, but answer 503 until ZooKeeper is back."""
+    from pvccli.client import ApiError
+    from tests.tools.pvcapid import start_pvcapid
+
+    root = "/pvc-reboot"
+    seed_cluster(own_zk.hosts, root).close()
+    proc, port, client = start_pvcapid(own_zk.hosts, root, tmp_path, workers=2, zookeeper_session_timeout=2.0)
+    log = tmp_path / "api.log"
+    try:
+        own_zk.stop()
+        workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "answering 503, trying again" not in log.read_text():  # the new worker booted, without ZooKeeper
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)  # another process's log, polled under a deadline
+        answers = set()
+        for _ in range(20):  # both workers, the new one and the old one, answer at once
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", P + "/vm", headers=H)
+            answers.add(conn.getresponse().status)
+            conn.close()
+        assert answers <= {200, 503} and 503 in answers and proc.poll() is None
+        own_zk.start()
+        deadline = time.monotonic() + 60
+        while "reached ZooKeeper" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        def serves() -> bool:
+            try:
+                return [v["name"] for v in client.vms()] == ["web1"]
+            except ApiError:  # 503 from a worker still reconnecting
+                return False
+
+        deadline = time.monotonic() + 30
+        while not all(serves() for _ in range(10)):  # every worker serves (10 in a row, across both)
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)  # the workers reconnecting, polled under a deadline
+    finally:
+        proc.terminate()
+        proc.wait(20)
